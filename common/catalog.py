@@ -1,0 +1,147 @@
+"""The model catalogue: which routes exist, what family and weights serve them, and their limits.
+
+The gateway validates requests against it and the worker loads pipelines from it, so both read the
+same file (``DARKROOM_MODELS_FILE``, TOML). Without one, the production catalogue below applies.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from common.schemas import Task
+
+Family = Literal["stable-diffusion"]
+
+
+class ModelRoute(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    family: Family
+    weights: str = Field(description="A hub id or a local directory written by save_pretrained.")
+    tasks: list[Task]
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    max_width: int = 1024
+    max_height: int = 1024
+    max_steps: int = 150
+    size_multiple: int = 8
+
+
+class StylePreset(BaseModel):
+    """Seed 2's ``style_id``: a prompt template and a negative prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int
+    name: str
+    prompt: str = "{prompt}"
+    negative_prompt: str = ""
+
+    def apply(self, prompt: str, negative_prompt: str | None) -> tuple[str, str | None]:
+        negatives = [n for n in (negative_prompt, self.negative_prompt) if n]
+        return self.prompt.format(prompt=prompt), ", ".join(negatives) or None
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    routes: dict[str, ModelRoute]
+    styles: dict[int, StylePreset]
+    # The route behind seed 2's /v1/generate.
+    v1_route: str = "sd"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_keys(cls, data: dict[str, object]) -> dict[str, object]:
+        # In TOML the table key is the name: [routes.sd] / [styles.1].
+        for section, key in (("routes", "name"), ("styles", "id")):
+            table = data.get(section)
+            if isinstance(table, dict):
+                for name, entry in table.items():
+                    if isinstance(entry, dict):
+                        entry.setdefault(key, name)
+        return data
+
+    @model_validator(mode="after")
+    def _v1_route_exists(self) -> Catalog:
+        if self.v1_route not in self.routes:
+            raise ValueError(f"v1_route {self.v1_route!r} is not one of the routes")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | None) -> Catalog:
+        if path is None:
+            return production_catalog()
+        with path.open("rb") as fh:
+            return cls.model_validate(tomllib.load(fh))
+
+
+DEFAULT_STYLES = {
+    0: StylePreset(id=0, name="none"),
+    1: StylePreset(
+        id=1, name="photographic",
+        prompt="{prompt}, photograph, 35mm, natural light, highly detailed",
+        negative_prompt="drawing, painting, illustration, cartoon",
+    ),
+    2: StylePreset(
+        id=2, name="anime",
+        prompt="{prompt}, anime style, cel shading, vibrant colors",
+        negative_prompt="photo, realistic",
+    ),
+    3: StylePreset(
+        id=3, name="digital-art",
+        prompt="{prompt}, digital art, concept art, trending on artstation",
+    ),
+    4: StylePreset(
+        id=4, name="pixel-art",
+        prompt="{prompt}, pixel art, 16-bit game sprite, clean palette",
+        negative_prompt="blurry, photo",
+    ),
+    5: StylePreset(
+        id=5, name="watercolor",
+        prompt="{prompt}, watercolor painting, soft edges, paper texture",
+    ),
+}
+
+
+def production_catalog() -> Catalog:
+    return Catalog(
+        routes={
+            "sd": ModelRoute(
+                name="sd", family="stable-diffusion",
+                weights="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                tasks=[Task.T2I, Task.I2I],
+            ),
+        },
+        styles=DEFAULT_STYLES,
+    )
+
+
+def demo_catalog(models_dir: Path) -> Catalog:
+    """Every route served from tiny random-weight checkpoints: offline, quick on a CPU."""
+    catalog = production_catalog()
+    routes = {
+        name: route.model_copy(update={
+            "weights": str(models_dir / route.family),
+            "dtype": "float32",
+            "max_width": 2048,
+            "max_height": 2048,
+        })
+        for name, route in catalog.routes.items()
+    }
+    return catalog.model_copy(update={"routes": routes})
+
+
+def write_catalog(catalog: Catalog, path: Path) -> None:
+    """Write a catalogue as the TOML file services read."""
+    data = catalog.model_dump(mode="json", exclude_none=True)
+    for route in data["routes"].values():
+        del route["name"]
+    data["styles"] = {str(k): {f: v for f, v in s.items() if f != "id"}
+                      for k, s in data["styles"].items()}
+    path.write_text(tomli_w.dumps(data))

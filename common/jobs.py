@@ -1,0 +1,167 @@
+"""The job record and its event log: every state change of a job goes through ``JobStore``.
+
+A change is one Lua call, so the record, the per-job event log, the live pub/sub message and the
+terminal-event stream always agree: sequence numbers are strict, progress never goes backwards,
+and nothing changes a job once it is terminal (a late or stale writer is simply ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from common.keys import Keys
+from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams, Task
+
+# Enough for every step of a long render plus the status changes around it.
+JOB_EVENT_LOG_MAXLEN = 500
+TERMINAL_EVENTS_MAXLEN = 100_000
+
+_EMIT = """
+local job, log, terminal_stream = KEYS[1], KEYS[2], KEYS[3]
+local patch = cjson.decode(ARGV[1])
+local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local log_maxlen, terminal_maxlen = ARGV[5], ARGV[6]
+
+local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls', 'error')
+if not cur[1] then return false end
+local status = cur[2]
+if status == 'completed' or status == 'failed' or status == 'canceled' then return false end
+
+local progress = tonumber(cur[3]) or 0
+if patch.progress and patch.progress > progress then progress = patch.progress end
+if patch.status then status = patch.status end
+local message = patch.message or cur[4] or ''
+local result_urls = patch.result_urls or cur[5]
+local err = patch.error or cur[6]
+local seq = redis.call('HINCRBY', job, 'seq', 1)
+
+redis.call('HSET', job, 'status', status, 'progress', progress, 'message', message, 'updated_at', now)
+if patch.result_urls then redis.call('HSET', job, 'result_urls', patch.result_urls) end
+if patch.error then redis.call('HSET', job, 'error', patch.error) end
+if patch.fields then
+  for k, v in pairs(patch.fields) do redis.call('HSET', job, k, v) end
+end
+
+local event = {seq = seq, job_id = cur[1], status = status, progress = progress,
+               message = message, ts = tonumber(now)}
+if result_urls and result_urls ~= '[]' then event.result_urls = cjson.decode(result_urls) end
+if err then event.error = err end
+local payload = cjson.encode(event)
+
+redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, seq .. '-0', 'event', payload)
+if status == 'completed' or status == 'failed' or status == 'canceled' then
+  redis.call('EXPIRE', job, ttl_s)
+  redis.call('EXPIRE', log, ttl_s)
+  redis.call('XADD', terminal_stream, 'MAXLEN', '~', terminal_maxlen, '*', 'event', payload)
+end
+redis.call('PUBLISH', channel, payload)
+return payload
+"""
+
+
+class JobStore:
+    def __init__(self, redis: Redis, keys: Keys, *, task_ttl_s: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._task_ttl_s = task_ttl_s
+        self._emit = redis.register_script(_EMIT)
+
+    async def submit(self, spec: JobSpec, *, message: str, input_bytes: bytes | None = None,
+                     blob_ttl_s: int = 3600) -> None:
+        """Write the record, its first event and the stream entry in one transaction."""
+        keys, now = self._keys, time.time()
+        first = JobEvent(seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0,
+                         message=message, ts=now)
+        record = {
+            "job_id": spec.job_id,
+            "status": JobStatus.PENDING.value,
+            "progress": 0,
+            "message": message,
+            "model": spec.model,
+            "task": spec.task.value,
+            "params": spec.params.model_dump_json(),
+            "seq": 1,
+            "attempts": 0,
+            "created_at": spec.created_at.isoformat(),
+            "updated_at": now,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if input_bytes is not None and spec.input_blob is not None:
+                pipe.set(spec.input_blob, input_bytes, ex=blob_ttl_s)
+            pipe.hset(keys.job(spec.job_id), mapping=record)
+            pipe.xadd(keys.job_events(spec.job_id), {"event": first.model_dump_json()},
+                      id="1-0", maxlen=JOB_EVENT_LOG_MAXLEN, approximate=True)
+            pipe.xadd(keys.job_stream(spec.model), {"job": spec.model_dump_json()})
+            await pipe.execute()
+
+    async def emit(
+        self,
+        job_id: str,
+        *,
+        status: JobStatus | None = None,
+        progress: int | None = None,
+        message: str | None = None,
+        result_urls: list[str] | None = None,
+        error: str | None = None,
+        fields: dict[str, str | int | float] | None = None,
+    ) -> JobEvent | None:
+        """Apply a change and publish it; ``None`` when the job is unknown or already terminal."""
+        patch: dict[str, Any] = {}
+        if status is not None:
+            patch["status"] = status.value
+        if progress is not None:
+            patch["progress"] = max(0, min(100, progress))
+        if message is not None:
+            patch["message"] = message
+        if result_urls is not None:
+            patch["result_urls"] = json.dumps(result_urls)
+        if error is not None:
+            patch["error"] = error
+        if fields:
+            patch["fields"] = {k: str(v) for k, v in fields.items()}
+        keys = self._keys
+        payload = await self._emit(
+            keys=[keys.job(job_id), keys.job_events(job_id), keys.events],
+            args=[json.dumps(patch), repr(time.time()), self._task_ttl_s,
+                  keys.progress_channel(job_id), JOB_EVENT_LOG_MAXLEN, TERMINAL_EVENTS_MAXLEN],
+        )
+        return None if payload is None else JobEvent.model_validate_json(payload)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw = await self._redis.hgetall(self._keys.job(job_id))
+        if not raw:
+            return None
+        return parse_record(raw)
+
+    async def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
+        """The logged events with a sequence number above ``seq``, oldest first."""
+        entries = await self._redis.xrange(self._keys.job_events(job_id), min=f"({seq}-0", max="+")
+        return [JobEvent.model_validate_json(fields["event"]) for _, fields in entries]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_record(raw: dict[Any, Any]) -> JobRecord:
+    data = {_text(k): _text(v) for k, v in raw.items()}
+    return JobRecord(
+        job_id=data["job_id"],
+        status=JobStatus(data["status"]),
+        progress=int(data["progress"]),
+        message=data.get("message", ""),
+        model=data["model"],
+        task=Task(data["task"]),
+        params=RenderParams.model_validate_json(data["params"]),
+        seq=int(data["seq"]),
+        result_urls=json.loads(data["result_urls"]) if "result_urls" in data else [],
+        error=data.get("error"),
+        attempts=int(data.get("attempts", 0)),
+        created_at=datetime.fromisoformat(data["created_at"]),
+        updated_at=float(data["updated_at"]) if "updated_at" in data else None,
+    )

@@ -1,0 +1,61 @@
+"""Every Redis key, stream, channel and consumer-group name Darkroom uses, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORKERS_GROUP = "workers"
+UPLOADERS_GROUP = "uploaders"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names under one prefix, so several deployments (or test runs) can share a Redis."""
+
+    prefix: str = "darkroom:"
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (status, progress, params, result URLs, event sequence)."""
+        return f"{self.prefix}job:{job_id}"
+
+    def job_stream(self, model: str) -> str:
+        """Stream of jobs waiting for a worker of this model route; group ``workers``."""
+        return f"{self.prefix}jobs:{model}"
+
+    @property
+    def rendered(self) -> str:
+        """Stream of rendered outputs waiting for the uploader; group ``uploaders``."""
+        return f"{self.prefix}rendered"
+
+    @property
+    def events(self) -> str:
+        """Capped stream of terminal events, for webhooks and audit."""
+        return f"{self.prefix}events"
+
+    @property
+    def dead(self) -> str:
+        """Stream of entries that exhausted their delivery attempts."""
+        return f"{self.prefix}dead"
+
+    def blob(self, job_id: str, name: str) -> str:
+        """String: input or output bytes in transit, with a TTL."""
+        return f"{self.prefix}blob:{job_id}:{name}"
+
+    def progress_channel(self, job_id: str) -> str:
+        """Pub/sub channel of live events for one job."""
+        return f"{self.prefix}progress:{job_id}"
+
+    @property
+    def progress_pattern(self) -> str:
+        """Pattern matching every job's progress channel: one subscription per status process."""
+        return f"{self.prefix}progress:*"
+
+    def job_id_from_channel(self, channel: str) -> str:
+        return channel.removeprefix(f"{self.prefix}progress:")
+
+    def job_events(self, job_id: str) -> str:
+        """Small capped stream of one job's events; entry id ``<seq>-0`` so replays are a range read."""
+        return f"{self.prefix}jobevents:{job_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}idem:{key}"

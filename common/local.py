@@ -1,0 +1,98 @@
+"""``darkroom up``: the whole service on one machine, through the same Redis paths as production.
+
+With no Redis configured it starts an embedded ``redis-server``; with no model catalogue it
+writes tiny demo checkpoints (once) and serves every route from them. Gateway, worker and uploader
+run as child processes, exactly as ``darkroom gateway|worker|uploader`` would on Kubernetes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from common.catalog import demo_catalog, write_catalog
+from common.logging import get_logger
+from common.redis_server import RedisServer
+from common.settings import CommonSettings
+
+log = get_logger(__name__)
+
+SERVICES = ("gateway", "worker", "uploader")
+STOP_GRACE_S = 30.0
+
+
+class LocalSettings(CommonSettings):
+    # Embedded Redis data and demo checkpoints live here.
+    state_dir: Path = Path(".darkroom")
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+def _redis_configured() -> bool:
+    return any(name in os.environ for name in
+               ("REDIS_URL", "REDIS_HOST", "DARKROOM_REDIS_URL", "DARKROOM_REDIS_HOST"))
+
+
+def _demo_models(settings: LocalSettings) -> Path:
+    models_dir = (settings.state_dir / "models").resolve()
+    if not (models_dir / "stable-diffusion" / "model_index.json").exists():
+        log.info("demo.models.writing", dir=str(models_dir))
+        subprocess.run([sys.executable, "-m", "common.cli", "models", "make-tiny", str(models_dir)],
+                       check=True)
+    catalog_file = settings.state_dir.resolve() / "models.toml"
+    write_catalog(demo_catalog(models_dir), catalog_file)
+    return catalog_file
+
+
+def up(settings: LocalSettings) -> int:
+    env = dict(os.environ)
+    redis_server = None
+    if not _redis_configured():
+        redis_server = RedisServer(settings.state_dir.resolve() / "redis", appendonly=True)
+        redis_server.start()
+        env["REDIS_URL"] = redis_server.url
+        log.info("redis.embedded", url=redis_server.url, binary=redis_server.binary)
+    if settings.models_file is None:
+        env["DARKROOM_MODELS_FILE"] = str(_demo_models(settings))
+    env.setdefault("DARKROOM_PUBLIC_BASE_URL", f"http://localhost:{settings.port}")
+    env["DARKROOM_PORT"] = str(settings.port)
+    env.pop("DARKROOM_STATE_DIR", None)
+
+    children = {name: subprocess.Popen([sys.executable, "-m", "common.cli", name], env=env)
+                for name in SERVICES}
+    log.info("darkroom.up", url=f"http://localhost:{settings.port}", docs=f"http://localhost:{settings.port}/docs")
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    exit_code = 0
+    try:
+        while not stopping:
+            exited = {name: p.returncode for name, p in children.items() if p.poll() is not None}
+            if exited:
+                log.error("darkroom.service_exited", exited=exited)
+                exit_code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis_server is not None:
+            redis_server.stop()
+    return exit_code

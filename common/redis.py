@@ -1,0 +1,30 @@
+"""The one way services connect to Redis: retries on connection loss, health checks, timeouts."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common.settings import CommonSettings
+
+# Errors that mean "Redis is unreachable right now": loops back off and reconnect on these.
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 15
+
+
+def connect(settings: CommonSettings, *, decode: bool = True) -> Redis:
+    """A client for ``settings.redis_dsn``. ``decode=False`` for code that moves raw bytes."""
+    client: Redis = Redis.from_url(
+        settings.redis_dsn,
+        decode_responses=decode,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return client

@@ -1,0 +1,245 @@
+"""Pydantic contracts that cross a process boundary: requests, job specs, records and events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**32 - 1
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def v1(self) -> str:
+        """The Celery-style name seed 2's ``/v1/jobs/{job_id}`` reports."""
+        return _V1_NAMES[self]
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+_V1_NAMES = {
+    JobStatus.PENDING: "PENDING",
+    JobStatus.PROCESSING: "STARTED",
+    JobStatus.COMPLETED: "SUCCESS",
+    JobStatus.FAILED: "FAILURE",
+    JobStatus.CANCELED: "REVOKED",
+}
+
+
+class Task(StrEnum):
+    T2I = "t2i"
+    I2I = "i2i"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- HTTP requests -------------------------------------------------------------------------
+
+Prompt = Annotated[str, Field(min_length=1, max_length=2000)]
+NegativePrompt = Annotated[str | None, Field(default=None, max_length=2000)]
+Side = Annotated[int, Field(ge=64, le=4096, description="Pixels; a multiple of 8.")]
+Steps = Annotated[int, Field(ge=1, le=500)]
+Guidance = Annotated[float, Field(ge=0.0, le=50.0)]
+Seed = Annotated[int | None, Field(default=None, ge=0, le=MAX_SEED)]
+
+
+class _Request(BaseModel):
+    # A misspelled field is refused rather than silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextToImageRequest(_Request):
+    """Seed 1: ``POST /api/{model}/t2i``."""
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = None
+    width: Side = 512
+    height: Side = 512
+    num_inference_steps: Steps = 50
+    guidance_scale: Guidance = 7.5
+    seed: Seed = None
+
+
+class ImageToImageForm(_Request):
+    """Seed 1: ``POST /api/{model}/i2i``, multipart fields besides the ``image`` file."""
+
+    prompt: Annotated[str, Field(max_length=2000)] = ""
+    negative_prompt: NegativePrompt = None
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    guidance_scale: Guidance = 7.5
+    num_inference_steps: Steps = 50
+    seed: Seed = None
+
+
+class GenerateRequest(_Request):
+    """Seed 2: ``POST /v1/generate``. ``seed=-1`` asks for a random seed."""
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = None
+    style_id: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=-1, le=MAX_SEED)] = -1
+    width: Side = 512
+    height: Side = 512
+    num_inference_steps: Steps = 50
+    guidance_scale: Guidance = 7.5
+
+
+# --- HTTP responses -------------------------------------------------------------------------
+
+
+class SubmitResponse(BaseModel):
+    """Seed 1's answer to a submit."""
+
+    session_id: str
+    status: JobStatus = JobStatus.PENDING
+    message: str
+
+
+class SessionStatus(BaseModel):
+    """Seed 1: ``GET /api/{session_id}/status``, exactly these fields."""
+
+    session_id: str
+    status: JobStatus
+    progress: int
+    message: str
+    result_url: str | None
+    error: str | None
+
+
+class GenerateResponse(BaseModel):
+    """Seed 2's answer to ``POST /v1/generate``."""
+
+    job_id: str
+
+
+class JobStatusResponse(BaseModel):
+    """Seed 2: ``GET /v1/jobs/{job_id}``."""
+
+    job_id: str
+    status: str = Field(description="PENDING, STARTED, SUCCESS, FAILURE or REVOKED")
+    result_urls: list[str] | None
+    seed: int | None = Field(default=None, description="The seed actually used.")
+    error: str | None = None
+
+
+class ErrorField(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: a stable code, a sentence a person can act on, the fields at fault."""
+
+    error: str
+    message: str
+    fields: list[ErrorField] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    status: str
+    service: str
+    redis: str
+
+
+# --- Between services -----------------------------------------------------------------------
+
+
+class RenderParams(BaseModel):
+    """What the pipeline needs; defaults already applied and the seed already resolved."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    strength: float | None = None
+
+
+class JobSpec(BaseModel):
+    """A ``jobs:<model>`` stream entry: everything a worker needs to start."""
+
+    job_id: str
+    model: str
+    task: Task
+    params: RenderParams
+    input_blob: str | None = None
+    created_at: datetime
+
+
+class OutputBlob(BaseModel):
+    key: str
+    content_type: str
+    extension: str
+
+
+class RenderedJob(BaseModel):
+    """A ``rendered`` stream entry: a finished render waiting for storage."""
+
+    job_id: str
+    created_at: datetime
+    outputs: list[OutputBlob]
+    input_blob: str | None = None
+
+
+class JobEvent(BaseModel):
+    """One step of a job's life; ``seq`` is its SSE ``id:`` and never repeats."""
+
+    seq: int
+    job_id: str
+    status: JobStatus
+    progress: int = Field(ge=0, le=100)
+    message: str = ""
+    result_urls: list[str] = Field(default_factory=list)
+    error: str | None = None
+    ts: float = Field(description="Unix time in seconds.")
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+
+class JobRecord(BaseModel):
+    """The ``job:<id>`` hash, parsed."""
+
+    job_id: str
+    status: JobStatus
+    progress: int
+    message: str
+    model: str
+    task: Task
+    params: RenderParams
+    seq: int
+    result_urls: list[str] = Field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+    created_at: datetime
+    updated_at: float | None = None
+
+    def snapshot(self) -> JobEvent:
+        """The record as an event, so an SSE client's first message has the shape of the rest."""
+        return JobEvent(
+            seq=self.seq,
+            job_id=self.job_id,
+            status=self.status,
+            progress=self.progress,
+            message=self.message,
+            result_urls=self.result_urls,
+            error=self.error,
+            ts=self.updated_at or self.created_at.timestamp(),
+        )

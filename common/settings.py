@@ -1,0 +1,103 @@
+"""Settings shared by every service: Redis, key prefix, job TTLs, storage location, logging.
+
+Each service subclasses ``CommonSettings`` with its own fields and builds it once at start-up.
+The seeds' variable names (``REDIS_URL``, ``REDIS_HOST``…, ``TASK_TTL``, ``AWS_*``,
+``S3_BUCKET_NAME``) are accepted as written; Darkroom's own settings use the ``DARKROOM_`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DARKROOM_"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or invalid; raised at start-up, never later."""
+
+
+def seed_alias(name: str) -> AliasChoices:
+    """Accept the seeds' unprefixed name and the prefixed one."""
+    return AliasChoices(name, f"{ENV_PREFIX}{name}")
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # Redis: REDIS_URL wins; otherwise the seed-1 variables build one.
+    redis_url: str | None = Field(default=None, validation_alias=seed_alias("REDIS_URL"))
+    redis_host: str = Field(default="localhost", validation_alias=seed_alias("REDIS_HOST"))
+    redis_port: int = Field(default=6379, validation_alias=seed_alias("REDIS_PORT"))
+    redis_db: int = Field(default=0, validation_alias=seed_alias("REDIS_DB"))
+    redis_password: str | None = Field(default=None, validation_alias=seed_alias("REDIS_PASSWORD"))
+    key_prefix: str = "darkroom:"
+
+    # How long a finished job's record and event log stay readable (seed 1: TASK_TTL).
+    task_ttl_s: int = Field(default=3600, ge=1, validation_alias=seed_alias("TASK_TTL"))
+    # How long input and output bytes may wait in Redis for the next stage.
+    blob_ttl_s: int = Field(default=6 * 3600, ge=60)
+
+    # Where results go: a local directory (served by the gateway at /output) or S3.
+    storage: Literal["local", "s3"] = "local"
+    output_dir: Path = Path("output")
+    # Base of the URLs handed to clients for local results.
+    public_base_url: str = "http://localhost:8000"
+
+    # The model catalogue (TOML) shared by gateway and workers; unset means the production one.
+    models_file: Path | None = None
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _reject_unknown(self) -> CommonSettings:
+        unknown = unknown_prefixed_env(os.environ)
+        if unknown:
+            raise SettingsError(
+                f"unknown setting(s): {', '.join(sorted(unknown))}; "
+                f"known {ENV_PREFIX}* settings: {', '.join(sorted(known_prefixed_names()))}"
+            )
+        return self
+
+    @property
+    def redis_dsn(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+def _subclasses(cls: type[Any]) -> list[type[Any]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
+def known_prefixed_names() -> set[str]:
+    """Every ``DARKROOM_*`` variable some loaded settings class understands."""
+    names: set[str] = set()
+    for cls in _subclasses(CommonSettings):
+        for field_name, field in cls.model_fields.items():
+            names.add(f"{ENV_PREFIX}{field_name}".upper())
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names.update(str(choice).upper() for choice in alias.choices)
+    return {name for name in names if name.startswith(ENV_PREFIX)}
+
+
+def unknown_prefixed_env(environ: os._Environ[str] | dict[str, str]) -> set[str]:
+    """``DARKROOM_*`` variables that no settings class reads: almost always a typo."""
+    known = known_prefixed_names()
+    return {name for name in environ if name.upper().startswith(ENV_PREFIX)} - known

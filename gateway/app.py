@@ -1,0 +1,75 @@
+"""The Starlette application: the gateway (submit + status + docs + /output) or the status service alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from common.catalog import Catalog
+from common.jobs import JobStore
+from common.keys import Keys
+from common.redis import connect
+from gateway import routes_api, routes_status, routes_v1
+from gateway.body_limit import BodyLimitMiddleware
+from gateway.docs import docs_routes
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.fanout import EventFanout
+from gateway.openapi import build_openapi
+from gateway.services import Services
+from gateway.settings import GatewaySettings
+from gateway.submit import Submitter
+
+Role = Literal["gateway", "status"]
+TITLE = "Darkroom"
+VERSION = "0.1.0"
+DESCRIPTION = (
+    "Image generation as a service. Submit a job, watch it over Server-Sent Events, fetch the "
+    "result URL. Seed 1's API lives under /api, seed 2's under /v1."
+)
+# Room for the multipart framing around the largest accepted upload.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlette:
+    catalog = Catalog.load(settings.models_file)
+    keys = Keys(settings.key_prefix)
+    api_routes: list[BaseRoute] = list(routes_status.routes)
+    if role == "gateway":
+        api_routes += routes_api.routes + routes_v1.routes
+    routes = api_routes + docs_routes(TITLE)
+    if role == "gateway" and settings.storage == "local":
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+        routes.append(Mount("/output", StaticFiles(directory=settings.output_dir), name="output"))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = connect(settings)
+        jobs = JobStore(redis, keys, task_ttl_s=settings.task_ttl_s)
+        fanout = EventFanout(redis, keys)
+        fanout.start()
+        app.state.services = Services(
+            settings=settings, redis=redis, catalog=catalog, jobs=jobs, fanout=fanout,
+            submitter=Submitter(jobs, keys, catalog, blob_ttl_s=settings.blob_ttl_s),
+        )
+        try:
+            yield
+        finally:
+            await fanout.stop()
+            await redis.aclose()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[Middleware(BodyLimitMiddleware,
+                               max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES)],
+    )
+    app.state.openapi = build_openapi(api_routes, title=TITLE, version=VERSION,
+                                      description=DESCRIPTION)
+    return app

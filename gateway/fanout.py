@@ -1,0 +1,94 @@
+"""One Redis pub/sub connection per process, fanning each job's live events out to its SSE feeds.
+
+Pub/sub loses messages across a disconnect, so after a reconnect (or when a slow feed's queue
+overflows) every affected feed gets a ``RESYNC`` marker and re-reads the job's event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+
+from redis.asyncio import Redis
+
+from common.consumer import RECONNECT_BACKOFF_S
+from common.keys import Keys
+from common.logging import get_logger
+from common.redis import REDIS_UNAVAILABLE
+from common.schemas import JobEvent
+
+log = get_logger(__name__)
+
+RESYNC = None  # queued instead of an event: "you may have missed some, read the log"
+FEED_QUEUE_SIZE = 256
+
+
+class EventFanout:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._feeds: dict[str, set[asyncio.Queue[JobEvent | None]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-fanout")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def feed_count(self) -> int:
+        return sum(len(queues) for queues in self._feeds.values())
+
+    @contextlib.contextmanager
+    def subscribe(self, job_id: str) -> Iterator[asyncio.Queue[JobEvent | None]]:
+        queue: asyncio.Queue[JobEvent | None] = asyncio.Queue(FEED_QUEUE_SIZE)
+        self._feeds[job_id].add(queue)
+        try:
+            yield queue
+        finally:
+            self._feeds[job_id].discard(queue)
+            if not self._feeds[job_id]:
+                del self._feeds[job_id]
+
+    def _deliver(self, job_id: str, event: JobEvent | None) -> None:
+        for queue in self._feeds.get(job_id, ()):
+            if queue.full():
+                # A feed that cannot keep up drops its backlog and re-reads the log instead.
+                while not queue.empty():
+                    queue.get_nowait()
+                event = RESYNC
+            queue.put_nowait(event)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(self._keys.progress_pattern)
+                if failures:
+                    for job_id in list(self._feeds):
+                        self._deliver(job_id, RESYNC)
+                failures = 0
+                self.subscribed.set()
+                async for message in pubsub.listen():
+                    if message["type"] != "pmessage":
+                        continue
+                    job_id = self._keys.job_id_from_channel(message["channel"])
+                    if job_id in self._feeds:
+                        self._deliver(job_id, JobEvent.model_validate_json(message["data"]))
+            except REDIS_UNAVAILABLE as exc:
+                self.subscribed.clear()
+                delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("fanout.redis_unavailable", error=str(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+            finally:
+                with contextlib.suppress(*REDIS_UNAVAILABLE):
+                    await pubsub.aclose()

@@ -1,0 +1,100 @@
+"""The status service: job status reads and SSE feeds for both seed APIs, and the health check.
+
+``darkroom status`` serves these routes alone so they can scale apart from submission.
+"""
+
+from __future__ import annotations
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from common.redis import REDIS_UNAVAILABLE
+from common.schemas import Health, JobRecord, JobStatusResponse, SessionStatus
+from gateway.errors import field_error, not_found
+from gateway.feed import job_feed
+from gateway.openapi import operation
+from gateway.services import services
+
+LAST_EVENT_ID_HELP = "Resume a feed: only events with a greater sequence number are sent."
+
+
+@operation(summary="Health: the server and its Redis connection", tag="health",
+           responses={200: Health, 503: Health})
+async def health(request: Request) -> JSONResponse:
+    try:
+        await services(request).redis.ping()
+        redis_state = "connected"
+    except REDIS_UNAVAILABLE:
+        redis_state = "disconnected"
+    body = Health(status="ok" if redis_state == "connected" else "degraded",
+                  service="darkroom", redis=redis_state)
+    return JSONResponse(body.model_dump(), status_code=200 if redis_state == "connected" else 503)
+
+
+async def _record(request: Request, param: str) -> JobRecord:
+    job_id = request.path_params[param]
+    record = await services(request).jobs.get(job_id)
+    if record is None:
+        raise not_found("job", job_id)
+    return record
+
+
+@operation(summary="Status of a job (seed 1)", tag="api", responses={200: SessionStatus})
+async def session_status(request: Request) -> JSONResponse:
+    record = await _record(request, "session_id")
+    body = SessionStatus(
+        session_id=record.job_id, status=record.status, progress=record.progress,
+        message=record.message, result_url=record.result_urls[0] if record.result_urls else None,
+        error=record.error,
+    )
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+@operation(summary="Status of a job (seed 2)", tag="v1", responses={200: JobStatusResponse})
+async def v1_job(request: Request) -> JSONResponse:
+    record = await _record(request, "job_id")
+    body = JobStatusResponse(
+        job_id=record.job_id, status=record.status.v1,
+        result_urls=record.result_urls or None, seed=record.params.seed, error=record.error,
+    )
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise field_error("Last-Event-ID", f"{raw!r} is not an event id (a non-negative integer)")
+    return int(raw)
+
+
+async def _feed(request: Request, param: str) -> EventSourceResponse:
+    record = await _record(request, param)
+    svc = services(request)
+    events = job_feed(record.job_id, _last_event_id(request), svc.jobs, svc.fanout,
+                      resync_s=svc.settings.sse_resync_s)
+    return EventSourceResponse(events, ping=svc.settings.sse_ping_s)
+
+
+@operation(summary="Live progress of a job as Server-Sent Events (seed 1)", tag="api", sse=True,
+           headers={"Last-Event-ID": LAST_EVENT_ID_HELP})
+async def session_events(request: Request) -> EventSourceResponse:
+    return await _feed(request, "session_id")
+
+
+@operation(summary="Live progress of a job as Server-Sent Events (seed 2)", tag="v1", sse=True,
+           headers={"Last-Event-ID": LAST_EVENT_ID_HELP})
+async def v1_job_events(request: Request) -> EventSourceResponse:
+    return await _feed(request, "job_id")
+
+
+routes = [
+    Route("/", health, methods=["GET"]),
+    Route("/api/{session_id}/status", session_status, methods=["GET"]),
+    Route("/api/{session_id}/events", session_events, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", v1_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/events", v1_job_events, methods=["GET"]),
+]

@@ -1,0 +1,22 @@
+"""``darkroom gateway`` and ``darkroom status``: the HTTP app under uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.app import Role, create_app
+from gateway.settings import GatewaySettings
+
+# Longer than an SSE heartbeat, so open feeds get their terminal events before shutdown.
+GRACEFUL_SHUTDOWN_S = 20
+
+
+def serve(settings: GatewaySettings, role: Role) -> None:
+    uvicorn.run(
+        create_app(settings, role=role),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )

@@ -1,0 +1,29 @@
+"""What the HTTP layer needs at hand, built once per process in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from common.catalog import Catalog
+from common.jobs import JobStore
+from gateway.fanout import EventFanout
+from gateway.settings import GatewaySettings
+from gateway.submit import Submitter
+
+
+@dataclass
+class Services:
+    settings: GatewaySettings
+    redis: Redis
+    catalog: Catalog
+    jobs: JobStore
+    submitter: Submitter
+    fanout: EventFanout
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -1,0 +1,21 @@
+"""Gateway and status-service settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from common.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Largest accepted image upload; the request body may exceed it by the form's overhead only.
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    # Larger images are refused before they are decoded (decompression bombs).
+    max_input_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
+    max_json_bytes: int = Field(default=256 * 1024, ge=1024)
+    # SSE: comment lines at this interval keep proxies from closing idle feeds.
+    sse_ping_s: float = Field(default=15.0, gt=0)
+    # How often an SSE feed re-reads the event log when pub/sub is quiet (covers lost messages).
+    sse_resync_s: float = Field(default=5.0, gt=0)

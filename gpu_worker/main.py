@@ -1,0 +1,39 @@
+"""``darkroom worker``: load the served pipelines, then consume jobs until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from common.catalog import Catalog
+from common.jobs import JobStore
+from common.keys import Keys
+from common.lifecycle import stop_event_on_signals
+from common.redis import connect
+from gpu_worker.registry import ModelRegistry, pick_device
+from gpu_worker.settings import WorkerSettings
+from gpu_worker.worker import Worker
+
+
+async def run(settings: WorkerSettings) -> None:
+    stop = stop_event_on_signals()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    registry = ModelRegistry(Catalog.load(settings.models_file), settings.routes,
+                             pick_device(settings.device))
+    if settings.preload:
+        await asyncio.to_thread(registry.load_all)
+    keys = Keys(settings.key_prefix)
+    redis, blobs = connect(settings), connect(settings, decode=False)
+    worker = Worker(
+        redis=redis, blobs=blobs, keys=keys,
+        jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s), registry=registry,
+        consumer_name=settings.consumer_name, blob_ttl_s=settings.blob_ttl_s,
+        block_ms=settings.block_ms, claim_idle_ms=settings.claim_idle_ms,
+    )
+    try:
+        await worker.run(stop)
+    finally:
+        await redis.aclose()
+        await blobs.aclose()

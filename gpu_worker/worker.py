@@ -1,0 +1,111 @@
+"""The GPU worker: a ``workers`` group member that renders jobs and hands the bytes to the uploader.
+
+Output bytes go to a blob key, and the hand-off to ``rendered`` and the ack of the job entry happen
+in one transaction: a job is never acked before its output is safely handed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from redis.asyncio import Redis
+
+from common.consumer import Delivery, StreamConsumer
+from common.jobs import JobStore
+from common.keys import WORKERS_GROUP, Keys
+from common.logging import get_logger
+from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob
+from gpu_worker.progress import RENDER_END_PCT, RENDER_START_PCT, ProgressReporter
+from gpu_worker.registry import ModelRegistry
+from gpu_worker.render import decode_image, encode_png, render
+
+log = get_logger(__name__)
+
+
+class Worker:
+    def __init__(self, *, redis: Redis, blobs: Redis, keys: Keys, jobs: JobStore,
+                 registry: ModelRegistry, consumer_name: str, blob_ttl_s: int,
+                 block_ms: int, claim_idle_ms: int) -> None:
+        self._blobs = blobs
+        self._keys = keys
+        self._jobs = jobs
+        self._registry = registry
+        self._blob_ttl_s = blob_ttl_s
+        self.consumer = StreamConsumer(
+            redis=redis,
+            streams=[keys.job_stream(name) for name in registry.route_names],
+            group=WORKERS_GROUP,
+            consumer=consumer_name,
+            handler=self.handle,
+            block_ms=block_ms,
+            claim_idle_ms=claim_idle_ms,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.consumer.ensure_groups()
+        log.info("worker.ready", routes=self._registry.route_names, device=str(self._registry.device))
+        await self.consumer.run(stop)
+
+    async def handle(self, delivery: Delivery) -> None:
+        spec = JobSpec.model_validate_json(delivery.fields["job"])
+        structlog.contextvars.bind_contextvars(job_id=spec.job_id, model=spec.model,
+                                               msg_id=delivery.msg_id)
+        try:
+            await self._handle(spec, delivery)
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "model", "msg_id")
+
+    async def _handle(self, spec: JobSpec, delivery: Delivery) -> None:
+        record = await self._jobs.get(spec.job_id)
+        if record is None or record.status.terminal:
+            log.info("job.skipped", reason="expired" if record is None else record.status.value)
+            await self.consumer.ack(delivery)
+            return
+        started = await self._jobs.emit(
+            spec.job_id, status=JobStatus.PROCESSING, progress=RENDER_START_PCT,
+            message="Generating", fields={"attempts": record.attempts + 1},
+        )
+        if started is None:
+            await self.consumer.ack(delivery)
+            return
+        log.info("job.started", task=spec.task.value, attempt=record.attempts + 1)
+        began = time.perf_counter()
+        try:
+            outputs = await self._render(spec)
+        except Exception as exc:  # an inference error fails the job; it must not kill the worker
+            log.exception("job.render_failed")
+            await self._jobs.emit(spec.job_id, status=JobStatus.FAILED, message="Generation failed",
+                                  error=f"Model inference error: {exc}")
+            await self.consumer.ack(delivery)
+            return
+        render_ms = round((time.perf_counter() - began) * 1000)
+        await self._hand_off(spec, delivery, outputs)
+        await self._jobs.emit(spec.job_id, progress=RENDER_END_PCT,
+                              message="Generation complete, uploading to storage...")
+        log.info("job.rendered", duration_ms=render_ms, outputs=len(outputs))
+
+    async def _render(self, spec: JobSpec) -> list[bytes]:
+        pipe = await asyncio.to_thread(self._registry.pipeline, spec.model, spec.task)
+        image = None
+        if spec.input_blob is not None:
+            data = await self._blobs.get(spec.input_blob)
+            if data is None:
+                raise ValueError("the input image expired before the job started")
+            image = await asyncio.to_thread(decode_image, data)
+        async with ProgressReporter(self._jobs, spec.job_id) as progress:
+            images = await asyncio.to_thread(render, pipe, spec, image, progress.on_step)
+        return [await asyncio.to_thread(encode_png, im) for im in images]
+
+    async def _hand_off(self, spec: JobSpec, delivery: Delivery, outputs: list[bytes]) -> None:
+        blobs = [OutputBlob(key=self._keys.blob(spec.job_id, f"output:{i}"),
+                            content_type="image/png", extension="png") for i in range(len(outputs))]
+        rendered = RenderedJob(job_id=spec.job_id, created_at=spec.created_at, outputs=blobs,
+                               input_blob=spec.input_blob)
+        async with self._blobs.pipeline(transaction=True) as pipe:
+            for blob, data in zip(blobs, outputs, strict=True):
+                pipe.set(blob.key, data, ex=self._blob_ttl_s)
+            pipe.xadd(self._keys.rendered, {"rendered": rendered.model_dump_json()})
+            self.consumer.ack_in(pipe, delivery)
+            await pipe.execute()

@@ -1,0 +1,36 @@
+"""Uploader settings: where results are stored and how their URLs are formed."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field, model_validator
+
+from common.settings import CommonSettings, seed_alias
+
+
+class UploaderSettings(CommonSettings):
+    aws_access_key_id: str | None = Field(default=None, validation_alias=seed_alias("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: str | None = Field(
+        default=None, validation_alias=seed_alias("AWS_SECRET_ACCESS_KEY"))
+    aws_region: str = Field(default="us-east-1", validation_alias=seed_alias("AWS_REGION"))
+    s3_bucket_name: str = Field(default="image-generation-outputs",
+                                validation_alias=seed_alias("S3_BUCKET_NAME"))
+    # Any S3-compatible endpoint (MinIO, SeaweedFS, R2…); unset means AWS.
+    s3_endpoint_url: str | None = Field(default=None, validation_alias=seed_alias("S3_ENDPOINT_URL"))
+    # URLs handed to clients: presigned GETs, or this base (a CDN or public bucket) + key.
+    s3_presign: bool = False
+    s3_presign_expires_s: int = Field(default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+    s3_public_base_url: str | None = None
+    s3_create_bucket: bool = False
+
+    consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    block_ms: int = Field(default=2000, ge=1)
+    claim_idle_ms: int = Field(default=30_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> UploaderSettings:
+        if self.storage == "s3" and not self.s3_bucket_name:
+            raise ValueError("S3_BUCKET_NAME is required when DARKROOM_STORAGE=s3")
+        return self
