@@ -43,21 +43,20 @@ async def read_image_form(request: Request, model: type[M], *, file_field: str,
         raise ApiError(415, "unsupported_media_type",
                        f"Send the request as multipart/form-data with the image in {file_field!r}.")
     try:
-        form = await request.form(max_files=1, max_fields=32, max_part_size=64 * 1024)
+        async with request.form(max_files=1, max_fields=32, max_part_size=64 * 1024) as form:
+            upload = form.get(file_field)
+            if not isinstance(upload, UploadFile):
+                raise field_error(file_field, "an image file is required")
+            data = await upload.read(max_upload_bytes + 1)
+            fields = {k: v for k, v in form.multi_items() if k != file_field}
     except MultiPartException as exc:
         raise ApiError(400, "invalid_form", f"The multipart body could not be read: {exc.message}") from None
-    async with form:
-        upload = form.get(file_field)
-        if not isinstance(upload, UploadFile):
-            raise field_error(file_field, "an image file is required")
-        data = await upload.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise field_error(file_field, f"the file is larger than {max_upload_bytes} bytes",
-                              status_code=413)
-        fields = {k: v for k, v in form.multi_items() if k != file_field}
-        stray_files = [k for k, v in fields.items() if not isinstance(v, str)]
-        if stray_files:
-            raise field_error(stray_files[0], "unexpected file")
+    if len(data) > max_upload_bytes:
+        raise field_error(file_field, f"the file is larger than {max_upload_bytes} bytes",
+                          status_code=413)
+    stray_files = [k for k, v in fields.items() if not isinstance(v, str)]
+    if stray_files:
+        raise field_error(stray_files[0], "unexpected file")
     try:
         # Empty form fields mean "not given", as browsers send them for blank inputs.
         parsed = model.model_validate({k: v for k, v in fields.items() if v != ""})

@@ -1,0 +1,97 @@
+"""Darkroom's services as real subprocesses, started through the ``darkroom`` CLI as in production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from common.redis_server import free_port
+from tests.support.waiting import wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Stack:
+    """One deployment: its own key prefix on a shared Redis, its own port and output directory."""
+
+    name: str
+    workdir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def prefix(self) -> str:
+        return self.env["DARKROOM_KEY_PREFIX"]
+
+    def start(self, *services: str) -> None:
+        for service in services:
+            log = (self.workdir / f"{service}.log").open("ab")
+            self.processes[service] = subprocess.Popen(
+                [sys.executable, "-m", "common.cli", service],
+                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if "gateway" in services or "status" in services:
+            wait_for(self._healthy, timeout_s=READY_TIMEOUT_S, what=f"{self.name} gateway health")
+
+    def stop(self, service: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30) -> int:
+        process = self.processes.pop(service)
+        if process.poll() is None:
+            process.send_signal(sig)
+        return process.wait(timeout=timeout_s)
+
+    def stop_all(self) -> None:
+        for service, process in list(self.processes.items()):
+            try:
+                self.stop(service)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def log(self, service: str) -> str:
+        path = self.workdir / f"{service}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _healthy(self) -> bool:
+        for service, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.name} {service} exited:\n{self.log(service)[-3000:]}")
+        try:
+            return httpx.get(self.base_url + "/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def stack_env(*, redis_url: str, prefix: str, models_file: Path, workdir: Path, port: int,
+              extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DARKROOM_", "REDIS_", "AWS_", "S3_"))}
+    env.update({
+        "REDIS_URL": redis_url,
+        "DARKROOM_KEY_PREFIX": prefix,
+        "DARKROOM_MODELS_FILE": str(models_file),
+        "DARKROOM_OUTPUT_DIR": str(workdir / "output"),
+        "DARKROOM_PORT": str(port),
+        "DARKROOM_HOST": "127.0.0.1",
+        "DARKROOM_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "DARKROOM_LOG_FORMAT": "json",
+        "DARKROOM_BLOCK_MS": "200",
+        "DARKROOM_SSE_RESYNC_S": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    })
+    env.update(extra or {})
+    return env
