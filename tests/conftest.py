@@ -90,7 +90,8 @@ def s3_stack(redis_server: RedisServer, models_file: Path, s3_server: S3Server, 
 def status_stack(redis_server: RedisServer, models_file: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The status service alone, no worker: tests drive job events themselves."""
-    stack = _stack("status", ("status",), redis_server, models_file, tmp_path_factory)
+    stack = _stack("status", ("status",), redis_server, models_file, tmp_path_factory,
+                   extra={"DARKROOM_SSE_PING_S": "0.3"})
     yield stack
     stack.stop_all()
 

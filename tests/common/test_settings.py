@@ -1,0 +1,39 @@
+"""Settings accept the seeds' variable names and refuse misspelled ones at start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from pydantic import ValidationError
+
+from common.settings import CommonSettings
+
+
+def test_seed_one_redis_variables_build_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "cache.internal")
+    monkeypatch.setenv("REDIS_PORT", "6380")
+    monkeypatch.setenv("REDIS_DB", "2")
+    monkeypatch.setenv("REDIS_PASSWORD", "p@ss word")
+    monkeypatch.setenv("TASK_TTL", "120")
+    settings = CommonSettings()
+    assert settings.redis_dsn == "redis://:p%40ss%20word@cache.internal:6380/2"
+    assert settings.task_ttl_s == 120
+
+
+def test_redis_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "ignored")
+    monkeypatch.setenv("REDIS_URL", "rediss://managed.example:6379/0")
+    assert CommonSettings().redis_dsn == "rediss://managed.example:6379/0"
+
+
+def test_a_misspelled_setting_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKROOM_STORAGEE", "s3")
+    with pytest.raises(ValidationError, match="unknown setting.*DARKROOM_STORAGEE"):
+        CommonSettings()
+
+
+def test_another_services_setting_is_not_a_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpu_worker.settings  # noqa: F401  (registers the worker's names)
+
+    monkeypatch.setenv("DARKROOM_CLAIM_IDLE_MS", "5000")
+    CommonSettings()

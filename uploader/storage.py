@@ -1,0 +1,293 @@
+"""Where finished outputs are stored, and the URL a client gets back for each.
+
+Two backends share the ``Storage`` protocol: ``LocalStorage`` writes under a directory the
+gateway serves at ``/output`` (the embedded default), and ``S3Storage`` writes to an S3 or
+S3-compatible bucket. Every failure surfaces as ``StorageError`` so the uploader loop has one
+thing to catch and retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+# aiobotocore builds client classes at run time and no stubs are installed.
+S3Client = Any
+
+# Error codes that will not go away by retrying the same request with the same settings.
+_PERMANENT_S3_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "InvalidBucketName",
+        "NoSuchBucket",
+        "SignatureDoesNotMatch",
+    }
+)
+# What a person should do about the common permanent errors.
+_S3_HINTS = {
+    "NoSuchBucket": "create it (`darkroom up` does) or fix S3_BUCKET_NAME",
+    "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY and the region",
+    "AccessDenied": "the credentials lack s3:PutObject / s3:CreateBucket on this bucket",
+}
+
+
+class StorageError(Exception):
+    """Storing an output failed. ``retryable`` is False when retrying unchanged cannot help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Storage(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        """Store ``data`` under ``key`` (overwriting) and return the URL to hand to the client."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def result_key(job_id: str, created_at: datetime, index: int, extension: str) -> str:
+    """Key of a job's ``index``-th output, e.g. ``generations/20250102_030405_<job_id>.png``.
+
+    Derived only from the job id and its creation time, so a retried upload overwrites the
+    same object instead of leaving a duplicate. Aware times are taken in UTC so the key does
+    not depend on the uploader host's time zone.
+    """
+    if index < 0:
+        raise ValueError(f"output index must be >= 0, got {index}")
+    if created_at.tzinfo is not None:
+        created_at = created_at.astimezone(UTC)
+    suffix = f"_{index}" if index > 0 else ""
+    return f"generations/{created_at:%Y%m%d_%H%M%S}_{job_id}{suffix}.{extension.lstrip('.')}"
+
+
+class LocalStorage:
+    """Files under ``root``; the gateway serves them at ``<public_base_url>/output/<key>``."""
+
+    def __init__(self, root: Path, public_base_url: str) -> None:
+        self.root = root
+        self.public_base_url = public_base_url.rstrip("/")
+
+    def path_for(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        # Keys come from result_key, but never let one escape the served directory.
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"storage key {key!r} escapes {self.root}")
+        return path
+
+    def url_for(self, key: str) -> str:
+        return f"{self.public_base_url}/output/{quote(key, safe='/~')}"
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        path = self.path_for(key)
+        try:
+            await asyncio.to_thread(_write_atomically, path, data)
+        except OSError as exc:
+            raise StorageError(f"writing {len(data)} bytes to {path} failed: {exc}") from exc
+        return self.url_for(key)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and ``os.replace``.
+
+    A reader (the gateway serving /output) sees the old file or the whole new one, never a
+    half-written one, and a retry simply replaces the file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            # So a crash right after the rename cannot leave an empty file under the final name.
+            os.fsync(tmp.fileno())
+        # mkstemp creates 0600; outputs are meant to be served, possibly by another user.
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+class S3Storage:
+    """One long-lived aioboto3 S3 client writing to ``bucket``; build it with ``open()``."""
+
+    def __init__(
+        self,
+        *,
+        client: S3Client,
+        stack: AsyncExitStack,
+        bucket: str,
+        region: str,
+        endpoint_url: str | None,
+        public_base_url: str | None,
+        presign: bool,
+        presign_expires_s: int,
+    ) -> None:
+        self._client = client
+        self._stack = stack
+        self.bucket = bucket
+        self.region = region
+        self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self.presign = presign
+        self.presign_expires_s = presign_expires_s
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        bucket: str,
+        region: str,
+        endpoint_url: str | None,
+        access_key_id: str | None,
+        secret_access_key: str | None,
+        public_base_url: str | None = None,
+        presign: bool = False,
+        presign_expires_s: int = 3600,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        max_attempts: int = 3,
+    ) -> S3Storage:
+        """Open the client. ``max_attempts`` counts the first try; botocore backs off between.
+
+        The uploader loop retries on its own, so botocore's retries only smooth over blips;
+        keep them few so a dead endpoint is reported in seconds rather than minutes.
+        """
+        config = Config(
+            signature_version="s3v4",
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            # Custom endpoints (SeaweedFS, MinIO…) rarely have wildcard DNS for virtual hosts.
+            s3={"addressing_style": "path"} if endpoint_url else {},
+        )
+        session = aioboto3.Session(
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            region_name=region,
+        )
+        stack = AsyncExitStack()
+        client = await stack.enter_async_context(
+            session.client("s3", endpoint_url=endpoint_url, config=config)
+        )
+        return cls(
+            client=client,
+            stack=stack,
+            bucket=bucket,
+            region=region,
+            endpoint_url=endpoint_url,
+            public_base_url=public_base_url,
+            presign=presign,
+            presign_expires_s=presign_expires_s,
+        )
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        try:
+            await self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            )
+            if self.presign:
+                url: str = await self._client.generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": self.bucket, "Key": key},
+                    ExpiresIn=self.presign_expires_s,
+                )
+                return url
+        except (ClientError, BotoCoreError) as exc:
+            # aiobotocore wraps aiohttp's connection and timeout errors in BotoCoreError subclasses.
+            raise self._error(f"putting s3://{self.bucket}/{key}", exc) from exc
+        return self.url_for(key)
+
+    def url_for(self, key: str) -> str:
+        """Unsigned URL of ``key``: readable only if the bucket (or a CDN in front) is public."""
+        quoted = quote(key, safe="/~")
+        if self.public_base_url:
+            return f"{self.public_base_url}/{quoted}"
+        if self.endpoint_url is None:
+            return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/{quoted}"
+        return f"{self.endpoint_url}/{self.bucket}/{quoted}"
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket unless it already exists and is ours; safe to call every start."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        # us-east-1 is the one region that rejects an explicit LocationConstraint.
+        if self.endpoint_url is None and self.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            await self._client.create_bucket(**kwargs)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code == "BucketAlreadyOwnedByYou":
+                return
+            if code == "BucketAlreadyExists":
+                # Some S3-compatible servers answer this even to the owner; ours only if we can
+                # reach it with these credentials.
+                await self._check_bucket_reachable(exc)
+                return
+            raise self._error(f"creating bucket {self.bucket}", exc) from exc
+        except BotoCoreError as exc:
+            raise self._error(f"creating bucket {self.bucket}", exc) from exc
+
+    async def _check_bucket_reachable(self, create_exc: ClientError) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            raise StorageError(
+                f"bucket {self.bucket} already exists and belongs to someone else "
+                f"({_error_code(exc)} on HEAD); choose another S3_BUCKET_NAME",
+                retryable=False,
+            ) from create_exc
+        except BotoCoreError as exc:
+            raise self._error(f"checking bucket {self.bucket}", exc) from exc
+
+    def _error(self, action: str, exc: ClientError | BotoCoreError) -> StorageError:
+        where = self.endpoint_url or f"AWS {self.region}"
+        if isinstance(exc, ClientError):
+            code = _error_code(exc)
+            message = exc.response.get("Error", {}).get("Message", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            reason = f"{code} (HTTP {status}): {message}".rstrip(": ")
+            hint = _S3_HINTS.get(code)
+            if hint:
+                reason = f"{reason}; {hint}"
+            return StorageError(
+                f"{action} at {where} failed: {reason}",
+                retryable=code not in _PERMANENT_S3_CODES,
+            )
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StorageError(
+                f"{action} at {where} failed: {exc}; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or an AWS profile / instance role)",
+                retryable=False,
+            )
+        return StorageError(f"{action} at {where} failed: {type(exc).__name__}: {exc}")
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
