@@ -59,6 +59,10 @@ class Submitter:
     async def image_to_image(self, model: str, form: ImageToImageForm, image: bytes,
                              size: tuple[int, int]) -> str:
         route = self.route(model, Task.I2I)
+        if int(form.num_inference_steps * form.strength) < 1:
+            # img2img denoises only the last strength × steps steps; zero would render nothing.
+            raise field_error("strength", f"strength {form.strength} × num_inference_steps "
+                              f"{form.num_inference_steps} leaves no denoising step; raise either")
         params = RenderParams(
             prompt=form.prompt, negative_prompt=form.negative_prompt,
             width=size[0], height=size[1], num_inference_steps=form.num_inference_steps,

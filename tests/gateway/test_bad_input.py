@@ -94,6 +94,8 @@ def test_malformed_requests(client: httpx.Client, nothing_enqueued: None) -> Non
     ({"image": ("bomb.png", bomb_png(), "image/png")}, {}, 413, "image"),
     ({"image": ("tiny.png", png_bytes(16, 16), "image/png")}, {}, 422, "image"),
     ({"image": ("ok.png", png_bytes(128, 128), "image/png")}, {"strength": "2"}, 422, "strength"),
+    ({"image": ("ok.png", png_bytes(128, 128), "image/png")},
+     {"strength": "0.2", "num_inference_steps": "2"}, 422, "strength"),
     ({"image": ("ok.png", png_bytes(128, 128), "image/png")}, {"num_inference_steps": "x"}, 422,
      "num_inference_steps"),
 ])

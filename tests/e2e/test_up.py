@@ -1,0 +1,61 @@
+"""``darkroom up`` on a fresh directory: embedded Redis, demo models, a finished job, a clean exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from common.redis_server import free_port
+from tests.support.client import png_size, wait_terminal
+from tests.support.stack import REPO_ROOT
+from tests.support.waiting import wait_for
+
+START_TIMEOUT_S = 240
+
+
+def _healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
+    if process.poll() is not None:
+        pytest.fail(f"darkroom up exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DARKROOM_", "REDIS_"))}
+    env.update({"DARKROOM_PORT": str(port), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)})
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "common.cli", "up"], cwd=tmp_path, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://localhost:{port}"
+    try:
+        wait_for(lambda: _healthy(base + "/", process, log), timeout_s=START_TIMEOUT_S,
+                 what="darkroom up")
+        with httpx.Client(base_url=base, timeout=30) as client:
+            job_id = client.post("/v1/generate", json={
+                "prompt": "a castle", "width": 128, "height": 128, "num_inference_steps": 2,
+            }).raise_for_status().json()["job_id"]
+            job = wait_terminal(client, f"/v1/jobs/{job_id}")
+            assert job["status"] == "SUCCESS", job
+            (url,) = job["result_urls"]
+            assert url.startswith(f"{base}/output/generations/")
+            assert png_size(client.get(url).content) == (128, 128)
+        assert (tmp_path / ".darkroom" / "models" / "stable-diffusion" / "model_index.json").exists()
+        redis_port = int(next(line for line in log.read_text().splitlines()
+                              if "redis.embedded" in line).split("127.0.0.1:")[1].split("/")[0])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, log.read_text()[-3000:]
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
