@@ -7,11 +7,19 @@ costs one copy of its weights whatever tasks it serves.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
+import diffusers
 import torch
+import transformers
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+# Loading bars are noise in JSON logs; model.loaded carries the duration instead.
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
 
 from common.catalog import Catalog, ModelRoute
 from common.logging import get_logger
@@ -68,15 +76,27 @@ class ModelRegistry:
     def _load(self, route: ModelRoute) -> None:
         started = time.perf_counter()
         if route.family == "stable-diffusion":
-            base = StableDiffusionPipeline.from_pretrained(route.weights, torch_dtype=self._dtype(route))
+            base = StableDiffusionPipeline.from_pretrained(route.weights, dtype=self._dtype(route))
             base = base.to(self.device)
-            base.set_progress_bar_config(disable=True)
             variants: dict[Task, DiffusionPipeline] = {Task.T2I: base}
             if Task.I2I in route.tasks:
-                variants[Task.I2I] = StableDiffusionImg2ImgPipeline.from_pipe(base)
+                with _quiet_diffusers():
+                    variants[Task.I2I] = StableDiffusionImg2ImgPipeline.from_pipe(base)
         else:  # pragma: no cover - the catalogue's Literal makes this unreachable
             raise ValueError(f"unsupported family {route.family!r}")
         for task in route.tasks:
+            variants[task].set_progress_bar_config(disable=True)
             self._pipelines[(route.name, task)] = variants[task]
         log.info("model.loaded", model=route.name, family=route.family, weights=route.weights,
                  device=str(self.device), duration_ms=round((time.perf_counter() - started) * 1000))
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """``from_pipe`` always warns about float32 modules, listing none (a diffusers quirk)."""
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(level)

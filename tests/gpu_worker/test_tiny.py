@@ -95,8 +95,10 @@ def test_image_to_image_keeps_the_input_size(pipe: StableDiffusionPipeline) -> N
     assert pixels(out).std() > 0
 
 
-def test_checkpoint_seed_changes_the_weights(tmp_path: Path) -> None:
+def test_checkpoint_seed_sets_the_weights_and_spares_the_global_rng(tmp_path: Path) -> None:
+    rng_before = torch.random.get_rng_state()
     a = make_tiny("stable-diffusion", tmp_path / "a", seed=0)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
     b = make_tiny("stable-diffusion", tmp_path / "b", seed=0)
     c = make_tiny("stable-diffusion", tmp_path / "c", seed=1)
     weights = Path("unet") / "diffusion_pytorch_model.safetensors"

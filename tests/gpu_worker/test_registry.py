@@ -1,0 +1,35 @@
+"""The model registry loads each route once, from the catalogue's weights, through the production loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.catalog import demo_catalog
+from common.schemas import Task
+from gpu_worker.registry import ModelRegistry
+
+
+def test_pipelines_are_resident_and_img2img_shares_the_weights(tiny_models: Path) -> None:
+    registry = ModelRegistry(demo_catalog(tiny_models), [], torch.device("cpu"))
+    t2i = registry.pipeline("sd", Task.T2I)
+    i2i = registry.pipeline("sd", Task.I2I)
+    assert type(t2i).__name__ == "StableDiffusionPipeline"
+    assert type(i2i).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert i2i.unet is t2i.unet and i2i.vae is t2i.vae and i2i.text_encoder is t2i.text_encoder
+    assert registry.pipeline("sd", Task.T2I) is t2i  # never a load per job
+
+
+def test_a_worker_serves_only_its_routes(tiny_models: Path) -> None:
+    catalog = demo_catalog(tiny_models)
+    assert ModelRegistry(catalog, ["sd"], torch.device("cpu")).route_names == ["sd"]
+    with pytest.raises(ValueError, match="unknown route"):
+        ModelRegistry(catalog, ["flux-typo"], torch.device("cpu"))
+
+
+def test_missing_weights_fail_loudly(tmp_path: Path) -> None:
+    registry = ModelRegistry(demo_catalog(tmp_path / "nowhere"), [], torch.device("cpu"))
+    with pytest.raises(OSError):
+        registry.pipeline("sd", Task.T2I)
