@@ -84,26 +84,31 @@ class Catalog(BaseModel):
 DEFAULT_STYLES = {
     0: StylePreset(id=0, name="none"),
     1: StylePreset(
-        id=1, name="photographic",
+        id=1,
+        name="photographic",
         prompt="{prompt}, photograph, 35mm, natural light, highly detailed",
         negative_prompt="drawing, painting, illustration, cartoon",
     ),
     2: StylePreset(
-        id=2, name="anime",
+        id=2,
+        name="anime",
         prompt="{prompt}, anime style, cel shading, vibrant colors",
         negative_prompt="photo, realistic",
     ),
     3: StylePreset(
-        id=3, name="digital-art",
+        id=3,
+        name="digital-art",
         prompt="{prompt}, digital art, concept art, trending on artstation",
     ),
     4: StylePreset(
-        id=4, name="pixel-art",
+        id=4,
+        name="pixel-art",
         prompt="{prompt}, pixel art, 16-bit game sprite, clean palette",
         negative_prompt="blurry, photo",
     ),
     5: StylePreset(
-        id=5, name="watercolor",
+        id=5,
+        name="watercolor",
         prompt="{prompt}, watercolor painting, soft edges, paper texture",
     ),
 }
@@ -113,7 +118,8 @@ def production_catalog() -> Catalog:
     return Catalog(
         routes={
             "sd": ModelRoute(
-                name="sd", family="stable-diffusion",
+                name="sd",
+                family="stable-diffusion",
                 weights="stable-diffusion-v1-5/stable-diffusion-v1-5",
                 tasks=[Task.T2I, Task.I2I],
             ),
@@ -126,12 +132,14 @@ def demo_catalog(models_dir: Path) -> Catalog:
     """Every route served from tiny random-weight checkpoints: offline, quick on a CPU."""
     catalog = production_catalog()
     routes = {
-        name: route.model_copy(update={
-            "weights": str(models_dir / route.family),
-            "dtype": "float32",
-            "max_width": 2048,
-            "max_height": 2048,
-        })
+        name: route.model_copy(
+            update={
+                "weights": str(models_dir / route.family),
+                "dtype": "float32",
+                "max_width": 2048,
+                "max_height": 2048,
+            }
+        )
         for name, route in catalog.routes.items()
     }
     return catalog.model_copy(update={"routes": routes})
@@ -142,6 +150,7 @@ def write_catalog(catalog: Catalog, path: Path) -> None:
     data = catalog.model_dump(mode="json", exclude_none=True)
     for route in data["routes"].values():
         del route["name"]
-    data["styles"] = {str(k): {f: v for f, v in s.items() if f != "id"}
-                      for k, s in data["styles"].items()}
+    data["styles"] = {
+        str(k): {f: v for f, v in s.items() if f != "id"} for k, s in data["styles"].items()
+    }
     path.write_text(tomli_w.dumps(data))

@@ -72,8 +72,12 @@ def _make_tiny(out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="darkroom", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("up", help="gateway, worker and uploader with embedded Redis and demo models")
-    commands.add_parser("gateway", help="the complete HTTP API (submit, status, SSE, docs, /output)")
+    commands.add_parser(
+        "up", help="gateway, worker and uploader with embedded Redis and demo models"
+    )
+    commands.add_parser(
+        "gateway", help="the complete HTTP API (submit, status, SSE, docs, /output)"
+    )
     commands.add_parser("status", help="status and SSE routes only")
     commands.add_parser("worker", help="a GPU worker")
     commands.add_parser("uploader", help="the uploader")

@@ -33,6 +33,7 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+RawFields = dict[str | bytes, str | bytes]
 
 
 @dataclass
@@ -76,15 +77,20 @@ class StreamConsumer:
             except REDIS_UNAVAILABLE as exc:
                 delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
-                log.warning("consumer.redis_unavailable", group=self.group, error=str(exc),
-                            retry_in_s=delay_s)
+                log.warning(
+                    "consumer.redis_unavailable",
+                    group=self.group,
+                    error=str(exc),
+                    retry_in_s=delay_s,
+                )
                 await _sleep_unless(stop, delay_s)
                 continue
             for delivery in deliveries:
                 await self.handler(delivery)
 
     async def _read_new(self) -> list[Delivery]:
-        reply = await self.redis.xreadgroup(
+        reply: list[tuple[str | bytes, list[tuple[str | bytes, RawFields | None]]]] | None
+        reply = await self.redis.xreadgroup(  # type: ignore[assignment]  # redis-py's union return
             self.group, self.consumer, {s: ">" for s in self.streams}, count=1, block=self.block_ms
         )
         return [
@@ -105,7 +111,9 @@ class StreamConsumer:
             claimed = [(m, raw) for m, raw in reply[1] if raw]
             if claimed:
                 msg_id, raw = claimed[0]
-                log.info("consumer.reclaimed", stream=stream, msg_id=_text(msg_id), group=self.group)
+                log.info(
+                    "consumer.reclaimed", stream=stream, msg_id=_text(msg_id), group=self.group
+                )
                 return [Delivery(stream, _text(msg_id), _fields(raw), reclaimed=True)]
         return []
 
@@ -121,5 +129,5 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _fields(raw: dict[str | bytes, str | bytes]) -> dict[str, str]:
+def _fields(raw: RawFields) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in raw.items()}

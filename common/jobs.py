@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from common.keys import Keys
 from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams, Task
@@ -27,7 +28,8 @@ local patch = cjson.decode(ARGV[1])
 local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local log_maxlen, terminal_maxlen = ARGV[5], ARGV[6]
 
-local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls', 'error')
+local cur = redis.call('HMGET', job,
+  'job_id', 'status', 'progress', 'message', 'result_urls', 'error')
 if not cur[1] then return false end
 local status = cur[2]
 if status == 'completed' or status == 'failed' or status == 'canceled' then return false end
@@ -40,7 +42,8 @@ local result_urls = patch.result_urls or cur[5]
 local err = patch.error or cur[6]
 local seq = redis.call('HINCRBY', job, 'seq', 1)
 
-redis.call('HSET', job, 'status', status, 'progress', progress, 'message', message, 'updated_at', now)
+redis.call('HSET', job,
+  'status', status, 'progress', progress, 'message', message, 'updated_at', now)
 if patch.result_urls then redis.call('HSET', job, 'result_urls', patch.result_urls) end
 if patch.error then redis.call('HSET', job, 'error', patch.error) end
 if patch.fields then
@@ -71,13 +74,20 @@ class JobStore:
         self._task_ttl_s = task_ttl_s
         self._emit = redis.register_script(_EMIT)
 
-    async def submit(self, spec: JobSpec, *, message: str, input_bytes: bytes | None = None,
-                     blob_ttl_s: int = 3600) -> None:
+    async def submit(
+        self,
+        spec: JobSpec,
+        *,
+        message: str,
+        input_bytes: bytes | None = None,
+        blob_ttl_s: int = 3600,
+    ) -> None:
         """Write the record, its first event and the stream entry in one transaction."""
         keys, now = self._keys, time.time()
-        first = JobEvent(seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0,
-                         message=message, ts=now)
-        record = {
+        first = JobEvent(
+            seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0, message=message, ts=now
+        )
+        record: dict[FieldT, EncodableT] = {
             "job_id": spec.job_id,
             "status": JobStatus.PENDING.value,
             "progress": 0,
@@ -94,8 +104,13 @@ class JobStore:
             if input_bytes is not None and spec.input_blob is not None:
                 pipe.set(spec.input_blob, input_bytes, ex=blob_ttl_s)
             pipe.hset(keys.job(spec.job_id), mapping=record)
-            pipe.xadd(keys.job_events(spec.job_id), {"event": first.model_dump_json()},
-                      id="1-0", maxlen=JOB_EVENT_LOG_MAXLEN, approximate=True)
+            pipe.xadd(
+                keys.job_events(spec.job_id),
+                {"event": first.model_dump_json()},
+                id="1-0",
+                maxlen=JOB_EVENT_LOG_MAXLEN,
+                approximate=True,
+            )
             pipe.xadd(keys.job_stream(spec.model), {"job": spec.model_dump_json()})
             await pipe.execute()
 
@@ -127,8 +142,14 @@ class JobStore:
         keys = self._keys
         payload = await self._emit(
             keys=[keys.job(job_id), keys.job_events(job_id), keys.events],
-            args=[json.dumps(patch), repr(time.time()), self._task_ttl_s,
-                  keys.progress_channel(job_id), JOB_EVENT_LOG_MAXLEN, TERMINAL_EVENTS_MAXLEN],
+            args=[
+                json.dumps(patch),
+                repr(time.time()),
+                self._task_ttl_s,
+                keys.progress_channel(job_id),
+                JOB_EVENT_LOG_MAXLEN,
+                TERMINAL_EVENTS_MAXLEN,
+            ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)
 
@@ -140,7 +161,10 @@ class JobStore:
 
     async def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
         """The logged events with a sequence number above ``seq``, oldest first."""
-        entries = await self._redis.xrange(self._keys.job_events(job_id), min=f"({seq}-0", max="+")
+        entries: list[tuple[str, dict[str, str]]]
+        entries = await self._redis.xrange(  # type: ignore[assignment]  # redis-py's union return
+            self._keys.job_events(job_id), min=f"({seq}-0", max="+"
+        )
         return [JobEvent.model_validate_json(fields["event"]) for _, fields in entries]
 
 

@@ -54,7 +54,7 @@ class Keys:
         return channel.removeprefix(f"{self.prefix}progress:")
 
     def job_events(self, job_id: str) -> str:
-        """Small capped stream of one job's events; entry id ``<seq>-0`` so replays are a range read."""
+        """Capped stream of one job's events; entry id ``<seq>-0``, so a replay is a range."""
         return f"{self.prefix}jobevents:{job_id}"
 
     def idempotency(self, key: str) -> str:

@@ -34,16 +34,19 @@ class LocalSettings(CommonSettings):
 
 
 def _redis_configured() -> bool:
-    return any(name in os.environ for name in
-               ("REDIS_URL", "REDIS_HOST", "DARKROOM_REDIS_URL", "DARKROOM_REDIS_HOST"))
+    return any(
+        name in os.environ
+        for name in ("REDIS_URL", "REDIS_HOST", "DARKROOM_REDIS_URL", "DARKROOM_REDIS_HOST")
+    )
 
 
 def _demo_models(settings: LocalSettings) -> Path:
     models_dir = (settings.state_dir / "models").resolve()
     if not (models_dir / "stable-diffusion" / "model_index.json").exists():
         log.info("demo.models.writing", dir=str(models_dir))
-        subprocess.run([sys.executable, "-m", "common.cli", "models", "make-tiny", str(models_dir)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "common.cli", "models", "make-tiny", str(models_dir)], check=True
+        )
     catalog_file = settings.state_dir.resolve() / "models.toml"
     write_catalog(demo_catalog(models_dir), catalog_file)
     return catalog_file
@@ -63,9 +66,15 @@ def up(settings: LocalSettings) -> int:
     env["DARKROOM_PORT"] = str(settings.port)
     env.pop("DARKROOM_STATE_DIR", None)
 
-    children = {name: subprocess.Popen([sys.executable, "-m", "common.cli", name], env=env)
-                for name in SERVICES}
-    log.info("darkroom.up", url=f"http://localhost:{settings.port}", docs=f"http://localhost:{settings.port}/docs")
+    children = {
+        name: subprocess.Popen([sys.executable, "-m", "common.cli", name], env=env)
+        for name in SERVICES
+    }
+    log.info(
+        "darkroom.up",
+        url=f"http://localhost:{settings.port}",
+        docs=f"http://localhost:{settings.port}/docs",
+    )
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

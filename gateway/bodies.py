@@ -36,12 +36,16 @@ async def read_json(request: Request, model: type[M], *, max_bytes: int) -> M:
         raise from_validation(exc) from None
 
 
-async def read_image_form(request: Request, model: type[M], *, file_field: str,
-                          max_upload_bytes: int, max_pixels: int) -> tuple[M, bytes, tuple[int, int]]:
+async def read_image_form(
+    request: Request, model: type[M], *, file_field: str, max_upload_bytes: int, max_pixels: int
+) -> tuple[M, bytes, tuple[int, int]]:
     """A multipart form: its fields validated by ``model`` and one checked image file."""
     if _content_type(request) != "multipart/form-data":
-        raise ApiError(415, "unsupported_media_type",
-                       f"Send the request as multipart/form-data with the image in {file_field!r}.")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Send the request as multipart/form-data with the image in {file_field!r}.",
+        )
     try:
         async with request.form(max_files=1, max_fields=32, max_part_size=64 * 1024) as form:
             upload = form.get(file_field)
@@ -50,10 +54,13 @@ async def read_image_form(request: Request, model: type[M], *, file_field: str,
             data = await upload.read(max_upload_bytes + 1)
             fields = {k: v for k, v in form.multi_items() if k != file_field}
     except MultiPartException as exc:
-        raise ApiError(400, "invalid_form", f"The multipart body could not be read: {exc.message}") from None
+        raise ApiError(
+            400, "invalid_form", f"The multipart body could not be read: {exc.message}"
+        ) from None
     if len(data) > max_upload_bytes:
-        raise field_error(file_field, f"the file is larger than {max_upload_bytes} bytes",
-                          status_code=413)
+        raise field_error(
+            file_field, f"the file is larger than {max_upload_bytes} bytes", status_code=413
+        )
     stray_files = [k for k, v in fields.items() if not isinstance(v, str)]
     if stray_files:
         raise field_error(stray_files[0], "unexpected file")

@@ -41,5 +41,6 @@ class BodyLimitMiddleware:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large",
-                    f"Request body is larger than the limit of {limit} bytes.")
+    return ApiError(
+        413, "payload_too_large", f"Request body is larger than the limit of {limit} bytes."
+    )

@@ -26,7 +26,9 @@ SWAGGER_HTML = """<!doctype html>
 <link rel="stylesheet" href="{root}/docs/assets/swagger-ui-dist/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="{root}/docs/assets/swagger-ui-dist/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({{url: "{root}/openapi.json", dom_id: "#swagger-ui", deepLinking: true}});</script>
+<script>
+SwaggerUIBundle({{url: "{root}/openapi.json", dom_id: "#swagger-ui", deepLinking: true}});
+</script>
 </body></html>"""
 
 REDOC_HTML = """<!doctype html>
@@ -41,7 +43,9 @@ def docs_routes(title: str) -> list[BaseRoute]:
         return JSONResponse(request.app.state.openapi)
 
     async def swagger(request: Request) -> HTMLResponse:
-        return HTMLResponse(SWAGGER_HTML.format(title=title, root=request.scope.get("root_path", "")))
+        return HTMLResponse(
+            SWAGGER_HTML.format(title=title, root=request.scope.get("root_path", ""))
+        )
 
     async def redoc(request: Request) -> HTMLResponse:
         return HTMLResponse(REDOC_HTML.format(title=title, root=request.scope.get("root_path", "")))

@@ -14,8 +14,14 @@ log = get_logger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status_code: int, code: str, message: str,
-                 fields: list[ErrorField] | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        fields: list[ErrorField] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status_code = status_code
         self.body = ErrorResponse(error=code, message=message, fields=fields or [])
@@ -27,8 +33,12 @@ def not_found(what: str, ident: str) -> ApiError:
 
 
 def field_error(field: str, message: str, status_code: int = 422) -> ApiError:
-    return ApiError(status_code, "invalid_request", f"{field}: {message}",
-                    [ErrorField(field=field, message=message)])
+    return ApiError(
+        status_code,
+        "invalid_request",
+        f"{field}: {message}",
+        [ErrorField(field=field, message=message)],
+    )
 
 
 def from_validation(exc: ValidationError, prefix: str = "") -> ApiError:
@@ -41,7 +51,9 @@ def from_validation(exc: ValidationError, prefix: str = "") -> ApiError:
     return ApiError(422, "invalid_request", summary, fields)
 
 
-def _json(status_code: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
+def _json(
+    status_code: int, body: ErrorResponse, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 
@@ -58,8 +70,13 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("http.unhandled_error", path=request.url.path, method=request.method)
-    return _json(500, ErrorResponse(error="internal_error",
-                                    message="The server hit an unexpected error; it has been logged."))
+    return _json(
+        500,
+        ErrorResponse(
+            error="internal_error",
+            message="The server hit an unexpected error; it has been logged.",
+        ),
+    )
 
 
 EXCEPTION_HANDLERS = {

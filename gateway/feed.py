@@ -20,8 +20,9 @@ def to_sse(event: JobEvent) -> ServerSentEvent:
     return ServerSentEvent(data=event.model_dump_json(), id=str(event.seq))
 
 
-async def job_feed(job_id: str, last_event_id: int | None, jobs: JobStore, fanout: EventFanout,
-                   *, resync_s: float) -> AsyncIterator[ServerSentEvent]:
+async def job_feed(
+    job_id: str, last_event_id: int | None, jobs: JobStore, fanout: EventFanout, *, resync_s: float
+) -> AsyncIterator[ServerSentEvent]:
     # Subscribe before reading Redis so nothing published in between is missed.
     with fanout.subscribe(job_id) as live:
         last_seq = 0 if last_event_id is None else last_event_id

@@ -1,4 +1,4 @@
-"""Checks on uploaded images: a real, complete picture of sane dimensions, before anything is queued."""
+"""Checks on uploaded images: a real, complete picture of sane size, before anything is queued."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def inspect_image(data: bytes, *, field: str, max_pixels: int) -> tuple[int, int
                 width, height = image.size
                 if width * height > max_pixels:
                     raise field_error(
-                        field, f"image is {width}x{height}; at most {max_pixels} pixels are accepted",
+                        field,
+                        f"image is {width}x{height}; at most {max_pixels} pixels are accepted",
                         status_code=413,
                     )
                 image.load()
@@ -43,7 +44,9 @@ def inspect_image(data: bytes, *, field: str, max_pixels: int) -> tuple[int, int
     except (OSError, SyntaxError, ValueError) as exc:
         raise field_error(field, f"the image is corrupt or truncated ({exc})") from None
     if min(width, height) < MIN_SIDE_PX:
-        raise field_error(field, f"image is {width}x{height}; each side must be at least {MIN_SIDE_PX}px")
+        raise field_error(
+            field, f"image is {width}x{height}; each side must be at least {MIN_SIDE_PX}px"
+        )
     return width, height
 
 
@@ -52,4 +55,7 @@ def fit_to_route(width: int, height: int, route: ModelRoute) -> tuple[int, int]:
     down to the size multiple the pipeline needs."""
     scale = min(1.0, route.max_width / width, route.max_height / height)
     step = route.size_multiple
-    return (max(step, int(width * scale) // step * step), max(step, int(height * scale) // step * step))
+    return (
+        max(step, int(width * scale) // step * step),
+        max(step, int(height * scale) // step * step),
+    )

@@ -39,16 +39,21 @@ def operation(**kwargs: Any) -> Callable[[F], F]:
     return attach
 
 
-def build_openapi(routes: Sequence[BaseRoute], *, title: str, version: str,
-                  description: str) -> dict[str, Any]:
-    ops = [(r, r.endpoint.__openapi__) for r in routes
-           if isinstance(r, Route) and hasattr(r.endpoint, "__openapi__")]
+def build_openapi(
+    routes: Sequence[BaseRoute], *, title: str, version: str, description: str
+) -> dict[str, Any]:
+    ops = [
+        (r, r.endpoint.__openapi__)
+        for r in routes
+        if isinstance(r, Route) and hasattr(r.endpoint, "__openapi__")
+    ]
     models: set[type[BaseModel]] = {ErrorResponse, JobEvent}
     for _, op in ops:
         models.update(op.responses.values())
         models.update(m for m in (op.json_body, op.form_body) if m is not None)
-    _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
-                                 ref_template=REF)
+    _, defs = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)], ref_template=REF
+    )
     paths: dict[str, dict[str, Any]] = {}
     for route, op in ops:
         for method in sorted((route.methods or set()) - {"HEAD"}):
@@ -73,9 +78,15 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
         "parameters": [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in route.param_convertors
-        ] + [
-            {"name": name, "in": "header", "required": False, "schema": {"type": "string"},
-             "description": text}
+        ]
+        + [
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": text,
+            }
             for name, text in op.headers.items()
         ],
         "responses": {},
@@ -83,8 +94,10 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
     if op.description:
         out["description"] = op.description
     if op.json_body is not None:
-        out["requestBody"] = {"required": True,
-                              "content": {"application/json": {"schema": _ref(op.json_body)}}}
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(op.json_body)}},
+        }
     if op.form_body is not None:
         form = op.form_body.model_json_schema(ref_template=REF)
         properties = dict(form.get("properties", {}))
@@ -93,14 +106,20 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
             properties[op.file_field] = {"type": "string", "format": "binary"}
             required.append(op.file_field)
         schema = {"type": "object", "properties": properties, "required": required}
-        out["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+        out["requestBody"] = {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
     for status, model in op.responses.items():
-        out["responses"][str(status)] = {"description": model.__doc__ or model.__name__,
-                                         "content": {"application/json": {"schema": _ref(model)}}}
+        out["responses"][str(status)] = {
+            "description": model.__doc__ or model.__name__,
+            "content": {"application/json": {"schema": _ref(model)}},
+        }
     if op.sse:
         out["responses"]["200"] = {
             "description": "Server-Sent Events. Each event: `id:` the job's event sequence number, "
-            "`data:` a JobEvent as JSON. The first is the job's current state (unless Last-Event-ID "
+            "`data:` a JobEvent as JSON. The first is the job's current state (unless "
+            "Last-Event-ID "
             "is sent: then exactly the events after it); the stream ends after the terminal event "
             "(completed, failed, canceled). Comment lines are sent as heartbeats.",
             "content": {"text/event-stream": {"schema": _ref(JobEvent)}},
@@ -108,6 +127,11 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
     has_body = op.json_body is not None or op.form_body is not None
     for status in (404, 413, 422):
         if (status == 404 and route.param_convertors) or (status != 404 and has_body):
-            out["responses"].setdefault(str(status), {
-                "description": "Error", "content": {"application/json": {"schema": _ref(ErrorResponse)}}})
+            out["responses"].setdefault(
+                str(status),
+                {
+                    "description": "Error",
+                    "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+                },
+            )
     return out

@@ -1,4 +1,4 @@
-"""Seed 1's submit API: ``POST /api/{model}/t2i`` (JSON) and ``POST /api/{model}/i2i`` (multipart)."""
+"""Seed 1's submit API: ``POST /api/{model}/t2i`` (JSON) and ``/i2i`` (multipart)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ def _submitted(job_id: str) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"))
 
 
-@operation(summary="Submit a text-to-image job", tag="api", json_body=TextToImageRequest,
-           responses={200: SubmitResponse})
+@operation(
+    summary="Submit a text-to-image job",
+    tag="api",
+    json_body=TextToImageRequest,
+    responses={200: SubmitResponse},
+)
 async def text_to_image(request: Request) -> JSONResponse:
     svc = services(request)
     model = request.path_params["model"]
@@ -29,18 +33,28 @@ async def text_to_image(request: Request) -> JSONResponse:
     return _submitted(await svc.submitter.text_to_image(model, body))
 
 
-@operation(summary="Submit an image-to-image job", tag="api", form_body=ImageToImageForm,
-           file_field="image", responses={200: SubmitResponse},
-           description="The output has the input's aspect ratio, scaled to the model's limits.")
+@operation(
+    summary="Submit an image-to-image job",
+    tag="api",
+    form_body=ImageToImageForm,
+    file_field="image",
+    responses={200: SubmitResponse},
+    description="The output has the input's aspect ratio, scaled to the model's limits.",
+)
 async def image_to_image(request: Request) -> JSONResponse:
     svc = services(request)
     model = request.path_params["model"]
     route = svc.submitter.route(model, Task.I2I)
     form, image, (width, height) = await read_image_form(
-        request, ImageToImageForm, file_field="image",
-        max_upload_bytes=svc.settings.max_upload_bytes, max_pixels=svc.settings.max_input_pixels,
+        request,
+        ImageToImageForm,
+        file_field="image",
+        max_upload_bytes=svc.settings.max_upload_bytes,
+        max_pixels=svc.settings.max_input_pixels,
     )
-    job_id = await svc.submitter.image_to_image(model, form, image, fit_to_route(width, height, route))
+    job_id = await svc.submitter.image_to_image(
+        model, form, image, fit_to_route(width, height, route)
+    )
     return _submitted(job_id)
 
 

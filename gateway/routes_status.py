@@ -20,16 +20,22 @@ from gateway.services import services
 LAST_EVENT_ID_HELP = "Resume a feed: only events with a greater sequence number are sent."
 
 
-@operation(summary="Health: the server and its Redis connection", tag="health",
-           responses={200: Health, 503: Health})
+@operation(
+    summary="Health: the server and its Redis connection",
+    tag="health",
+    responses={200: Health, 503: Health},
+)
 async def health(request: Request) -> JSONResponse:
     try:
         await services(request).redis.ping()
         redis_state = "connected"
     except REDIS_UNAVAILABLE:
         redis_state = "disconnected"
-    body = Health(status="ok" if redis_state == "connected" else "degraded",
-                  service="darkroom", redis=redis_state)
+    body = Health(
+        status="ok" if redis_state == "connected" else "degraded",
+        service="darkroom",
+        redis=redis_state,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if redis_state == "connected" else 503)
 
 
@@ -45,8 +51,11 @@ async def _record(request: Request, param: str) -> JobRecord:
 async def session_status(request: Request) -> JSONResponse:
     record = await _record(request, "session_id")
     body = SessionStatus(
-        session_id=record.job_id, status=record.status, progress=record.progress,
-        message=record.message, result_url=record.result_urls[0] if record.result_urls else None,
+        session_id=record.job_id,
+        status=record.status,
+        progress=record.progress,
+        message=record.message,
+        result_url=record.result_urls[0] if record.result_urls else None,
         error=record.error,
     )
     return JSONResponse(body.model_dump(mode="json"))
@@ -56,8 +65,11 @@ async def session_status(request: Request) -> JSONResponse:
 async def v1_job(request: Request) -> JSONResponse:
     record = await _record(request, "job_id")
     body = JobStatusResponse(
-        job_id=record.job_id, status=record.status.v1,
-        result_urls=record.result_urls or None, seed=record.params.seed, error=record.error,
+        job_id=record.job_id,
+        status=record.status.v1,
+        result_urls=record.result_urls or None,
+        seed=record.params.seed,
+        error=record.error,
     )
     return JSONResponse(body.model_dump(mode="json"))
 
@@ -74,19 +86,32 @@ def _last_event_id(request: Request) -> int | None:
 async def _feed(request: Request, param: str) -> EventSourceResponse:
     record = await _record(request, param)
     svc = services(request)
-    events = job_feed(record.job_id, _last_event_id(request), svc.jobs, svc.fanout,
-                      resync_s=svc.settings.sse_resync_s)
+    events = job_feed(
+        record.job_id,
+        _last_event_id(request),
+        svc.jobs,
+        svc.fanout,
+        resync_s=svc.settings.sse_resync_s,
+    )
     return EventSourceResponse(events, ping=svc.settings.sse_ping_s)
 
 
-@operation(summary="Live progress of a job as Server-Sent Events (seed 1)", tag="api", sse=True,
-           headers={"Last-Event-ID": LAST_EVENT_ID_HELP})
+@operation(
+    summary="Live progress of a job as Server-Sent Events (seed 1)",
+    tag="api",
+    sse=True,
+    headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
+)
 async def session_events(request: Request) -> EventSourceResponse:
     return await _feed(request, "session_id")
 
 
-@operation(summary="Live progress of a job as Server-Sent Events (seed 2)", tag="v1", sse=True,
-           headers={"Last-Event-ID": LAST_EVENT_ID_HELP})
+@operation(
+    summary="Live progress of a job as Server-Sent Events (seed 2)",
+    tag="v1",
+    sse=True,
+    headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
+)
 async def v1_job_events(request: Request) -> EventSourceResponse:
     return await _feed(request, "job_id")
 

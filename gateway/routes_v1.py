@@ -18,9 +18,13 @@ class StyleList(RootModel[list[StylePreset]]):
     """The style presets ``style_id`` selects from."""
 
 
-@operation(summary="Generate an image from a prompt and a style preset", tag="v1",
-           json_body=GenerateRequest, responses={200: GenerateResponse},
-           description="`seed=-1` picks a random seed; the seed used is reported by /v1/jobs/{job_id}.")
+@operation(
+    summary="Generate an image from a prompt and a style preset",
+    tag="v1",
+    json_body=GenerateRequest,
+    responses={200: GenerateResponse},
+    description="`seed=-1` picks a random seed; the seed used is reported by /v1/jobs/{job_id}.",
+)
 async def generate(request: Request) -> JSONResponse:
     svc = services(request)
     body = await read_json(request, GenerateRequest, max_bytes=svc.settings.max_json_bytes)
@@ -38,4 +42,3 @@ routes = [
     Route("/v1/generate", generate, methods=["POST"]),
     Route("/v1/styles", styles, methods=["GET"]),
 ]
-

@@ -1,4 +1,4 @@
-"""Turning a validated request into a queued job: route limits, seed, style, then one transaction."""
+"""A validated request becomes a queued job: route limits, seed, style, one transaction."""
 
 from __future__ import annotations
 
@@ -42,31 +42,46 @@ class Submitter:
             raise ApiError(404, "unknown_model", f"No model route {model!r}; available: {known}.")
         if task not in route.tasks:
             tasks = ", ".join(t.value for t in route.tasks)
-            raise ApiError(404, "unsupported_task",
-                           f"Model {model!r} does not serve {task.value}; it serves: {tasks}.")
+            raise ApiError(
+                404,
+                "unsupported_task",
+                f"Model {model!r} does not serve {task.value}; it serves: {tasks}.",
+            )
         return route
 
     async def text_to_image(self, model: str, request: TextToImageRequest) -> str:
         route = self.route(model, Task.T2I)
         params = RenderParams(
-            prompt=request.prompt, negative_prompt=request.negative_prompt,
-            width=request.width, height=request.height,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width,
+            height=request.height,
             num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale, seed=_resolve_seed(request.seed),
+            guidance_scale=request.guidance_scale,
+            seed=_resolve_seed(request.seed),
         )
         return await self._enqueue(route, Task.T2I, params)
 
-    async def image_to_image(self, model: str, form: ImageToImageForm, image: bytes,
-                             size: tuple[int, int]) -> str:
+    async def image_to_image(
+        self, model: str, form: ImageToImageForm, image: bytes, size: tuple[int, int]
+    ) -> str:
         route = self.route(model, Task.I2I)
         if int(form.num_inference_steps * form.strength) < 1:
             # img2img denoises only the last strength × steps steps; zero would render nothing.
-            raise field_error("strength", f"strength {form.strength} × num_inference_steps "
-                              f"{form.num_inference_steps} leaves no denoising step; raise either")
+            raise field_error(
+                "strength",
+                f"strength {form.strength} × num_inference_steps "
+                f"{form.num_inference_steps} leaves no denoising step; raise either",
+            )
         params = RenderParams(
-            prompt=form.prompt, negative_prompt=form.negative_prompt,
-            width=size[0], height=size[1], num_inference_steps=form.num_inference_steps,
-            guidance_scale=form.guidance_scale, seed=_resolve_seed(form.seed), strength=form.strength,
+            prompt=form.prompt,
+            negative_prompt=form.negative_prompt,
+            width=size[0],
+            height=size[1],
+            num_inference_steps=form.num_inference_steps,
+            guidance_scale=form.guidance_scale,
+            seed=_resolve_seed(form.seed),
+            strength=form.strength,
         )
         return await self._enqueue(route, Task.I2I, params, image)
 
@@ -75,28 +90,46 @@ class Submitter:
         style = self._catalog.styles.get(request.style_id)
         if style is None:
             known = ", ".join(str(i) for i in sorted(self._catalog.styles))
-            raise field_error("style_id", f"unknown style {request.style_id}; known styles: {known}")
+            raise field_error(
+                "style_id", f"unknown style {request.style_id}; known styles: {known}"
+            )
         prompt, negative = style.apply(request.prompt, request.negative_prompt)
         params = RenderParams(
-            prompt=prompt, negative_prompt=negative, width=request.width, height=request.height,
-            num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+            prompt=prompt,
+            negative_prompt=negative,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
             seed=_resolve_seed(None if request.seed == -1 else request.seed),
         )
         return await self._enqueue(route, Task.T2I, params)
 
-    async def _enqueue(self, route: ModelRoute, task: Task, params: RenderParams,
-                       image: bytes | None = None) -> str:
+    async def _enqueue(
+        self, route: ModelRoute, task: Task, params: RenderParams, image: bytes | None = None
+    ) -> str:
         _check_limits(route, params)
         job_id = str(uuid.uuid4())
         spec = JobSpec(
-            job_id=job_id, model=route.name, task=task, params=params, created_at=utcnow(),
+            job_id=job_id,
+            model=route.name,
+            task=task,
+            params=params,
+            created_at=utcnow(),
             input_blob=self._keys.blob(job_id, "input") if image is not None else None,
         )
-        await self._jobs.submit(spec, message=SUBMITTED_MESSAGE, input_bytes=image,
-                                blob_ttl_s=self._blob_ttl_s)
+        await self._jobs.submit(
+            spec, message=SUBMITTED_MESSAGE, input_bytes=image, blob_ttl_s=self._blob_ttl_s
+        )
         structlog.contextvars.bind_contextvars(job_id=job_id)
-        log.info("job.submitted", model=route.name, task=task.value, width=params.width,
-                 height=params.height, steps=params.num_inference_steps)
+        log.info(
+            "job.submitted",
+            model=route.name,
+            task=task.value,
+            width=params.width,
+            height=params.height,
+            steps=params.num_inference_steps,
+        )
         return job_id
 
 
@@ -106,12 +139,17 @@ def _resolve_seed(seed: int | None) -> int:
 
 
 def _check_limits(route: ModelRoute, params: RenderParams) -> None:
-    for name, value, limit in (("width", params.width, route.max_width),
-                               ("height", params.height, route.max_height)):
+    for name, value, limit in (
+        ("width", params.width, route.max_width),
+        ("height", params.height, route.max_height),
+    ):
         if value > limit:
             raise field_error(name, f"{value} is larger than model {route.name!r} allows ({limit})")
         if value % route.size_multiple:
             raise field_error(name, f"{value} is not a multiple of {route.size_multiple}")
     if params.num_inference_steps > route.max_steps:
-        raise field_error("num_inference_steps", f"{params.num_inference_steps} is more than "
-                          f"model {route.name!r} allows ({route.max_steps})")
+        raise field_error(
+            "num_inference_steps",
+            f"{params.num_inference_steps} is more than "
+            f"model {route.name!r} allows ({route.max_steps})",
+        )

@@ -20,17 +20,23 @@ async def run(settings: WorkerSettings) -> None:
     stop = stop_event_on_signals()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    registry = ModelRegistry(Catalog.load(settings.models_file), settings.routes,
-                             pick_device(settings.device))
+    registry = ModelRegistry(
+        Catalog.load(settings.models_file), settings.routes, pick_device(settings.device)
+    )
     if settings.preload:
         await asyncio.to_thread(registry.load_all)
     keys = Keys(settings.key_prefix)
     redis, blobs = connect(settings), connect(settings, decode=False)
     worker = Worker(
-        redis=redis, blobs=blobs, keys=keys,
-        jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s), registry=registry,
-        consumer_name=settings.consumer_name, blob_ttl_s=settings.blob_ttl_s,
-        block_ms=settings.block_ms, claim_idle_ms=settings.claim_idle_ms,
+        redis=redis,
+        blobs=blobs,
+        keys=keys,
+        jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s),
+        registry=registry,
+        consumer_name=settings.consumer_name,
+        blob_ttl_s=settings.blob_ttl_s,
+        block_ms=settings.block_ms,
+        claim_idle_ms=settings.claim_idle_ms,
     )
     try:
         await worker.run(stop)

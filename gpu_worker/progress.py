@@ -56,5 +56,9 @@ class ProgressReporter:
         done, total = latest
         span = RENDER_END_PCT - RENDER_START_PCT
         progress = RENDER_START_PCT + span * done // max(total, 1)
-        await self._jobs.emit(self._job_id, status=JobStatus.PROCESSING, progress=progress,
-                              message=f"{self._message}: step {done}/{total}")
+        await self._jobs.emit(
+            self._job_id,
+            status=JobStatus.PROCESSING,
+            progress=progress,
+            message=f"{self._message}: step {done}/{total}",
+        )

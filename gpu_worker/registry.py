@@ -17,13 +17,13 @@ import torch
 import transformers
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-# Loading bars are noise in JSON logs; model.loaded carries the duration instead.
-diffusers.utils.logging.disable_progress_bar()
-transformers.utils.logging.disable_progress_bar()
-
 from common.catalog import Catalog, ModelRoute
 from common.logging import get_logger
 from common.schemas import Task
+
+# Loading bars are noise in JSON logs; model.loaded carries the duration instead.
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
 
 log = get_logger(__name__)
 
@@ -44,8 +44,9 @@ class ModelRegistry:
     def __init__(self, catalog: Catalog, routes: list[str], device: torch.device) -> None:
         unknown = set(routes) - set(catalog.routes)
         if unknown:
-            raise ValueError(f"unknown route(s) {sorted(unknown)}; the catalogue has "
-                             f"{sorted(catalog.routes)}")
+            raise ValueError(
+                f"unknown route(s) {sorted(unknown)}; the catalogue has {sorted(catalog.routes)}"
+            )
         self.routes = [catalog.routes[name] for name in (routes or catalog.routes)]
         self.device = device
         self._pipelines: dict[tuple[str, Task], DiffusionPipeline] = {}
@@ -60,7 +61,7 @@ class ModelRegistry:
         return DTYPES[route.dtype] if self.device.type != "cpu" else torch.float32
 
     def pipeline(self, route_name: str, task: Task) -> DiffusionPipeline:
-        """The resident pipeline for a route and task, loading it on first use (call in a thread)."""
+        """The resident pipeline for a route and task, loaded on first use (call in a thread)."""
         key = (route_name, task)
         with self._lock:
             if key not in self._pipelines:
@@ -87,8 +88,14 @@ class ModelRegistry:
         for task in route.tasks:
             variants[task].set_progress_bar_config(disable=True)
             self._pipelines[(route.name, task)] = variants[task]
-        log.info("model.loaded", model=route.name, family=route.family, weights=route.weights,
-                 device=str(self.device), duration_ms=round((time.perf_counter() - started) * 1000))
+        log.info(
+            "model.loaded",
+            model=route.name,
+            family=route.family,
+            weights=route.weights,
+            device=str(self.device),
+            duration_ms=round((time.perf_counter() - started) * 1000),
+        )
 
 
 @contextlib.contextmanager

@@ -16,13 +16,16 @@ from common.schemas import JobSpec, Task
 StepCallback = Callable[[int, int], None]
 
 
-def render(pipe: DiffusionPipeline, spec: JobSpec, image: Image.Image | None,
-           on_step: StepCallback) -> list[Image.Image]:
+def render(
+    pipe: DiffusionPipeline, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+) -> list[Image.Image]:
     """Run the pipeline (blocking: call it in a thread). The job's seed drives a CPU generator,
     so the same seed gives the same image on any device."""
     params = spec.params
 
-    def step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    def step_end(
+        pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
         on_step(step + 1, int(pipeline.num_timesteps))
         return tensors
 

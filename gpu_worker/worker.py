@@ -25,9 +25,19 @@ log = get_logger(__name__)
 
 
 class Worker:
-    def __init__(self, *, redis: Redis, blobs: Redis, keys: Keys, jobs: JobStore,
-                 registry: ModelRegistry, consumer_name: str, blob_ttl_s: int,
-                 block_ms: int, claim_idle_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        blobs: Redis,
+        keys: Keys,
+        jobs: JobStore,
+        registry: ModelRegistry,
+        consumer_name: str,
+        blob_ttl_s: int,
+        block_ms: int,
+        claim_idle_ms: int,
+    ) -> None:
         self._blobs = blobs
         self._keys = keys
         self._jobs = jobs
@@ -45,13 +55,16 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.consumer.ensure_groups()
-        log.info("worker.ready", routes=self._registry.route_names, device=str(self._registry.device))
+        log.info(
+            "worker.ready", routes=self._registry.route_names, device=str(self._registry.device)
+        )
         await self.consumer.run(stop)
 
     async def handle(self, delivery: Delivery) -> None:
         spec = JobSpec.model_validate_json(delivery.fields["job"])
-        structlog.contextvars.bind_contextvars(job_id=spec.job_id, model=spec.model,
-                                               msg_id=delivery.msg_id)
+        structlog.contextvars.bind_contextvars(
+            job_id=spec.job_id, model=spec.model, msg_id=delivery.msg_id
+        )
         try:
             await self._handle(spec, delivery)
         finally:
@@ -64,8 +77,11 @@ class Worker:
             await self.consumer.ack(delivery)
             return
         started = await self._jobs.emit(
-            spec.job_id, status=JobStatus.PROCESSING, progress=RENDER_START_PCT,
-            message="Generating", fields={"attempts": record.attempts + 1},
+            spec.job_id,
+            status=JobStatus.PROCESSING,
+            progress=RENDER_START_PCT,
+            message="Generating",
+            fields={"attempts": record.attempts + 1},
         )
         if started is None:
             await self.consumer.ack(delivery)
@@ -76,14 +92,21 @@ class Worker:
             outputs = await self._render(spec)
         except Exception as exc:  # an inference error fails the job; it must not kill the worker
             log.exception("job.render_failed")
-            await self._jobs.emit(spec.job_id, status=JobStatus.FAILED, message="Generation failed",
-                                  error=f"Model inference error: {exc}")
+            await self._jobs.emit(
+                spec.job_id,
+                status=JobStatus.FAILED,
+                message="Generation failed",
+                error=f"Model inference error: {exc}",
+            )
             await self.consumer.ack(delivery)
             return
         render_ms = round((time.perf_counter() - began) * 1000)
         await self._hand_off(spec, delivery, outputs)
-        await self._jobs.emit(spec.job_id, progress=RENDER_END_PCT,
-                              message="Generation complete, uploading to storage...")
+        await self._jobs.emit(
+            spec.job_id,
+            progress=RENDER_END_PCT,
+            message="Generation complete, uploading to storage...",
+        )
         log.info("job.rendered", duration_ms=render_ms, outputs=len(outputs))
 
     async def _render(self, spec: JobSpec) -> list[bytes]:
@@ -99,10 +122,20 @@ class Worker:
         return [await asyncio.to_thread(encode_png, im) for im in images]
 
     async def _hand_off(self, spec: JobSpec, delivery: Delivery, outputs: list[bytes]) -> None:
-        blobs = [OutputBlob(key=self._keys.blob(spec.job_id, f"output:{i}"),
-                            content_type="image/png", extension="png") for i in range(len(outputs))]
-        rendered = RenderedJob(job_id=spec.job_id, created_at=spec.created_at, outputs=blobs,
-                               input_blob=spec.input_blob)
+        blobs = [
+            OutputBlob(
+                key=self._keys.blob(spec.job_id, f"output:{i}"),
+                content_type="image/png",
+                extension="png",
+            )
+            for i in range(len(outputs))
+        ]
+        rendered = RenderedJob(
+            job_id=spec.job_id,
+            created_at=spec.created_at,
+            outputs=blobs,
+            input_blob=spec.input_blob,
+        )
         async with self._blobs.pipeline(transaction=True) as pipe:
             for blob, data in zip(blobs, outputs, strict=True):
                 pipe.set(blob.key, data, ex=self._blob_ttl_s)

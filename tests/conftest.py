@@ -46,53 +46,82 @@ def models_file(tiny_models: Path) -> Path:
     return path
 
 
-def _stack(name: str, services: tuple[str, ...], redis_server: RedisServer, models_file: Path,
-           tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str] | None = None) -> Stack:
+def _stack(
+    name: str,
+    services: tuple[str, ...],
+    redis_server: RedisServer,
+    models_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    extra: dict[str, str] | None = None,
+) -> Stack:
     workdir = tmp_path_factory.mktemp(name)
     port = free_port()
-    env = stack_env(redis_url=redis_server.url, prefix=f"{name}:", models_file=models_file,
-                    workdir=workdir, port=port, extra=extra)
+    env = stack_env(
+        redis_url=redis_server.url,
+        prefix=f"{name}:",
+        models_file=models_file,
+        workdir=workdir,
+        port=port,
+        extra=extra,
+    )
     stack = Stack(name=name, workdir=workdir, env=env, port=port)
     stack.start(*services)
     return stack
 
 
 @pytest.fixture(scope="session")
-def local_stack(redis_server: RedisServer, models_file: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def local_stack(
+    redis_server: RedisServer, models_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """Gateway, worker and uploader with local-directory storage."""
-    stack = _stack("local", ("worker", "uploader", "gateway"), redis_server, models_file,
-                   tmp_path_factory)
+    stack = _stack(
+        "local", ("worker", "uploader", "gateway"), redis_server, models_file, tmp_path_factory
+    )
     yield stack
     stack.stop_all()
 
 
 @pytest.fixture(scope="session")
-def s3_stack(redis_server: RedisServer, models_file: Path, s3_server: S3Server,  # noqa: F811
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def s3_stack(
+    redis_server: RedisServer,
+    models_file: Path,
+    s3_server: S3Server,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     """Gateway, worker and uploader storing results in S3 with presigned URLs."""
-    stack = _stack("s3", ("worker", "uploader", "gateway"), redis_server, models_file,
-                   tmp_path_factory, extra={
-                       "DARKROOM_STORAGE": "s3",
-                       "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
-                       "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-                       "AWS_REGION": s3_server.region,
-                       "S3_ENDPOINT_URL": s3_server.endpoint_url,
-                       "S3_BUCKET_NAME": "darkroom-e2e",
-                       "DARKROOM_S3_PRESIGN": "true",
-                       "DARKROOM_S3_CREATE_BUCKET": "true",
-                   })
+    stack = _stack(
+        "s3",
+        ("worker", "uploader", "gateway"),
+        redis_server,
+        models_file,
+        tmp_path_factory,
+        extra={
+            "DARKROOM_STORAGE": "s3",
+            "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
+            "AWS_REGION": s3_server.region,
+            "S3_ENDPOINT_URL": s3_server.endpoint_url,
+            "S3_BUCKET_NAME": "darkroom-e2e",
+            "DARKROOM_S3_PRESIGN": "true",
+            "DARKROOM_S3_CREATE_BUCKET": "true",
+        },
+    )
     yield stack
     stack.stop_all()
 
 
 @pytest.fixture(scope="session")
-def status_stack(redis_server: RedisServer, models_file: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def status_stack(
+    redis_server: RedisServer, models_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """The status service alone, no worker: tests drive job events themselves."""
-    stack = _stack("status", ("status",), redis_server, models_file, tmp_path_factory,
-                   extra={"DARKROOM_SSE_PING_S": "0.3"})
+    stack = _stack(
+        "status",
+        ("status",),
+        redis_server,
+        models_file,
+        tmp_path_factory,
+        extra={"DARKROOM_SSE_PING_S": "0.3"},
+    )
     yield stack
     stack.stop_all()
-
-

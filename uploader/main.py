@@ -16,9 +16,13 @@ async def run(settings: UploaderSettings) -> None:
     redis, blobs = connect(settings), connect(settings, decode=False)
     storage = await open_storage(settings)
     uploader = Uploader(
-        redis=redis, blobs=blobs, keys=keys, storage=storage,
+        redis=redis,
+        blobs=blobs,
+        keys=keys,
+        storage=storage,
         jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s),
-        consumer_name=settings.consumer_name, block_ms=settings.block_ms,
+        consumer_name=settings.consumer_name,
+        block_ms=settings.block_ms,
         claim_idle_ms=settings.claim_idle_ms,
     )
     try:

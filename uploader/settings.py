@@ -11,14 +11,20 @@ from common.settings import CommonSettings, seed_alias
 
 
 class UploaderSettings(CommonSettings):
-    aws_access_key_id: str | None = Field(default=None, validation_alias=seed_alias("AWS_ACCESS_KEY_ID"))
+    aws_access_key_id: str | None = Field(
+        default=None, validation_alias=seed_alias("AWS_ACCESS_KEY_ID")
+    )
     aws_secret_access_key: str | None = Field(
-        default=None, validation_alias=seed_alias("AWS_SECRET_ACCESS_KEY"))
+        default=None, validation_alias=seed_alias("AWS_SECRET_ACCESS_KEY")
+    )
     aws_region: str = Field(default="us-east-1", validation_alias=seed_alias("AWS_REGION"))
-    s3_bucket_name: str = Field(default="image-generation-outputs",
-                                validation_alias=seed_alias("S3_BUCKET_NAME"))
+    s3_bucket_name: str = Field(
+        default="image-generation-outputs", validation_alias=seed_alias("S3_BUCKET_NAME")
+    )
     # Any S3-compatible endpoint (MinIO, SeaweedFS, R2…); unset means AWS.
-    s3_endpoint_url: str | None = Field(default=None, validation_alias=seed_alias("S3_ENDPOINT_URL"))
+    s3_endpoint_url: str | None = Field(
+        default=None, validation_alias=seed_alias("S3_ENDPOINT_URL")
+    )
     # URLs handed to clients: presigned GETs, or this base (a CDN or public bucket) + key.
     s3_presign: bool = False
     s3_presign_expires_s: int = Field(default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600)

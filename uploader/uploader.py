@@ -32,10 +32,14 @@ async def open_storage(settings: UploaderSettings) -> Storage:
     if settings.storage == "local":
         return LocalStorage(settings.output_dir, settings.public_base_url)
     storage = await S3Storage.open(
-        bucket=settings.s3_bucket_name, region=settings.aws_region,
-        endpoint_url=settings.s3_endpoint_url, access_key_id=settings.aws_access_key_id,
-        secret_access_key=settings.aws_secret_access_key, public_base_url=settings.s3_public_base_url,
-        presign=settings.s3_presign, presign_expires_s=settings.s3_presign_expires_s,
+        bucket=settings.s3_bucket_name,
+        region=settings.aws_region,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=settings.aws_access_key_id,
+        secret_access_key=settings.aws_secret_access_key,
+        public_base_url=settings.s3_public_base_url,
+        presign=settings.s3_presign,
+        presign_expires_s=settings.s3_presign_expires_s,
     )
     if settings.s3_create_bucket:
         await storage.ensure_bucket()
@@ -43,14 +47,29 @@ async def open_storage(settings: UploaderSettings) -> Storage:
 
 
 class Uploader:
-    def __init__(self, *, redis: Redis, blobs: Redis, keys: Keys, jobs: JobStore, storage: Storage,
-                 consumer_name: str, block_ms: int, claim_idle_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        blobs: Redis,
+        keys: Keys,
+        jobs: JobStore,
+        storage: Storage,
+        consumer_name: str,
+        block_ms: int,
+        claim_idle_ms: int,
+    ) -> None:
         self._blobs = blobs
         self._jobs = jobs
         self._storage = storage
         self.consumer = StreamConsumer(
-            redis=redis, streams=[keys.rendered], group=UPLOADERS_GROUP, consumer=consumer_name,
-            handler=self.handle, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
+            redis=redis,
+            streams=[keys.rendered],
+            group=UPLOADERS_GROUP,
+            consumer=consumer_name,
+            handler=self.handle,
+            block_ms=block_ms,
+            claim_idle_ms=claim_idle_ms,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -71,9 +90,12 @@ class Uploader:
         for index, blob in enumerate(rendered.outputs):
             data = await self._blobs.get(blob.key)
             if data is None:
-                await self._jobs.emit(rendered.job_id, status=JobStatus.FAILED,
-                                      message="Generation failed",
-                                      error="The rendered output expired before it was stored.")
+                await self._jobs.emit(
+                    rendered.job_id,
+                    status=JobStatus.FAILED,
+                    message="Generation failed",
+                    error="The rendered output expired before it was stored.",
+                )
                 await self._finish(rendered, delivery)
                 return
             key = result_key(rendered.job_id, rendered.created_at, index, blob.extension)
@@ -81,8 +103,13 @@ class Uploader:
             if url is None:
                 return  # left pending: redelivered after claim_idle_ms, bytes still in Redis
             urls.append(url)
-        await self._jobs.emit(rendered.job_id, status=JobStatus.COMPLETED, progress=100,
-                              message=COMPLETED_MESSAGE, result_urls=urls)
+        await self._jobs.emit(
+            rendered.job_id,
+            status=JobStatus.COMPLETED,
+            progress=100,
+            message=COMPLETED_MESSAGE,
+            result_urls=urls,
+        )
         log.info("job.completed", urls=urls)
         await self._finish(rendered, delivery)
 
@@ -93,8 +120,13 @@ class Uploader:
             except StorageError as exc:
                 delay_s = min(UPLOAD_BACKOFF_CAP_S, UPLOAD_BACKOFF_BASE_S * 2**attempt)
                 delay_s *= random.uniform(0.5, 1.0)  # jitter: replicas do not retry in step
-                log.warning("upload.retry", key=key, attempt=attempt, error=str(exc),
-                            retry_in_s=round(delay_s, 2))
+                log.warning(
+                    "upload.retry",
+                    key=key,
+                    attempt=attempt,
+                    error=str(exc),
+                    retry_in_s=round(delay_s, 2),
+                )
                 await asyncio.sleep(delay_s)
         log.error("upload.gave_up", key=key, attempts=UPLOAD_ATTEMPTS)
         return None

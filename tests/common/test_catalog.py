@@ -19,7 +19,9 @@ def test_round_trip(tmp_path: Path) -> None:
 
 def test_production_defaults_are_hub_ids() -> None:
     assert Catalog.load(None) == production_catalog()
-    assert production_catalog().routes["sd"].weights == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert (
+        production_catalog().routes["sd"].weights == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    )
 
 
 def test_style_templates() -> None:
@@ -30,7 +32,9 @@ def test_style_templates() -> None:
 
 def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text('[routes.sd]\nfamily = "stable-diffusion"\nweights = "w"\ntasks = ["t2i"]\n'
-                    'max_widht = 5\n[styles.0]\nname = "none"\n')
+    path.write_text(
+        '[routes.sd]\nfamily = "stable-diffusion"\nweights = "w"\ntasks = ["t2i"]\n'
+        'max_widht = 5\n[styles.0]\nname = "none"\n'
+    )
     with pytest.raises(ValidationError, match="max_widht"):
         Catalog.load(path)

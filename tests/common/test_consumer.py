@@ -1,4 +1,4 @@
-"""The shared consumer loop: reads new entries, takes over a dead member's, survives Redis restarts."""
+"""The shared consumer loop: reads, takes over a dead member's entries, survives restarts."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from common.redis_server import RedisServer
 from tests.support.waiting import async_wait_for
 
 
-def consumer(redis: Redis, stream: str, name: str, seen: list[Delivery], **kw: int) -> StreamConsumer:
+def consumer(
+    redis: Redis, stream: str, name: str, seen: list[Delivery], **kw: int
+) -> StreamConsumer:
     async def handle(delivery: Delivery) -> None:
         seen.append(delivery)
         await c.ack(delivery)
 
-    c = StreamConsumer(redis=redis, streams=[stream], group="g", consumer=name, handler=handle,
-                       block_ms=100, **kw)
+    c = StreamConsumer(
+        redis=redis, streams=[stream], group="g", consumer=name, handler=handle, block_ms=100, **kw
+    )
     return c
 
 
@@ -81,7 +84,9 @@ async def test_survives_a_redis_restart(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)  # the loop is now failing and backing off
         server.start()
         await client.xadd("s", {"n": "after"})
-        await async_wait_for(lambda: _value(len(seen) == 2), timeout_s=20, what="entry after restart")
+        await async_wait_for(
+            lambda: _value(len(seen) == 2), timeout_s=20, what="entry after restart"
+        )
         assert [d.fields["n"] for d in seen] == ["before", "after"]
     finally:
         stop.set()

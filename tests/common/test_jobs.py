@@ -22,25 +22,43 @@ def store(redis: Redis) -> JobStore:
 async def submit(store: JobStore, image: bytes | None = None) -> JobSpec:
     job_id = str(uuid.uuid4())
     spec = JobSpec(
-        job_id=job_id, model="sd", task=Task.I2I if image else Task.T2I, created_at=utcnow(),
-        params=RenderParams(prompt="p", width=64, height=64, num_inference_steps=2,
-                            guidance_scale=1.0, seed=9, strength=0.5 if image else None),
+        job_id=job_id,
+        model="sd",
+        task=Task.I2I if image else Task.T2I,
+        created_at=utcnow(),
+        params=RenderParams(
+            prompt="p",
+            width=64,
+            height=64,
+            num_inference_steps=2,
+            guidance_scale=1.0,
+            seed=9,
+            strength=0.5 if image else None,
+        ),
         input_blob=KEYS.blob(job_id, "input") if image else None,
     )
     await store.submit(spec, message="queued", input_bytes=image, blob_ttl_s=60)
     return spec
 
 
-async def test_submit_writes_record_first_event_stream_entry_and_blob(store: JobStore,
-                                                                      redis: Redis) -> None:
+async def test_submit_writes_record_first_event_stream_entry_and_blob(
+    store: JobStore, redis: Redis
+) -> None:
     spec = await submit(store, image=b"png bytes")
     record = await store.get(spec.job_id)
     assert record is not None
     assert (record.status, record.progress, record.seq, record.message) == (
-        JobStatus.PENDING, 0, 1, "queued")
+        JobStatus.PENDING,
+        0,
+        1,
+        "queued",
+    )
     assert record.params == spec.params
-    (entry,) = [e for e in await redis.xrange(KEYS.job_stream("sd"))
-                if JobSpec.model_validate_json(e[1]["job"]).job_id == spec.job_id]
+    (entry,) = [
+        e
+        for e in await redis.xrange(KEYS.job_stream("sd"))
+        if JobSpec.model_validate_json(e[1]["job"]).job_id == spec.job_id
+    ]
     assert 0 < await redis.ttl(spec.input_blob or "") <= 60
     assert [e.seq for e in await store.events_after(spec.job_id, 0)] == [1]
 
@@ -56,8 +74,9 @@ async def test_progress_never_goes_backwards_and_seq_is_strict(store: JobStore) 
 
 async def test_terminal_state_is_final_and_expires(store: JobStore, redis: Redis) -> None:
     spec = await submit(store)
-    done = await store.emit(spec.job_id, status=JobStatus.COMPLETED, progress=100,
-                            result_urls=["u1", "u2"])
+    done = await store.emit(
+        spec.job_id, status=JobStatus.COMPLETED, progress=100, result_urls=["u1", "u2"]
+    )
     assert done is not None and done.result_urls == ["u1", "u2"]
     # A late writer (say, a worker that lost its claim) changes nothing.
     assert await store.emit(spec.job_id, status=JobStatus.FAILED, error="late") is None

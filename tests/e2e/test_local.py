@@ -33,7 +33,9 @@ def test_health_reports_redis(client: httpx.Client) -> None:
     assert client.get("/").json() == {"status": "ok", "service": "darkroom", "redis": "connected"}
 
 
-def test_t2i_completes_with_a_png_of_the_requested_size(client: httpx.Client, local_stack: Stack) -> None:
+def test_t2i_completes_with_a_png_of_the_requested_size(
+    client: httpx.Client, local_stack: Stack
+) -> None:
     job_id = submit_t2i(client, seed=11)
     events = read_feed(client, f"/api/{job_id}/events")
 
@@ -59,8 +61,13 @@ def test_i2i_multipart_keeps_the_input_size(client: httpx.Client) -> None:
     response = client.post(
         "/api/sd/i2i",
         files={"image": ("input.png", png_bytes(160, 120), "image/png")},
-        data={"prompt": "Transform into a watercolor painting", "strength": "0.8",
-              "guidance_scale": "7.5", "num_inference_steps": "4", "seed": "5"},
+        data={
+            "prompt": "Transform into a watercolor painting",
+            "strength": "0.8",
+            "guidance_scale": "7.5",
+            "num_inference_steps": "4",
+            "seed": "5",
+        },
     )
     assert response.status_code == 200, response.text
     job_id = response.json()["session_id"]
@@ -70,8 +77,9 @@ def test_i2i_multipart_keeps_the_input_size(client: httpx.Client) -> None:
 
 
 def test_v1_generate_with_random_seed_records_the_seed(client: httpx.Client) -> None:
-    response = client.post("/v1/generate", json={"prompt": "a knight", "style_id": 4, "seed": -1,
-                                                 **SMALL})
+    response = client.post(
+        "/v1/generate", json={"prompt": "a knight", "style_id": 4, "seed": -1, **SMALL}
+    )
     assert response.status_code == 200, response.text
     assert set(response.json()) == {"job_id"}
     job_id = response.json()["job_id"]
@@ -113,9 +121,17 @@ def test_reconnect_with_last_event_id_gets_exactly_the_missed_events(client: htt
 
 def test_openapi_documents_every_route_and_the_docs_work_offline(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
-    for path in ("/", "/api/{model}/t2i", "/api/{model}/i2i", "/api/{session_id}/status",
-                 "/api/{session_id}/events", "/v1/generate", "/v1/jobs/{job_id}",
-                 "/v1/jobs/{job_id}/events", "/v1/styles"):
+    for path in (
+        "/",
+        "/api/{model}/t2i",
+        "/api/{model}/i2i",
+        "/api/{session_id}/status",
+        "/api/{session_id}/events",
+        "/v1/generate",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
+        "/v1/styles",
+    ):
         assert path in spec["paths"], path
     sse = spec["paths"]["/api/{session_id}/events"]["get"]["responses"]["200"]["content"]
     assert sse["text/event-stream"]["schema"] == {"$ref": "#/components/schemas/JobEvent"}

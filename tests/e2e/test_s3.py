@@ -1,4 +1,4 @@
-"""The whole path with S3 storage: results land in a real S3-compatible server under the seed's keys."""
+"""The whole path with S3 storage: results land in a real S3 server under the seed's keys."""
 
 from __future__ import annotations
 
@@ -13,10 +13,19 @@ from tests.support.stack import Stack
 BUCKET = "darkroom-e2e"
 
 
-def test_t2i_result_is_stored_in_s3_under_the_seed_key(s3_stack: Stack, s3_server: S3Server) -> None:
+def test_t2i_result_is_stored_in_s3_under_the_seed_key(
+    s3_stack: Stack, s3_server: S3Server
+) -> None:
     with httpx.Client(base_url=s3_stack.base_url, timeout=30) as client:
-        response = client.post("/api/sd/t2i", json={"prompt": "a harbour at dawn", "width": 96,
-                                                    "height": 64, "num_inference_steps": 2})
+        response = client.post(
+            "/api/sd/t2i",
+            json={
+                "prompt": "a harbour at dawn",
+                "width": 96,
+                "height": 64,
+                "num_inference_steps": 2,
+            },
+        )
         job_id = response.raise_for_status().json()["session_id"]
         events = read_feed(client, f"/api/{job_id}/events")
         assert events[-1].data["status"] == "completed"
@@ -37,12 +46,25 @@ def test_t2i_result_is_stored_in_s3_under_the_seed_key(s3_stack: Stack, s3_serve
 
 def test_v1_and_i2i_through_s3(s3_stack: Stack) -> None:
     with httpx.Client(base_url=s3_stack.base_url, timeout=30) as client:
-        v1 = client.post("/v1/generate", json={"prompt": "a shield", "style_id": 4, "width": 64,
-                                               "height": 64, "num_inference_steps": 2})
-        i2i = client.post("/api/sd/i2i", files={"image": ("in.png", png_bytes(96, 96), "image/png")},
-                          data={"num_inference_steps": "2", "strength": "0.5"})
+        v1 = client.post(
+            "/v1/generate",
+            json={
+                "prompt": "a shield",
+                "style_id": 4,
+                "width": 64,
+                "height": 64,
+                "num_inference_steps": 2,
+            },
+        )
+        i2i = client.post(
+            "/api/sd/i2i",
+            files={"image": ("in.png", png_bytes(96, 96), "image/png")},
+            data={"num_inference_steps": "2", "strength": "0.5"},
+        )
         job = wait_terminal(client, f"/v1/jobs/{v1.raise_for_status().json()['job_id']}")
-        session = wait_terminal(client, f"/api/{i2i.raise_for_status().json()['session_id']}/status")
+        session = wait_terminal(
+            client, f"/api/{i2i.raise_for_status().json()['session_id']}/status"
+        )
     assert job["status"] == "SUCCESS" and session["status"] == "completed"
     assert png_size(httpx.get(job["result_urls"][0]).content) == (64, 64)
     assert png_size(httpx.get(session["result_url"]).content) == (96, 96)

@@ -1,4 +1,4 @@
-"""``darkroom up`` on a fresh directory: embedded Redis, demo models, a finished job, a clean exit."""
+"""``darkroom up`` in a fresh directory: embedded Redis, demo models, a job, a clean exit."""
 
 from __future__ import annotations
 
@@ -35,24 +35,48 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     env.update({"DARKROOM_PORT": str(port), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)})
     log = tmp_path / "up.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "common.cli", "up"], cwd=tmp_path, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", "up"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://localhost:{port}"
     try:
-        wait_for(lambda: _healthy(base + "/", process, log), timeout_s=START_TIMEOUT_S,
-                 what="darkroom up")
+        wait_for(
+            lambda: _healthy(base + "/", process, log),
+            timeout_s=START_TIMEOUT_S,
+            what="darkroom up",
+        )
         with httpx.Client(base_url=base, timeout=30) as client:
-            job_id = client.post("/v1/generate", json={
-                "prompt": "a castle", "width": 128, "height": 128, "num_inference_steps": 2,
-            }).raise_for_status().json()["job_id"]
+            job_id = (
+                client.post(
+                    "/v1/generate",
+                    json={
+                        "prompt": "a castle",
+                        "width": 128,
+                        "height": 128,
+                        "num_inference_steps": 2,
+                    },
+                )
+                .raise_for_status()
+                .json()["job_id"]
+            )
             job = wait_terminal(client, f"/v1/jobs/{job_id}")
             assert job["status"] == "SUCCESS", job
             (url,) = job["result_urls"]
             assert url.startswith(f"{base}/output/generations/")
             assert png_size(client.get(url).content) == (128, 128)
-        assert (tmp_path / ".darkroom" / "models" / "stable-diffusion" / "model_index.json").exists()
-        redis_port = int(next(line for line in log.read_text().splitlines()
-                              if "redis.embedded" in line).split("127.0.0.1:")[1].split("/")[0])
+        assert (
+            tmp_path / ".darkroom" / "models" / "stable-diffusion" / "model_index.json"
+        ).exists()
+        redis_port = int(
+            next(line for line in log.read_text().splitlines() if "redis.embedded" in line)
+            .split("127.0.0.1:")[1]
+            .split("/")[0]
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)

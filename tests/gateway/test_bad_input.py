@@ -23,8 +23,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def bomb_png(side: int = 60_000) -> bytes:
     """A tiny file whose header claims side×side pixels: decoding it would take gigabytes."""
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + _chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,49 +62,86 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
         assert field in [f["field"] for f in body["fields"]], body
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({k: v for k, v in VALID.items() if k != "prompt"}, "prompt"),
-    ({**VALID, "prompt": ""}, "prompt"),
-    ({**VALID, "prompt": "x" * 5000}, "prompt"),
-    ({**VALID, "width": "wide"}, "width"),
-    ({**VALID, "width": 4104}, "width"),
-    ({**VALID, "height": 2056}, "height"),  # over the route's limit
-    ({**VALID, "height": 100}, "height"),  # not a multiple of 8
-    ({**VALID, "num_inference_steps": 0}, "num_inference_steps"),
-    ({**VALID, "num_inference_steps": 151}, "num_inference_steps"),
-    ({**VALID, "guidance_scale": "high"}, "guidance_scale"),
-    ({**VALID, "seed": -5}, "seed"),
-    ({**VALID, "steps": 10}, "steps"),  # a misspelled field is not silently ignored
-])
-def test_t2i_field_errors(client: httpx.Client, nothing_enqueued: None, body: dict[str, object],
-                          field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({k: v for k, v in VALID.items() if k != "prompt"}, "prompt"),
+        ({**VALID, "prompt": ""}, "prompt"),
+        ({**VALID, "prompt": "x" * 5000}, "prompt"),
+        ({**VALID, "width": "wide"}, "width"),
+        ({**VALID, "width": 4104}, "width"),
+        ({**VALID, "height": 2056}, "height"),  # over the route's limit
+        ({**VALID, "height": 100}, "height"),  # not a multiple of 8
+        ({**VALID, "num_inference_steps": 0}, "num_inference_steps"),
+        ({**VALID, "num_inference_steps": 151}, "num_inference_steps"),
+        ({**VALID, "guidance_scale": "high"}, "guidance_scale"),
+        ({**VALID, "seed": -5}, "seed"),
+        ({**VALID, "steps": 10}, "steps"),  # a misspelled field is not silently ignored
+    ],
+)
+def test_t2i_field_errors(
+    client: httpx.Client, nothing_enqueued: None, body: dict[str, object], field: str
+) -> None:
     assert_error(client.post("/api/sd/t2i", json=body), 422, field)
 
 
 def test_malformed_requests(client: httpx.Client, nothing_enqueued: None) -> None:
-    assert_error(client.post("/api/sd/t2i", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert_error(
+        client.post(
+            "/api/sd/t2i", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        400,
+    )
     assert_error(client.post("/api/sd/t2i", json=["a", "list"]), 422)
     assert_error(client.post("/api/sd/t2i", data={"prompt": "form, not json"}), 415)
     assert_error(client.post("/api/nope/t2i", json=VALID), 404)
-    assert_error(client.post("/api/sd/t2i", content=b"x" * (22 * 1024 * 1024),
-                             headers={"content-type": "application/json"}), 413)
+    assert_error(
+        client.post(
+            "/api/sd/t2i",
+            content=b"x" * (22 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        ),
+        413,
+    )
 
 
-@pytest.mark.parametrize(("files", "data", "status", "field"), [
-    ({"prompt": (None, "no image attached")}, {}, 422, "image"),
-    ({"image": ("a.txt", b"just some text", "text/plain")}, {}, 422, "image"),
-    ({"image": ("cut.png", png_bytes(128, 128)[:300], "image/png")}, {}, 422, "image"),
-    ({"image": ("empty.png", b"", "image/png")}, {}, 422, "image"),
-    ({"image": ("bomb.png", bomb_png(), "image/png")}, {}, 413, "image"),
-    ({"image": ("tiny.png", png_bytes(16, 16), "image/png")}, {}, 422, "image"),
-    ({"image": ("ok.png", png_bytes(128, 128), "image/png")}, {"strength": "2"}, 422, "strength"),
-    ({"image": ("ok.png", png_bytes(128, 128), "image/png")},
-     {"strength": "0.2", "num_inference_steps": "2"}, 422, "strength"),
-    ({"image": ("ok.png", png_bytes(128, 128), "image/png")}, {"num_inference_steps": "x"}, 422,
-     "num_inference_steps"),
-])
-def test_i2i_errors(client: httpx.Client, nothing_enqueued: None, files: dict[str, object],
-                    data: dict[str, str], status: int, field: str) -> None:
+@pytest.mark.parametrize(
+    ("files", "data", "status", "field"),
+    [
+        ({"prompt": (None, "no image attached")}, {}, 422, "image"),
+        ({"image": ("a.txt", b"just some text", "text/plain")}, {}, 422, "image"),
+        ({"image": ("cut.png", png_bytes(128, 128)[:300], "image/png")}, {}, 422, "image"),
+        ({"image": ("empty.png", b"", "image/png")}, {}, 422, "image"),
+        ({"image": ("bomb.png", bomb_png(), "image/png")}, {}, 413, "image"),
+        ({"image": ("tiny.png", png_bytes(16, 16), "image/png")}, {}, 422, "image"),
+        (
+            {"image": ("ok.png", png_bytes(128, 128), "image/png")},
+            {"strength": "2"},
+            422,
+            "strength",
+        ),
+        (
+            {"image": ("ok.png", png_bytes(128, 128), "image/png")},
+            {"strength": "0.2", "num_inference_steps": "2"},
+            422,
+            "strength",
+        ),
+        (
+            {"image": ("ok.png", png_bytes(128, 128), "image/png")},
+            {"num_inference_steps": "x"},
+            422,
+            "num_inference_steps",
+        ),
+    ],
+)
+def test_i2i_errors(
+    client: httpx.Client,
+    nothing_enqueued: None,
+    files: dict[str, object],
+    data: dict[str, str],
+    status: int,
+    field: str,
+) -> None:
     assert_error(client.post("/api/sd/i2i", files=files, data=data), status, field)
 
 
@@ -115,13 +156,16 @@ def test_i2i_needs_multipart(client: httpx.Client, nothing_enqueued: None) -> No
 
 
 def test_v1_field_errors(client: httpx.Client, nothing_enqueued: None) -> None:
-    assert_error(client.post("/v1/generate", json={"prompt": "p", "style_id": 999}), 422, "style_id")
+    assert_error(
+        client.post("/v1/generate", json={"prompt": "p", "style_id": 999}), 422, "style_id"
+    )
     assert_error(client.post("/v1/generate", json={"prompt": "p", "seed": -2}), 422, "seed")
     assert_error(client.post("/v1/generate", json={"style_id": 1}), 422, "prompt")
 
 
-@pytest.mark.parametrize("path", ["/api/{id}/status", "/api/{id}/events", "/v1/jobs/{id}",
-                                  "/v1/jobs/{id}/events"])
+@pytest.mark.parametrize(
+    "path", ["/api/{id}/status", "/api/{id}/events", "/v1/jobs/{id}", "/v1/jobs/{id}/events"]
+)
 def test_unknown_job_is_404(client: httpx.Client, path: str) -> None:
     assert_error(client.get(path.format(id="no-such-job")), 404)
 

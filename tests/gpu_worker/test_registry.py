@@ -1,4 +1,4 @@
-"""The model registry loads each route once, from the catalogue's weights, through the production loader."""
+"""The registry loads each route once, from the catalogue's weights, via the production loader."""
 
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ class FeedEvent:
     data: dict[str, Any]
 
 
-def wait_terminal(client: httpx.Client, path: str, *, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+def wait_terminal(
+    client: httpx.Client, path: str, *, timeout_s: float = JOB_TIMEOUT_S
+) -> dict[str, Any]:
     """Poll a status path until the job is finished; returns the last body."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -34,8 +36,13 @@ def wait_terminal(client: httpx.Client, path: str, *, timeout_s: float = JOB_TIM
         time.sleep(0.1)
 
 
-def read_feed(client: httpx.Client, path: str, *, last_event_id: int | None = None,
-              timeout_s: float = JOB_TIMEOUT_S) -> list[FeedEvent]:
+def read_feed(
+    client: httpx.Client,
+    path: str,
+    *,
+    last_event_id: int | None = None,
+    timeout_s: float = JOB_TIMEOUT_S,
+) -> list[FeedEvent]:
     """Every event of an SSE feed until the server ends it."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
     events = []

@@ -1,4 +1,4 @@
-"""Darkroom's services as real subprocesses, started through the ``darkroom`` CLI as in production."""
+"""Darkroom's services as real subprocesses, started through the ``darkroom`` CLI."""
 
 from __future__ import annotations
 
@@ -41,13 +41,18 @@ class Stack:
             log = (self.workdir / f"{service}.log").open("ab")
             self.processes[service] = subprocess.Popen(
                 [sys.executable, "-m", "common.cli", service],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         if "gateway" in services or "status" in services:
             wait_for(self._healthy, timeout_s=READY_TIMEOUT_S, what=f"{self.name} gateway health")
 
-    def stop(self, service: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30) -> int:
+    def stop(
+        self, service: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30
+    ) -> int:
         process = self.processes.pop(service)
         if process.poll() is None:
             process.send_signal(sig)
@@ -75,23 +80,35 @@ class Stack:
             return False
 
 
-def stack_env(*, redis_url: str, prefix: str, models_file: Path, workdir: Path, port: int,
-              extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DARKROOM_", "REDIS_", "AWS_", "S3_"))}
-    env.update({
-        "REDIS_URL": redis_url,
-        "DARKROOM_KEY_PREFIX": prefix,
-        "DARKROOM_MODELS_FILE": str(models_file),
-        "DARKROOM_OUTPUT_DIR": str(workdir / "output"),
-        "DARKROOM_PORT": str(port),
-        "DARKROOM_HOST": "127.0.0.1",
-        "DARKROOM_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "DARKROOM_LOG_FORMAT": "json",
-        "DARKROOM_BLOCK_MS": "200",
-        "DARKROOM_SSE_RESYNC_S": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-    })
+def stack_env(
+    *,
+    redis_url: str,
+    prefix: str,
+    models_file: Path,
+    workdir: Path,
+    port: int,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DARKROOM_", "REDIS_", "AWS_", "S3_"))
+    }
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "DARKROOM_KEY_PREFIX": prefix,
+            "DARKROOM_MODELS_FILE": str(models_file),
+            "DARKROOM_OUTPUT_DIR": str(workdir / "output"),
+            "DARKROOM_PORT": str(port),
+            "DARKROOM_HOST": "127.0.0.1",
+            "DARKROOM_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+            "DARKROOM_LOG_FORMAT": "json",
+            "DARKROOM_BLOCK_MS": "200",
+            "DARKROOM_SSE_RESYNC_S": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
     env.update(extra or {})
     return env

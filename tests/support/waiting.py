@@ -22,7 +22,9 @@ def wait_for(condition: Callable[[], T], *, timeout_s: float, what: str) -> T:
         time.sleep(POLL_S)
 
 
-async def async_wait_for(condition: Callable[[], Awaitable[T]], *, timeout_s: float, what: str) -> T:
+async def async_wait_for(
+    condition: Callable[[], Awaitable[T]], *, timeout_s: float, what: str
+) -> T:
     deadline = time.monotonic() + timeout_s
     while True:
         result = await condition()
