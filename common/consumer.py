@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
@@ -67,6 +68,8 @@ class StreamConsumer:
             await pipe.execute()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; the delivery in hand is always finished first."""
+        await self.ensure_groups()
         failures = 0
         while not stop.is_set():
             try:
@@ -86,7 +89,10 @@ class StreamConsumer:
                 await _sleep_unless(stop, delay_s)
                 continue
             for delivery in deliveries:
-                await self.handler(delivery)
+                with structlog.contextvars.bound_contextvars(
+                    stream=delivery.stream, msg_id=delivery.msg_id
+                ):
+                    await self.handler(delivery)
 
     async def _read_new(self) -> list[Delivery]:
         reply: list[tuple[str | bytes, list[tuple[str | bytes, RawFields | None]]]] | None

@@ -54,7 +54,6 @@ class Worker:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.consumer.ensure_groups()
         log.info(
             "worker.ready", routes=self._registry.route_names, device=str(self._registry.device)
         )
@@ -62,13 +61,8 @@ class Worker:
 
     async def handle(self, delivery: Delivery) -> None:
         spec = JobSpec.model_validate_json(delivery.fields["job"])
-        structlog.contextvars.bind_contextvars(
-            job_id=spec.job_id, model=spec.model, msg_id=delivery.msg_id
-        )
-        try:
+        with structlog.contextvars.bound_contextvars(job_id=spec.job_id, model=spec.model):
             await self._handle(spec, delivery)
-        finally:
-            structlog.contextvars.unbind_contextvars("job_id", "model", "msg_id")
 
     async def _handle(self, spec: JobSpec, delivery: Delivery) -> None:
         record = await self._jobs.get(spec.job_id)

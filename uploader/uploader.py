@@ -73,17 +73,13 @@ class Uploader:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.consumer.ensure_groups()
         log.info("uploader.ready", storage=type(self._storage).__name__)
         await self.consumer.run(stop)
 
     async def handle(self, delivery: Delivery) -> None:
         rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
-        structlog.contextvars.bind_contextvars(job_id=rendered.job_id, msg_id=delivery.msg_id)
-        try:
+        with structlog.contextvars.bound_contextvars(job_id=rendered.job_id):
             await self._handle(rendered, delivery)
-        finally:
-            structlog.contextvars.unbind_contextvars("job_id", "msg_id")
 
     async def _handle(self, rendered: RenderedJob, delivery: Delivery) -> None:
         urls: list[str] = []
