@@ -7,19 +7,18 @@ costs one copy of its weights whatever tasks it serves.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 import diffusers
 import torch
 import transformers
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from common.catalog import Catalog, ModelRoute
 from common.logging import get_logger
 from common.schemas import Task
+from gpu_worker.families import family
 
 # Loading bars are noise in JSON logs; model.loaded carries the duration instead.
 diffusers.utils.logging.disable_progress_bar()
@@ -47,47 +46,39 @@ class ModelRegistry:
             raise ValueError(
                 f"unknown route(s) {sorted(unknown)}; the catalogue has {sorted(catalog.routes)}"
             )
-        self.routes = [catalog.routes[name] for name in (routes or catalog.routes)]
+        self.routes = {name: catalog.routes[name] for name in (routes or catalog.routes)}
         self.device = device
-        self._pipelines: dict[tuple[str, Task], DiffusionPipeline] = {}
+        self._loaded: dict[str, dict[Task, DiffusionPipeline]] = {}
         self._lock = threading.Lock()
 
     @property
     def route_names(self) -> list[str]:
-        return [route.name for route in self.routes]
+        return list(self.routes)
 
     def _dtype(self, route: ModelRoute) -> torch.dtype:
         # Half precision is a GPU format; on a CPU it is slow or unsupported.
         return DTYPES[route.dtype] if self.device.type != "cpu" else torch.float32
 
-    def pipeline(self, route_name: str, task: Task) -> DiffusionPipeline:
-        """The resident pipeline for a route and task, loaded on first use (call in a thread)."""
-        key = (route_name, task)
+    def pipelines(self, route_name: str) -> dict[Task, DiffusionPipeline]:
+        """The resident pipelines of a route, one per task, loaded on first use (call in a
+        thread: loading blocks)."""
         with self._lock:
-            if key not in self._pipelines:
-                self._load(next(r for r in self.routes if r.name == route_name))
-            return self._pipelines[key]
+            if route_name not in self._loaded:
+                self._loaded[route_name] = self._load(self.routes[route_name])
+            return self._loaded[route_name]
+
+    def pipeline(self, route_name: str, task: Task) -> DiffusionPipeline:
+        return self.pipelines(route_name)[task]
 
     def load_all(self) -> None:
-        for route in self.routes:
-            with self._lock:
-                if (route.name, route.tasks[0]) not in self._pipelines:
-                    self._load(route)
+        for name in self.routes:
+            self.pipelines(name)
 
-    def _load(self, route: ModelRoute) -> None:
+    def _load(self, route: ModelRoute) -> dict[Task, DiffusionPipeline]:
         started = time.perf_counter()
-        if route.family == "stable-diffusion":
-            base = StableDiffusionPipeline.from_pretrained(route.weights, dtype=self._dtype(route))
-            base = base.to(self.device)
-            variants: dict[Task, DiffusionPipeline] = {Task.T2I: base}
-            if Task.I2I in route.tasks:
-                with _quiet_diffusers():
-                    variants[Task.I2I] = StableDiffusionImg2ImgPipeline.from_pipe(base)
-        else:  # pragma: no cover - the catalogue's Literal makes this unreachable
-            raise ValueError(f"unsupported family {route.family!r}")
-        for task in route.tasks:
-            variants[task].set_progress_bar_config(disable=True)
-            self._pipelines[(route.name, task)] = variants[task]
+        pipelines = family(route.family).load(route, self._dtype(route), self.device)
+        for pipe in pipelines.values():
+            pipe.set_progress_bar_config(disable=True)
         log.info(
             "model.loaded",
             model=route.name,
@@ -96,14 +87,4 @@ class ModelRegistry:
             device=str(self.device),
             duration_ms=round((time.perf_counter() - started) * 1000),
         )
-
-
-@contextlib.contextmanager
-def _quiet_diffusers() -> Iterator[None]:
-    """``from_pipe`` always warns about float32 modules, listing none (a diffusers quirk)."""
-    level = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers.utils.logging.set_verbosity(level)
+        return pipelines

@@ -17,9 +17,10 @@ from common.jobs import JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob
+from gpu_worker.encoding import Encoded, decode_image, encode
+from gpu_worker.families import family
 from gpu_worker.progress import RENDER_END_PCT, RENDER_START_PCT, ProgressReporter
 from gpu_worker.registry import ModelRegistry
-from gpu_worker.render import decode_image, encode_png, render
 
 log = get_logger(__name__)
 
@@ -103,8 +104,9 @@ class Worker:
         )
         log.info("job.rendered", duration_ms=render_ms, outputs=len(outputs))
 
-    async def _render(self, spec: JobSpec) -> list[bytes]:
-        pipe = await asyncio.to_thread(self._registry.pipeline, spec.model, spec.task)
+    async def _render(self, spec: JobSpec) -> list[Encoded]:
+        pipelines = await asyncio.to_thread(self._registry.pipelines, spec.model)
+        render = family(self._registry.routes[spec.model].family).render
         image = None
         if spec.input_blob is not None:
             data = await self._blobs.get(spec.input_blob)
@@ -112,17 +114,17 @@ class Worker:
                 raise ValueError("the input image expired before the job started")
             image = await asyncio.to_thread(decode_image, data)
         async with ProgressReporter(self._jobs, spec.job_id) as progress:
-            images = await asyncio.to_thread(render, pipe, spec, image, progress.on_step)
-        return [await asyncio.to_thread(encode_png, im) for im in images]
+            artifacts = await asyncio.to_thread(render, pipelines, spec, image, progress.on_step)
+        return [await asyncio.to_thread(encode, artifact) for artifact in artifacts]
 
-    async def _hand_off(self, spec: JobSpec, delivery: Delivery, outputs: list[bytes]) -> None:
+    async def _hand_off(self, spec: JobSpec, delivery: Delivery, outputs: list[Encoded]) -> None:
         blobs = [
             OutputBlob(
                 key=self._keys.blob(spec.job_id, f"output:{i}"),
-                content_type="image/png",
-                extension="png",
+                content_type=output.content_type,
+                extension=output.extension,
             )
-            for i in range(len(outputs))
+            for i, output in enumerate(outputs)
         ]
         rendered = RenderedJob(
             job_id=spec.job_id,
@@ -131,8 +133,8 @@ class Worker:
             input_blob=spec.input_blob,
         )
         async with self._blobs.pipeline(transaction=True) as pipe:
-            for blob, data in zip(blobs, outputs, strict=True):
-                pipe.set(blob.key, data, ex=self._blob_ttl_s)
+            for blob, output in zip(blobs, outputs, strict=True):
+                pipe.set(blob.key, output.data, ex=self._blob_ttl_s)
             pipe.xadd(self._keys.rendered, {"rendered": rendered.model_dump_json()})
             self.consumer.ack_in(pipe, delivery)
             await pipe.execute()

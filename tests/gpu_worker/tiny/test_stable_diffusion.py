@@ -107,5 +107,5 @@ def test_checkpoint_seed_sets_the_weights_and_spares_the_global_rng(tmp_path: Pa
 
 
 def test_unknown_family_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown family"):
+    with pytest.raises(ValueError, match="unknown checkpoint"):
         make_tiny("stable-cascade", tmp_path)

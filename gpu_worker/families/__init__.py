@@ -1,0 +1,84 @@
+"""Pipeline families: how each kind of model is loaded and called.
+
+A family module has two functions:
+
+- ``load(route, dtype, device) -> dict[Task, DiffusionPipeline]``: one pipeline per task the
+  route serves, sharing one copy of the weights (``from_pipe``).
+- ``render(pipelines, spec, image, on_step) -> list[Artifact]``: one job's outputs (blocking;
+  the worker calls it in a thread). ``on_step(done, total)`` is called after every denoising step
+  of the whole job, so a job of several renders reports one rising progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Protocol
+
+import diffusers
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from common.catalog import ModelRoute
+from common.schemas import JobSpec, Task
+
+# (steps done, steps in the whole job)
+StepCallback = Callable[[int, int], None]
+Pipelines = Mapping[Task, DiffusionPipeline]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One output of a job: a still image, or a video's frames and rate."""
+
+    image: Image.Image | None = None
+    frames: list[Image.Image] = field(default_factory=list)
+    fps: int = 0
+
+
+class Family(Protocol):
+    def load(
+        self, route: ModelRoute, dtype: torch.dtype, device: torch.device
+    ) -> dict[Task, DiffusionPipeline]: ...
+
+    def render(
+        self, pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+    ) -> list[Artifact]: ...
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator: the same seed gives the same image on any device."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def step_end(on_step: StepCallback, offset: int = 0, total: int | None = None) -> Any:
+    """A diffusers ``callback_on_step_end`` reporting step ``offset + done`` of ``total``
+    (default: this pipeline call's own step count)."""
+
+    def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(offset + step + 1, total if total is not None else int(pipe.num_timesteps))
+        return tensors
+
+    return callback
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """``from_pipe`` always warns about float32 modules, listing none (a diffusers quirk)."""
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
+
+
+def family(name: str) -> Family:
+    from gpu_worker.families import stable_diffusion
+
+    modules: dict[str, ModuleType] = {"stable-diffusion": stable_diffusion}
+    module: Family = modules[name]  # type: ignore[assignment]
+    return module

@@ -1,0 +1,40 @@
+"""Tiny random-weight checkpoints for tests and the CPU demo.
+
+Each checkpoint is a diffusers folder written with ``save_pretrained`` that loads through the same
+code as a real model, so the worker, the tests and the demo exercise production loading without
+downloading anything. Every component, tokenizers included, is built here from a seed.
+The shapes are chosen for speed on a small CPU, not for image quality: the outputs are noise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+# Checkpoint name -> "module:function" building its pipeline (imported only when written).
+CHECKPOINTS: dict[str, str] = {
+    "stable-diffusion": "gpu_worker.tiny.stable_diffusion:build",
+}
+FAMILIES: tuple[str, ...] = tuple(CHECKPOINTS)
+
+
+def make_tiny(name: str, out_dir: Path, *, seed: int = 0) -> Path:
+    """Write the tiny checkpoint ``name`` to ``out_dir`` and return ``out_dir``."""
+    if name not in CHECKPOINTS:
+        raise ValueError(f"unknown checkpoint {name!r}; expected one of {FAMILIES}")
+    module_name, function = CHECKPOINTS[name].split(":")
+    build = getattr(importlib.import_module(module_name), function)
+    # Seeded weights, without disturbing the caller's global RNG (tests call this mid-session).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe = build()
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_all(root: Path) -> dict[str, Path]:
+    """Write every tiny checkpoint under ``root/<name>``."""
+    return {name: make_tiny(name, Path(root) / name) for name in CHECKPOINTS}
