@@ -15,7 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.schemas import Task
 
-Family = Literal["stable-diffusion"]
+Family = Literal["stable-diffusion", "flux", "qwen-image", "ltx-video"]
+
+
+class Lora(BaseModel):
+    """A LoRA loaded into the route's pipelines at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str = Field(description="A hub id or a local directory.")
+    weight_name: str | None = Field(default=None, description="The file inside, if several.")
+    adapter_name: str = "default"
+    scale: float = 1.0
 
 
 class ModelRoute(BaseModel):
@@ -24,12 +35,20 @@ class ModelRoute(BaseModel):
     name: str
     family: Family
     weights: str = Field(description="A hub id or a local directory written by save_pretrained.")
+    # A second checkpoint some families need (Qwen multi-angle: the image-edit model).
+    edit_weights: str | None = None
+    loras: list[Lora] = Field(default_factory=list)
     tasks: list[Task]
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     max_width: int = 1024
     max_height: int = 1024
     max_steps: int = 150
     size_multiple: int = 8
+    # Video routes: the longest clip, and the frame-count rule (frames = k * multiple + 1).
+    max_frames: int = 0
+    frame_multiple: int = 1
+    # Multi-angle routes: the camera angles rendered when a request names none.
+    default_angles: list[str] = Field(default_factory=list)
 
 
 class StylePreset(BaseModel):

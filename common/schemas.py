@@ -41,6 +41,16 @@ _V1_NAMES = {
 class Task(StrEnum):
     T2I = "t2i"
     I2I = "i2i"
+    T2V = "t2v"
+    I2V = "i2v"
+
+    @property
+    def video(self) -> bool:
+        return self in (Task.T2V, Task.I2V)
+
+    @property
+    def needs_image(self) -> bool:
+        return self in (Task.I2I, Task.I2V)
 
 
 def utcnow() -> datetime:
@@ -169,6 +179,11 @@ class RenderParams(BaseModel):
     guidance_scale: float
     seed: int
     strength: float | None = None
+    # Video: frames to render and the rate they play at.
+    num_frames: int | None = None
+    fps: int | None = None
+    # Multi-angle routes: one output per camera angle, in this order.
+    angles: list[str] | None = None
 
 
 class JobSpec(BaseModel):

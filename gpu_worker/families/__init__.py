@@ -12,9 +12,9 @@ A family module has two functions:
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Protocol
 
 import diffusers
@@ -76,9 +76,12 @@ def quiet() -> Iterator[None]:
         diffusers.utils.logging.set_verbosity(level)
 
 
-def family(name: str) -> Family:
-    from gpu_worker.families import stable_diffusion
+# Catalogue family name -> module in this package (imported on first use).
+MODULES: dict[str, str] = {
+    "stable-diffusion": "stable_diffusion",
+}
 
-    modules: dict[str, ModuleType] = {"stable-diffusion": stable_diffusion}
-    module: Family = modules[name]  # type: ignore[assignment]
+
+def family(name: str) -> Family:
+    module: Family = importlib.import_module(f"{__name__}.{MODULES[name]}")  # type: ignore[assignment]
     return module
