@@ -29,6 +29,19 @@ class Lora(BaseModel):
     scale: float = 1.0
 
 
+class RouteDefaults(BaseModel):
+    """What a request that leaves a field out gets (seed 1's image defaults unless overridden)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = 512
+    height: int = 512
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    num_frames: int = 0
+    fps: int = 0
+
+
 class ModelRoute(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,6 +62,7 @@ class ModelRoute(BaseModel):
     frame_multiple: int = 1
     # Multi-angle routes: the camera angles rendered when a request names none.
     default_angles: list[str] = Field(default_factory=list)
+    defaults: RouteDefaults = Field(default_factory=RouteDefaults)
 
 
 class StylePreset(BaseModel):

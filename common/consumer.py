@@ -86,7 +86,7 @@ class StreamConsumer:
                     error=str(exc),
                     retry_in_s=delay_s,
                 )
-                await _sleep_unless(stop, delay_s)
+                await sleep_unless(stop, delay_s)
                 continue
             for delivery in deliveries:
                 with structlog.contextvars.bound_contextvars(
@@ -124,7 +124,8 @@ class StreamConsumer:
         return []
 
 
-async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
+async def sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
+    """Sleep ``delay_s``, or less if ``stop`` is set meanwhile."""
     try:
         await asyncio.wait_for(stop.wait(), timeout=delay_s)
     except TimeoutError:

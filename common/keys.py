@@ -57,5 +57,13 @@ class Keys:
         """Capped stream of one job's events; entry id ``<seq>-0``, so a replay is a range."""
         return f"{self.prefix}jobevents:{job_id}"
 
+    def worker(self, consumer: str) -> str:
+        """String with a TTL: a live worker's heartbeat (its loaded routes and device)."""
+        return f"{self.prefix}worker:{consumer}"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{self.prefix}worker:*"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}idem:{key}"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**32 - 1
 
@@ -65,6 +65,20 @@ Side = Annotated[int, Field(ge=64, le=4096, description="Pixels; a multiple of 8
 Steps = Annotated[int, Field(ge=1, le=500)]
 Guidance = Annotated[float, Field(ge=0.0, le=50.0)]
 Seed = Annotated[int | None, Field(default=None, ge=0, le=MAX_SEED)]
+Angle = Annotated[str, Field(min_length=1, max_length=64)]
+Angles = Annotated[
+    list[Angle] | None,
+    Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Multi-angle models: the camera angles to render, one image each "
+        "(a list, or in a form repeated fields or one comma-separated value). "
+        "Omitted: the model's default set.",
+    ),
+]
+Frames = Annotated[int | None, Field(default=None, ge=1, le=1000)]
+Fps = Annotated[int | None, Field(default=None, ge=1, le=120)]
 
 
 class _Request(BaseModel):
@@ -82,6 +96,7 @@ class TextToImageRequest(_Request):
     num_inference_steps: Steps = 50
     guidance_scale: Guidance = 7.5
     seed: Seed = None
+    angles: Angles = None
 
 
 class ImageToImageForm(_Request):
@@ -93,6 +108,46 @@ class ImageToImageForm(_Request):
     guidance_scale: Guidance = 7.5
     num_inference_steps: Steps = 50
     seed: Seed = None
+    angles: Angles = None
+
+    @field_validator("angles", mode="before")
+    @classmethod
+    def _split_angles(cls, value: object) -> object:
+        return _split_commas(value)
+
+
+class TextToVideoRequest(_Request):
+    """``POST /api/{model}/t2v``. Omitted fields take the model's defaults (``GET /api/models``)."""
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = None
+    width: Side | None = None
+    height: Side | None = None
+    num_frames: Frames = None
+    fps: Fps = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    seed: Seed = None
+
+
+class ImageToVideoForm(_Request):
+    """``POST /api/{model}/i2v``, multipart fields besides the ``image`` file (the first frame)."""
+
+    prompt: Annotated[str, Field(max_length=2000)] = ""
+    negative_prompt: NegativePrompt = None
+    num_frames: Frames = None
+    fps: Fps = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    seed: Seed = None
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return _split_commas(value[0])
+    return value
 
 
 class GenerateRequest(_Request):
@@ -157,6 +212,31 @@ class ErrorResponse(BaseModel):
     error: str
     message: str
     fields: list[ErrorField] = Field(default_factory=list)
+
+
+class ModelInfo(BaseModel):
+    """One model route as ``GET /api/models`` lists it."""
+
+    name: str
+    family: str
+    weights: str
+    tasks: list[str]
+    defaults: dict[str, float | int]
+    limits: dict[str, int]
+    default_angles: list[str]
+    loaded: bool = Field(description="Some live worker has this route's pipelines resident.")
+    workers_loaded: int = Field(description="How many live workers have it resident.")
+    served: bool = Field(description="Some live worker serves this route.")
+
+
+class WorkerHeartbeat(BaseModel):
+    """What a live worker says about itself every few seconds (``worker:<consumer>``)."""
+
+    consumer: str
+    device: str
+    routes: list[str] = Field(description="The routes this worker serves.")
+    loaded: list[str] = Field(description="The routes whose pipelines are resident now.")
+    ts: float
 
 
 class Health(BaseModel):

@@ -59,6 +59,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             catalog=catalog,
             jobs=jobs,
             fanout=fanout,
+            keys=keys,
             submitter=Submitter(jobs, keys, catalog, blob_ttl_s=settings.blob_ttl_s),
         )
         try:

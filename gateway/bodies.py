@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
@@ -52,7 +52,12 @@ async def read_image_form(
             if not isinstance(upload, UploadFile):
                 raise field_error(file_field, "an image file is required")
             data = await upload.read(max_upload_bytes + 1)
-            fields = {k: v for k, v in form.multi_items() if k != file_field}
+            fields: dict[str, Any] = {}
+            for key, value in form.multi_items():
+                if key == file_field:
+                    continue
+                # A repeated field (angles=front&angles=back) is a list.
+                fields[key] = [*_as_list(fields[key]), value] if key in fields else value
     except MultiPartException as exc:
         raise ApiError(
             400, "invalid_form", f"The multipart body could not be read: {exc.message}"
@@ -61,7 +66,7 @@ async def read_image_form(
         raise field_error(
             file_field, f"the file is larger than {max_upload_bytes} bytes", status_code=413
         )
-    stray_files = [k for k, v in fields.items() if not isinstance(v, str)]
+    stray_files = [k for k, v in fields.items() if not all(isinstance(i, str) for i in _as_list(v))]
     if stray_files:
         raise field_error(stray_files[0], "unexpected file")
     try:
@@ -71,3 +76,7 @@ async def read_image_form(
         raise from_validation(exc) from None
     size = await asyncio.to_thread(inspect_image, data, field=file_field, max_pixels=max_pixels)
     return parsed, data, size
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]

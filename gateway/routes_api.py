@@ -1,17 +1,31 @@
-"""Seed 1's submit API: ``POST /api/{model}/t2i`` (JSON) and ``/i2i`` (multipart)."""
+"""Seed 1's API: ``POST /api/{model}/t2i|t2v`` (JSON), ``/i2i|i2v`` (multipart with an image),
+and ``GET /api/models``."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel, RootModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from common.schemas import ImageToImageForm, SubmitResponse, Task, TextToImageRequest
+from common.catalog import ModelRoute
+from common.schemas import (
+    ImageToImageForm,
+    ImageToVideoForm,
+    ModelInfo,
+    SubmitResponse,
+    Task,
+    TextToImageRequest,
+    TextToVideoRequest,
+)
 from gateway.bodies import read_image_form, read_json
 from gateway.images import fit_to_route
 from gateway.openapi import operation
 from gateway.services import services
 from gateway.submit import SUBMITTED_MESSAGE
+from gateway.workers import live_workers
 
 
 def _submitted(job_id: str) -> JSONResponse:
@@ -19,18 +33,43 @@ def _submitted(job_id: str) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"))
 
 
+async def _json_job(request: Request, task: Task, model_cls: type[BaseModel]) -> str:
+    svc = services(request)
+    model = request.path_params["model"]
+    svc.submitter.route(model, task)  # an unknown model is a 404 before the body is read
+    body: Any = await read_json(request, model_cls, max_bytes=svc.settings.max_json_bytes)
+    if task == Task.T2V:
+        return await svc.submitter.text_to_video(model, body)
+    return await svc.submitter.text_to_image(model, body)
+
+
+async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> str:
+    svc = services(request)
+    model = request.path_params["model"]
+    route = svc.submitter.route(model, task)
+    form: Any
+    form, image, (width, height) = await read_image_form(
+        request,
+        form_cls,
+        file_field="image",
+        max_upload_bytes=svc.settings.max_upload_bytes,
+        max_pixels=svc.settings.max_input_pixels,
+    )
+    size = fit_to_route(width, height, route)
+    if task == Task.I2V:
+        return await svc.submitter.image_to_video(model, form, image, size)
+    return await svc.submitter.image_to_image(model, form, image, size)
+
+
 @operation(
     summary="Submit a text-to-image job",
     tag="api",
     json_body=TextToImageRequest,
     responses={200: SubmitResponse},
+    description="Multi-angle models return one image per angle (`result_urls`).",
 )
 async def text_to_image(request: Request) -> JSONResponse:
-    svc = services(request)
-    model = request.path_params["model"]
-    svc.submitter.route(model, Task.T2I)  # an unknown model is a 404 before the body is read
-    body = await read_json(request, TextToImageRequest, max_bytes=svc.settings.max_json_bytes)
-    return _submitted(await svc.submitter.text_to_image(model, body))
+    return _submitted(await _json_job(request, Task.T2I, TextToImageRequest))
 
 
 @operation(
@@ -39,26 +78,82 @@ async def text_to_image(request: Request) -> JSONResponse:
     form_body=ImageToImageForm,
     file_field="image",
     responses={200: SubmitResponse},
-    description="The output has the input's aspect ratio, scaled to the model's limits.",
+    description="The output has the input's aspect ratio, scaled to the model's limits. "
+    "Multi-angle models return one image per angle (`result_urls`).",
 )
 async def image_to_image(request: Request) -> JSONResponse:
+    return _submitted(await _form_job(request, Task.I2I, ImageToImageForm))
+
+
+@operation(
+    summary="Submit a text-to-video job",
+    tag="api",
+    json_body=TextToVideoRequest,
+    responses={200: SubmitResponse},
+    description="The result is an H.264 MP4. Omitted fields take the model's defaults "
+    "(see GET /api/models).",
+)
+async def text_to_video(request: Request) -> JSONResponse:
+    return _submitted(await _json_job(request, Task.T2V, TextToVideoRequest))
+
+
+@operation(
+    summary="Submit an image-to-video job",
+    tag="api",
+    form_body=ImageToVideoForm,
+    file_field="image",
+    responses={200: SubmitResponse},
+    description="The image is the first frame; the video keeps its aspect ratio, scaled to the "
+    "model's limits. The result is an H.264 MP4.",
+)
+async def image_to_video(request: Request) -> JSONResponse:
+    return _submitted(await _form_job(request, Task.I2V, ImageToVideoForm))
+
+
+class ModelList(RootModel[list[ModelInfo]]):
+    """Every model route: family, tasks, defaults, limits, and whether a worker has it loaded."""
+
+
+def _info(route: ModelRoute, loaded: dict[str, int], serving: set[str]) -> ModelInfo:
+    return ModelInfo(
+        name=route.name,
+        family=route.family,
+        weights=route.weights,
+        tasks=[task.value for task in route.tasks],
+        defaults=route.defaults.model_dump(),
+        limits={
+            "max_width": route.max_width,
+            "max_height": route.max_height,
+            "size_multiple": route.size_multiple,
+            "max_steps": route.max_steps,
+            "max_frames": route.max_frames,
+            "frame_multiple": route.frame_multiple,
+        },
+        default_angles=route.default_angles,
+        loaded=loaded.get(route.name, 0) > 0,
+        workers_loaded=loaded.get(route.name, 0),
+        served=route.name in serving,
+    )
+
+
+@operation(summary="List the model routes", tag="api", responses={200: ModelList})
+async def models(request: Request) -> JSONResponse:
     svc = services(request)
-    model = request.path_params["model"]
-    route = svc.submitter.route(model, Task.I2I)
-    form, image, (width, height) = await read_image_form(
-        request,
-        ImageToImageForm,
-        file_field="image",
-        max_upload_bytes=svc.settings.max_upload_bytes,
-        max_pixels=svc.settings.max_input_pixels,
-    )
-    job_id = await svc.submitter.image_to_image(
-        model, form, image, fit_to_route(width, height, route)
-    )
-    return _submitted(job_id)
+    workers = await live_workers(svc.redis, svc.keys)
+    loaded: dict[str, int] = {}
+    serving: set[str] = set()
+    for worker in workers:
+        serving.update(worker.routes)
+        for name in worker.loaded:
+            loaded[name] = loaded.get(name, 0) + 1
+    body = ModelList([_info(r, loaded, serving) for r in svc.catalog.routes.values()])
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 routes = [
+    Route("/api/models", models, methods=["GET"]),
     Route("/api/{model}/t2i", text_to_image, methods=["POST"]),
     Route("/api/{model}/i2i", image_to_image, methods=["POST"]),
+    Route("/api/{model}/t2v", text_to_video, methods=["POST"]),
+    Route("/api/{model}/i2v", image_to_video, methods=["POST"]),
 ]

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from common.catalog import Catalog
 from common.jobs import JobStore
+from common.keys import Keys
 from gateway.fanout import EventFanout
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
@@ -22,6 +23,7 @@ class Services:
     jobs: JobStore
     submitter: Submitter
     fanout: EventFanout
+    keys: Keys
 
 
 def services(request: Request) -> Services:

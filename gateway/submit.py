@@ -15,10 +15,12 @@ from common.schemas import (
     MAX_SEED,
     GenerateRequest,
     ImageToImageForm,
+    ImageToVideoForm,
     JobSpec,
     RenderParams,
     Task,
     TextToImageRequest,
+    TextToVideoRequest,
     utcnow,
 )
 from gateway.errors import ApiError, field_error
@@ -59,6 +61,7 @@ class Submitter:
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
             seed=_resolve_seed(request.seed),
+            angles=_angles(route, request.angles),
         )
         return await self._enqueue(route, Task.T2I, params)
 
@@ -82,8 +85,21 @@ class Submitter:
             guidance_scale=form.guidance_scale,
             seed=_resolve_seed(form.seed),
             strength=form.strength,
+            angles=_angles(route, form.angles),
         )
         return await self._enqueue(route, Task.I2I, params, image)
+
+    async def text_to_video(self, model: str, request: TextToVideoRequest) -> str:
+        route = self.route(model, Task.T2V)
+        params = _video_params(route, request, request.width, request.height)
+        return await self._enqueue(route, Task.T2V, params)
+
+    async def image_to_video(
+        self, model: str, form: ImageToVideoForm, image: bytes, size: tuple[int, int]
+    ) -> str:
+        route = self.route(model, Task.I2V)
+        params = _video_params(route, form, *size)
+        return await self._enqueue(route, Task.I2V, params, image)
 
     async def generate(self, request: GenerateRequest) -> str:
         route = self.route(self._catalog.v1_route, Task.T2I)
@@ -138,6 +154,36 @@ def _resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(MAX_SEED + 1) if seed is None else seed
 
 
+def _angles(route: ModelRoute, angles: list[str] | None) -> list[str] | None:
+    if not route.default_angles:
+        if angles is not None:
+            raise field_error("angles", f"model {route.name!r} renders a single view")
+        return None
+    return angles or route.default_angles
+
+
+def _video_params(
+    route: ModelRoute,
+    request: TextToVideoRequest | ImageToVideoForm,
+    width: int | None,
+    height: int | None,
+) -> RenderParams:
+    defaults = route.defaults
+    return RenderParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=width or defaults.width,
+        height=height or defaults.height,
+        num_inference_steps=request.num_inference_steps or defaults.num_inference_steps,
+        guidance_scale=(
+            defaults.guidance_scale if request.guidance_scale is None else request.guidance_scale
+        ),
+        seed=_resolve_seed(request.seed),
+        num_frames=request.num_frames or defaults.num_frames,
+        fps=request.fps or defaults.fps,
+    )
+
+
 def _check_limits(route: ModelRoute, params: RenderParams) -> None:
     for name, value, limit in (
         ("width", params.width, route.max_width),
@@ -153,3 +199,16 @@ def _check_limits(route: ModelRoute, params: RenderParams) -> None:
             f"{params.num_inference_steps} is more than "
             f"model {route.name!r} allows ({route.max_steps})",
         )
+    if params.num_frames is not None:
+        if params.num_frames > route.max_frames:
+            raise field_error(
+                "num_frames",
+                f"{params.num_frames} is more than model {route.name!r} allows "
+                f"({route.max_frames})",
+            )
+        if (params.num_frames - 1) % route.frame_multiple:
+            raise field_error(
+                "num_frames",
+                f"{params.num_frames} frames: model {route.name!r} renders "
+                f"k × {route.frame_multiple} + 1 frames (e.g. {route.frame_multiple + 1})",
+            )

@@ -20,8 +20,12 @@ async def run(settings: WorkerSettings) -> None:
     stop = stop_event_on_signals()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    budget_mb = settings.model_memory_budget_mb
     registry = ModelRegistry(
-        Catalog.load(settings.models_file), settings.routes, pick_device(settings.device)
+        Catalog.load(settings.models_file),
+        settings.routes,
+        pick_device(settings.device),
+        memory_budget_bytes=None if budget_mb is None else budget_mb * 1024 * 1024,
     )
     if settings.preload:
         await asyncio.to_thread(registry.load_all)

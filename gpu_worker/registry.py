@@ -7,8 +7,10 @@ costs one copy of its weights whatever tasks it serves.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+from collections import OrderedDict
 
 import diffusers
 import torch
@@ -39,8 +41,32 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def pipelines_bytes(pipelines: dict[Task, DiffusionPipeline]) -> int:
+    """Memory held by a route's weights, counting modules shared between its pipelines once."""
+    modules = {
+        id(module): module
+        for pipe in pipelines.values()
+        for module in pipe.components.values()
+        if isinstance(module, torch.nn.Module)
+    }
+    return sum(
+        t.numel() * t.element_size()
+        for module in modules.values()
+        for t in (*module.parameters(), *module.buffers())
+    )
+
+
 class ModelRegistry:
-    def __init__(self, catalog: Catalog, routes: list[str], device: torch.device) -> None:
+    """Resident pipelines per route. Past ``memory_budget_bytes`` the least recently used routes
+    are unloaded, so a worker can serve more routes than fit in its memory at once."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        routes: list[str],
+        device: torch.device,
+        memory_budget_bytes: int | None = None,
+    ) -> None:
         unknown = set(routes) - set(catalog.routes)
         if unknown:
             raise ValueError(
@@ -48,12 +74,21 @@ class ModelRegistry:
             )
         self.routes = {name: catalog.routes[name] for name in (routes or catalog.routes)}
         self.device = device
-        self._loaded: dict[str, dict[Task, DiffusionPipeline]] = {}
+        self.memory_budget_bytes = memory_budget_bytes
+        # Least recently used first.
+        self._loaded: OrderedDict[str, tuple[dict[Task, DiffusionPipeline], int]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def route_names(self) -> list[str]:
         return list(self.routes)
+
+    @property
+    def loaded_route_names(self) -> list[str]:
+        return list(self._loaded)
+
+    def is_loaded(self, route_name: str) -> bool:
+        return route_name in self._loaded
 
     def _dtype(self, route: ModelRoute) -> torch.dtype:
         # Half precision is a GPU format; on a CPU it is slow or unsupported.
@@ -64,8 +99,24 @@ class ModelRegistry:
         thread: loading blocks)."""
         with self._lock:
             if route_name not in self._loaded:
-                self._loaded[route_name] = self._load(self.routes[route_name])
-            return self._loaded[route_name]
+                pipelines = self._load(self.routes[route_name])
+                self._loaded[route_name] = (pipelines, pipelines_bytes(pipelines))
+                self._evict_beyond_budget(keep=route_name)
+            self._loaded.move_to_end(route_name)
+            return self._loaded[route_name][0]
+
+    def _evict_beyond_budget(self, keep: str) -> None:
+        if self.memory_budget_bytes is None:
+            return
+        while sum(size for _, size in self._loaded.values()) > self.memory_budget_bytes:
+            victim = next((name for name in self._loaded if name != keep), None)
+            if victim is None:
+                return  # the route in use alone exceeds the budget: keep it anyway
+            _, size = self._loaded.pop(victim)
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.info("model.unloaded", model=victim, reason="memory_budget", bytes=size)
 
     def pipeline(self, route_name: str, task: Task) -> DiffusionPipeline:
         return self.pipelines(route_name)[task]

@@ -23,6 +23,8 @@ class WorkerSettings(CommonSettings):
     block_ms: int = Field(default=2000, ge=1)
     # A job pending this long on a silent worker is taken over by another.
     claim_idle_ms: int = Field(default=60_000, ge=1000)
+    # Resident weights past this are unloaded least-recently-used first; unset: no limit.
+    model_memory_budget_mb: int | None = Field(default=None, ge=1)
     # CPU threads for torch; unset leaves torch's default.
     torch_threads: int | None = Field(default=None, ge=1)
 

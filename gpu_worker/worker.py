@@ -7,22 +7,27 @@ in one transaction: a job is never acked before its output is safely handed on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import structlog
 from redis.asyncio import Redis
 
-from common.consumer import Delivery, StreamConsumer
+from common.consumer import Delivery, StreamConsumer, sleep_unless
 from common.jobs import JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
-from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob
+from common.redis import REDIS_UNAVAILABLE
+from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
 from gpu_worker.encoding import Encoded, decode_image, encode
 from gpu_worker.families import family
 from gpu_worker.progress import RENDER_END_PCT, RENDER_START_PCT, ProgressReporter
 from gpu_worker.registry import ModelRegistry
 
 log = get_logger(__name__)
+
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_TTL_S = 15
 
 
 class Worker:
@@ -39,6 +44,7 @@ class Worker:
         block_ms: int,
         claim_idle_ms: int,
     ) -> None:
+        self._redis = redis
         self._blobs = blobs
         self._keys = keys
         self._jobs = jobs
@@ -58,7 +64,31 @@ class Worker:
         log.info(
             "worker.ready", routes=self._registry.route_names, device=str(self._registry.device)
         )
-        await self.consumer.run(stop)
+        heartbeat = asyncio.create_task(self._heartbeat(stop), name="worker-heartbeat")
+        try:
+            await self.consumer.run(stop)
+        finally:
+            stop.set()
+            await heartbeat
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Say every few seconds which routes are resident here (``GET /api/models``)."""
+        key = self._keys.worker(self.consumer.consumer)
+        while not stop.is_set():
+            beat = WorkerHeartbeat(
+                consumer=self.consumer.consumer,
+                device=str(self._registry.device),
+                routes=self._registry.route_names,
+                loaded=self._registry.loaded_route_names,
+                ts=time.time(),
+            )
+            try:
+                await self._redis.set(key, beat.model_dump_json(), ex=HEARTBEAT_TTL_S)
+            except REDIS_UNAVAILABLE:
+                pass  # the consumer loop reports the outage; the key expires on its own
+            await sleep_unless(stop, HEARTBEAT_INTERVAL_S)
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
+            await self._redis.delete(key)
 
     async def handle(self, delivery: Delivery) -> None:
         spec = JobSpec.model_validate_json(delivery.fields["job"])
@@ -75,7 +105,8 @@ class Worker:
             spec.job_id,
             status=JobStatus.PROCESSING,
             progress=RENDER_START_PCT,
-            message="Generating",
+            # A first job on a route waits for its weights; say so on the job's feed.
+            message="Generating" if self._registry.is_loaded(spec.model) else "Loading model",
             fields={"attempts": record.attempts + 1},
         )
         if started is None:

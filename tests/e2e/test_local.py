@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.client import png_bytes, png_size, read_feed, wait_terminal
 from tests.support.stack import Stack
+from tests.support.waiting import wait_for
 
 SMALL = {"width": 128, "height": 96, "num_inference_steps": 3}
 
@@ -148,3 +149,15 @@ def test_openapi_documents_every_route_and_the_docs_work_offline(client: httpx.C
 def test_styles_are_listed(client: httpx.Client) -> None:
     styles = client.get("/v1/styles").json()
     assert {"id": 0, "name": "none", "prompt": "{prompt}", "negative_prompt": ""} in styles
+
+
+def test_models_lists_each_route_and_whether_a_worker_has_it_loaded(client: httpx.Client) -> None:
+    def sd_entry() -> dict[str, object] | None:
+        entries = {m["name"]: m for m in client.get("/api/models").json()}
+        return entries["sd"] if entries["sd"]["loaded"] else None
+
+    sd = wait_for(sd_entry, timeout_s=60, what="a worker to report sd loaded")
+    assert sd["family"] == "stable-diffusion" and sd["tasks"] == ["t2i", "i2i"]
+    assert sd["served"] is True and sd["workers_loaded"] == 1
+    assert sd["limits"]["size_multiple"] == 8 and sd["limits"]["max_width"] >= 1024
+    assert sd["defaults"]["num_inference_steps"] == 50

@@ -77,6 +77,8 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
         ({**VALID, "guidance_scale": "high"}, "guidance_scale"),
         ({**VALID, "seed": -5}, "seed"),
         ({**VALID, "steps": 10}, "steps"),  # a misspelled field is not silently ignored
+    ({**VALID, "angles": ["front"]}, "angles"),  # sd renders a single view
+    ({**VALID, "angles": []}, "angles"),
     ],
 )
 def test_t2i_field_errors(
@@ -95,6 +97,7 @@ def test_malformed_requests(client: httpx.Client, nothing_enqueued: None) -> Non
     assert_error(client.post("/api/sd/t2i", json=["a", "list"]), 422)
     assert_error(client.post("/api/sd/t2i", data={"prompt": "form, not json"}), 415)
     assert_error(client.post("/api/nope/t2i", json=VALID), 404)
+    assert_error(client.post("/api/sd/t2v", json=VALID), 404)  # sd makes no video
     assert_error(
         client.post(
             "/api/sd/t2i",

@@ -50,6 +50,8 @@ async def collect(
 ) -> None:
     async with aconnect_sse(client, "GET", path, headers=dict(headers or {})) as source:
         async for sse in source.aiter_sse():
+            if not sse.data:
+                continue  # a heartbeat; see tests/support/client.py
             received.append({"id": int(sse.id), **json.loads(sse.data)})
 
 

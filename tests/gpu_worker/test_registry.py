@@ -9,7 +9,7 @@ import torch
 
 from common.catalog import demo_catalog
 from common.schemas import Task
-from gpu_worker.registry import ModelRegistry
+from gpu_worker.registry import ModelRegistry, pipelines_bytes
 
 
 def test_pipelines_are_resident_and_img2img_shares_the_weights(tiny_models: Path) -> None:
@@ -33,3 +33,21 @@ def test_missing_weights_fail_loudly(tmp_path: Path) -> None:
     registry = ModelRegistry(demo_catalog(tmp_path / "nowhere"), [], torch.device("cpu"))
     with pytest.raises((OSError, ValueError)):
         registry.pipeline("sd", Task.T2I)
+
+
+def test_past_the_memory_budget_the_least_recently_used_route_is_unloaded(
+    tiny_models: Path,
+) -> None:
+    catalog = demo_catalog(tiny_models)
+    sd = catalog.routes["sd"]
+    # Two routes on the same weights, and room for one of them only.
+    catalog.routes["sd-copy"] = sd.model_copy(update={"name": "sd-copy"})
+    size = pipelines_bytes(ModelRegistry(catalog, ["sd"], torch.device("cpu")).pipelines("sd"))
+    registry = ModelRegistry(catalog, [], torch.device("cpu"), memory_budget_bytes=size * 3 // 2)
+
+    first = registry.pipelines("sd")
+    assert registry.loaded_route_names == ["sd"]
+    registry.pipelines("sd-copy")
+    assert registry.loaded_route_names == ["sd-copy"]
+    assert registry.pipelines("sd") is not first  # loaded again, evicting sd-copy
+    assert registry.loaded_route_names == ["sd"]

@@ -49,7 +49,10 @@ def read_feed(
     with connect_sse(client, "GET", path, headers=headers, timeout=timeout_s) as source:
         source.response.raise_for_status()
         for sse in source.iter_sse():
-            events.append(FeedEvent(id=int(sse.id), data=json.loads(sse.data)))
+            # httpx-sse dispatches a heartbeat comment as an empty event once an id was seen;
+            # the SSE spec (and browsers) ignore those.
+            if sse.data:
+                events.append(FeedEvent(id=int(sse.id), data=json.loads(sse.data)))
     return events
 
 
