@@ -56,6 +56,7 @@ class ModelRoute(BaseModel):
     max_width: int = 1024
     max_height: int = 1024
     max_steps: int = 150
+    min_steps: int = 1
     size_multiple: int = 8
     # Video routes: the longest clip, and the frame-count rule (frames = k * multiple + 1).
     max_frames: int = 0
@@ -147,7 +148,11 @@ DEFAULT_STYLES = {
 }
 
 
+DEFAULT_ANGLES = ["front", "left 45°", "right 45°", "back", "top-down", "close-up"]
+
+
 def production_catalog() -> Catalog:
+    """The routes the seeds name, on their real weights (downloaded by the worker on first load)."""
     return Catalog(
         routes={
             "sd": ModelRoute(
@@ -156,25 +161,99 @@ def production_catalog() -> Catalog:
                 weights="stable-diffusion-v1-5/stable-diffusion-v1-5",
                 tasks=[Task.T2I, Task.I2I],
             ),
+            "flux": ModelRoute(
+                name="flux",
+                family="flux",
+                weights="black-forest-labs/FLUX.1-dev",
+                tasks=[Task.T2I, Task.I2I],
+                # bf16: the released precision; fp16 overflows in T5 and the transformer.
+                dtype="bfloat16",
+                # The scheduler's shift is calibrated up to 4096 latent tokens (1024²).
+                max_width=1440,
+                max_height=1440,
+                max_steps=100,
+                size_multiple=16,
+                defaults=RouteDefaults(
+                    width=1024, height=1024, num_inference_steps=28, guidance_scale=3.5
+                ),
+            ),
+            "qwen-multi-angle": ModelRoute(
+                name="qwen-multi-angle",
+                family="qwen-image",
+                weights="Qwen/Qwen-Image",
+                edit_weights="Qwen/Qwen-Image-Edit-2509",
+                loras=[
+                    Lora(
+                        weights="dx8152/Qwen-Edit-2509-Multiple-angles",
+                        weight_name="镜头转换.safetensors",
+                        adapter_name="multiple-angles",
+                    )
+                ],
+                tasks=[Task.T2I, Task.I2I],
+                dtype="bfloat16",
+                max_width=1664,
+                max_height=1664,
+                max_steps=100,
+                size_multiple=16,
+                default_angles=DEFAULT_ANGLES,
+                defaults=RouteDefaults(
+                    width=1024, height=1024, num_inference_steps=40, guidance_scale=4.0
+                ),
+            ),
+            "ltx": ModelRoute(
+                name="ltx",
+                family="ltx-video",
+                weights="Lightricks/LTX-Video",
+                tasks=[Task.T2V, Task.I2V],
+                dtype="bfloat16",
+                max_width=1280,
+                max_height=1280,
+                max_steps=100,
+                # LTX's terminal-shift schedule is undefined for a single step.
+                min_steps=2,
+                size_multiple=32,
+                max_frames=257,
+                frame_multiple=8,
+                defaults=RouteDefaults(
+                    width=768,
+                    height=512,
+                    num_inference_steps=40,
+                    guidance_scale=3.0,
+                    num_frames=121,
+                    fps=24,
+                ),
+            ),
         },
         styles=DEFAULT_STYLES,
     )
 
 
+# Tiny checkpoint folder names (see gpu_worker/tiny) by family; the edit model has its own.
+_TINY_EDIT = {"qwen-image": "qwen-image-edit"}
+# Video on a CPU: defaults that finish in seconds (a full 768×512×121 clip still works).
+_DEMO_VIDEO_DEFAULTS = RouteDefaults(
+    width=512, height=320, num_inference_steps=8, guidance_scale=3.0, num_frames=49, fps=24
+)
+
+
 def demo_catalog(models_dir: Path) -> Catalog:
     """Every route served from tiny random-weight checkpoints: offline, quick on a CPU."""
     catalog = production_catalog()
-    routes = {
-        name: route.model_copy(
+    routes = {}
+    for name, route in catalog.routes.items():
+        edit = _TINY_EDIT.get(route.family)
+        routes[name] = route.model_copy(
             update={
                 "weights": str(models_dir / route.family),
+                "edit_weights": str(models_dir / edit) if edit else None,
+                # No tiny LoRA ships with the demo; multi-angle falls back to prompt instructions.
+                "loras": [],
                 "dtype": "float32",
-                "max_width": 2048,
-                "max_height": 2048,
+                "max_width": max(route.max_width, 2048),
+                "max_height": max(route.max_height, 2048),
+                "defaults": _DEMO_VIDEO_DEFAULTS if route.max_frames else route.defaults,
             }
         )
-        for name, route in catalog.routes.items()
-    }
     return catalog.model_copy(update={"routes": routes})
 
 

@@ -125,6 +125,7 @@ def _info(route: ModelRoute, loaded: dict[str, int], serving: set[str]) -> Model
             "max_width": route.max_width,
             "max_height": route.max_height,
             "size_multiple": route.size_multiple,
+            "min_steps": route.min_steps,
             "max_steps": route.max_steps,
             "max_frames": route.max_frames,
             "frame_multiple": route.frame_multiple,

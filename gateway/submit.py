@@ -193,6 +193,11 @@ def _check_limits(route: ModelRoute, params: RenderParams) -> None:
             raise field_error(name, f"{value} is larger than model {route.name!r} allows ({limit})")
         if value % route.size_multiple:
             raise field_error(name, f"{value} is not a multiple of {route.size_multiple}")
+    if params.num_inference_steps < route.min_steps:
+        raise field_error(
+            "num_inference_steps",
+            f"model {route.name!r} needs at least {route.min_steps} steps",
+        )
     if params.num_inference_steps > route.max_steps:
         raise field_error(
             "num_inference_steps",

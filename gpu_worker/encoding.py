@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from gpu_worker.families import Artifact
+from gpu_worker.video import encode_mp4
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,10 @@ class Encoded:
 
 
 def encode(artifact: Artifact) -> Encoded:
+    if artifact.frames:
+        return Encoded(encode_mp4(artifact.frames, artifact.fps), "video/mp4", "mp4")
     if artifact.image is None:
-        raise ValueError("only still images can be encoded so far")
+        raise ValueError("an artifact needs an image or frames")
     buffer = io.BytesIO()
     # Level 1: nearly the size of level 6 for generated images, at a fraction of the CPU time.
     artifact.image.save(buffer, format="PNG", compress_level=1)

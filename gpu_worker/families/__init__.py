@@ -22,7 +22,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from common.catalog import ModelRoute
+from common.catalog import Lora, ModelRoute
 from common.schemas import JobSpec, Task
 
 # (steps done, steps in the whole job)
@@ -65,6 +65,20 @@ def step_end(on_step: StepCallback, offset: int = 0, total: int | None = None) -
     return callback
 
 
+def apply_loras(pipe: Any, loras: list[Lora]) -> None:
+    """Load a route's LoRAs into a pipeline and weight them. Do it on the base pipeline before
+    ``from_pipe``: the variants share its modules, so they get the LoRAs too."""
+    if not loras:
+        return
+    for lora in loras:
+        pipe.load_lora_weights(
+            lora.weights, weight_name=lora.weight_name, adapter_name=lora.adapter_name
+        )
+    pipe.set_adapters(
+        [lora.adapter_name for lora in loras], adapter_weights=[lora.scale for lora in loras]
+    )
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """``from_pipe`` always warns about float32 modules, listing none (a diffusers quirk)."""
@@ -79,6 +93,9 @@ def quiet() -> Iterator[None]:
 # Catalogue family name -> module in this package (imported on first use).
 MODULES: dict[str, str] = {
     "stable-diffusion": "stable_diffusion",
+    "flux": "flux",
+    "ltx-video": "ltx_video",
+    "qwen-image": "qwen_image",
 }
 
 

@@ -10,13 +10,22 @@ from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, Task
-from gpu_worker.families import Artifact, Pipelines, StepCallback, generator, quiet, step_end
+from gpu_worker.families import (
+    Artifact,
+    Pipelines,
+    StepCallback,
+    apply_loras,
+    generator,
+    quiet,
+    step_end,
+)
 
 
 def load(
     route: ModelRoute, dtype: torch.dtype, device: torch.device
 ) -> dict[Task, DiffusionPipeline]:
     base = StableDiffusionPipeline.from_pretrained(route.weights, dtype=dtype).to(device)
+    apply_loras(base, route.loras)
     pipelines: dict[Task, DiffusionPipeline] = {Task.T2I: base}
     if Task.I2I in route.tasks:
         with quiet():

@@ -16,6 +16,10 @@ import torch
 # Checkpoint name -> "module:function" building its pipeline (imported only when written).
 CHECKPOINTS: dict[str, str] = {
     "stable-diffusion": "gpu_worker.tiny.stable_diffusion:build",
+    "flux": "gpu_worker.tiny.flux:build",
+    "ltx-video": "gpu_worker.tiny.ltx_video:build",
+    "qwen-image": "gpu_worker.tiny.qwen_image:build_base",
+    "qwen-image-edit": "gpu_worker.tiny.qwen_image:build_edit",
 }
 FAMILIES: tuple[str, ...] = tuple(CHECKPOINTS)
 

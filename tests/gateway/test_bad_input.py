@@ -77,8 +77,8 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
         ({**VALID, "guidance_scale": "high"}, "guidance_scale"),
         ({**VALID, "seed": -5}, "seed"),
         ({**VALID, "steps": 10}, "steps"),  # a misspelled field is not silently ignored
-    ({**VALID, "angles": ["front"]}, "angles"),  # sd renders a single view
-    ({**VALID, "angles": []}, "angles"),
+        ({**VALID, "angles": ["front"]}, "angles"),  # sd renders a single view
+        ({**VALID, "angles": []}, "angles"),
     ],
 )
 def test_t2i_field_errors(

@@ -1,0 +1,73 @@
+"""FLUX.1 (dev/schnell): text-to-image, and image-to-image on the same weights.
+
+FLUX.1-dev is guidance-distilled: ``guidance_scale`` is an input of the transformer (one pass
+per step), not classifier-free guidance, so there is no negative prompt. The pipeline could
+run "true CFG" (a second pass on ``negative_prompt`` when ``true_cfg_scale > 1``), but that
+doubles the cost and needs a second scale the request does not carry, so ``negative_prompt``
+is ignored here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, FluxImg2ImgPipeline, FluxPipeline
+from PIL import Image
+
+from common.catalog import ModelRoute
+from common.schemas import JobSpec, Task
+from gpu_worker.families import (
+    Artifact,
+    Pipelines,
+    StepCallback,
+    apply_loras,
+    generator,
+    quiet,
+    step_end,
+)
+
+# FluxPipeline refuses more than 512 T5 tokens (and defaults to 512).
+MAX_SEQUENCE_LENGTH = 512
+
+
+def load(
+    route: ModelRoute, dtype: torch.dtype, device: torch.device
+) -> dict[Task, DiffusionPipeline]:
+    base = FluxPipeline.from_pretrained(route.weights, dtype=dtype).to(device)
+    apply_loras(base, route.loras)
+    pipelines: dict[Task, DiffusionPipeline] = {Task.T2I: base}
+    if Task.I2I in route.tasks:
+        with quiet():
+            pipelines[Task.I2I] = FluxImg2ImgPipeline.from_pipe(base)
+    return pipelines
+
+
+def render(
+    pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+) -> list[Artifact]:
+    params = spec.params
+    pipe: Any = pipelines[spec.task]  # a FluxPipeline or FluxImg2ImgPipeline
+    kwargs: dict[str, Any] = {
+        "prompt": params.prompt,
+        "num_inference_steps": params.num_inference_steps,
+        "guidance_scale": params.guidance_scale,
+        "generator": generator(params.seed),
+        "callback_on_step_end": step_end(on_step),
+        # T5 pads every prompt to this length and the transformer attends over all of it; a
+        # checkpoint whose tokenizer is shorter (the tiny one) would otherwise be over-padded.
+        "max_sequence_length": min(MAX_SEQUENCE_LENGTH, pipe.tokenizer_2.model_max_length),
+        # Unlike Stable Diffusion's, Flux's image-to-image does not take its size from the input
+        # image: without these it renders 1024x1024.
+        "width": params.width,
+        "height": params.height,
+    }
+    if spec.task == Task.I2I:
+        if image is None:
+            raise ValueError("an image-to-image job needs its input image")
+        size = (params.width, params.height)
+        kwargs["image"] = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        kwargs["strength"] = params.strength
+    with torch.inference_mode():
+        images: list[Image.Image] = pipe(**kwargs).images
+    return [Artifact(image=im) for im in images]
