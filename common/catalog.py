@@ -30,7 +30,8 @@ class Lora(BaseModel):
 
 
 class RouteDefaults(BaseModel):
-    """What a request that leaves a field out gets (seed 1's image defaults unless overridden)."""
+    """What a request that leaves a field out gets. Image routes keep seed 1's documented
+    defaults (512², 50 steps, guidance 7.5) whatever the model; video routes set their own."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -173,9 +174,6 @@ def production_catalog() -> Catalog:
                 max_height=1440,
                 max_steps=100,
                 size_multiple=16,
-                defaults=RouteDefaults(
-                    width=1024, height=1024, num_inference_steps=28, guidance_scale=3.5
-                ),
             ),
             "qwen-multi-angle": ModelRoute(
                 name="qwen-multi-angle",
@@ -196,9 +194,8 @@ def production_catalog() -> Catalog:
                 max_steps=100,
                 size_multiple=16,
                 default_angles=DEFAULT_ANGLES,
-                defaults=RouteDefaults(
-                    width=1024, height=1024, num_inference_steps=40, guidance_scale=4.0
-                ),
+                # Its flow-matching schedule is undefined for a single step.
+                min_steps=2,
             ),
             "ltx": ModelRoute(
                 name="ltx",

@@ -175,7 +175,8 @@ class SubmitResponse(BaseModel):
 
 
 class SessionStatus(BaseModel):
-    """Seed 1: ``GET /api/{session_id}/status``, exactly these fields."""
+    """Seed 1: ``GET /api/{session_id}/status``. ``result_urls`` appears only for jobs with
+    several results (multi-angle); otherwise the fields are exactly seed 1's."""
 
     session_id: str
     status: JobStatus
@@ -183,6 +184,14 @@ class SessionStatus(BaseModel):
     message: str
     result_url: str | None
     error: str | None
+    result_urls: list[str] | None = Field(
+        default=None, description="Every result, in order, when there are several."
+    )
+
+    def to_json(self) -> dict[str, object]:
+        return self.model_dump(
+            mode="json", exclude={"result_urls"} if not self.result_urls else None
+        )
 
 
 class GenerateResponse(BaseModel):

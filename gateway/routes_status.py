@@ -57,8 +57,9 @@ async def session_status(request: Request) -> JSONResponse:
         message=record.message,
         result_url=record.result_urls[0] if record.result_urls else None,
         error=record.error,
+        result_urls=record.result_urls if len(record.result_urls) > 1 else None,
     )
-    return JSONResponse(body.model_dump(mode="json"))
+    return JSONResponse(body.to_json())
 
 
 @operation(summary="Status of a job (seed 2)", tag="v1", responses={200: JobStatusResponse})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,11 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValidationError, match="max_widht"):
         Catalog.load(path)
+
+
+def test_the_readme_catalogue_example_is_valid() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("```toml")[1].split("```")[0]
+    catalog = Catalog.model_validate(tomllib.loads(example))
+    assert set(catalog.routes) == {"sd", "flux", "qwen-multi-angle", "ltx"}
+    assert catalog.routes["qwen-multi-angle"].loras[0].adapter_name == "multiple-angles"

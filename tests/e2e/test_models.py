@@ -128,6 +128,8 @@ def test_multi_angle_returns_one_distinct_image_per_angle(client: httpx.Client) 
     urls = job["result_urls"]
     assert isinstance(urls, list) and len(urls) == len(angles)
     assert job["result_url"] == urls[0]
+    status = client.get(f"/api/{job['session_id']}/status").json()
+    assert status["result_urls"] == urls  # seed 1's status lists every view
     images = [fetch(url) for url in urls]
     assert all(png_size(image) == (96, 64) for image in images)
     assert len(set(images)) == len(angles)
@@ -197,3 +199,10 @@ def test_video_limits_are_checked_at_the_gateway(client: httpx.Client) -> None:
     assert too_many.status_code == 422
     odd_size = client.post("/api/ltx/t2v", json={"prompt": "p", "width": 100})
     assert odd_size.status_code == 422 and odd_size.json()["fields"][0]["field"] == "width"
+
+
+def test_flow_matching_routes_refuse_a_single_step(client: httpx.Client) -> None:
+    for path in ("/api/qwen-multi-angle/t2i", "/api/ltx/t2v"):
+        response = client.post(path, json={"prompt": "p", "num_inference_steps": 1})
+        assert response.status_code == 422, path
+        assert response.json()["fields"][0]["field"] == "num_inference_steps"
