@@ -88,7 +88,8 @@ def s3_stack(
     s3_server: S3Server,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    """Gateway, worker and uploader storing results in S3 with presigned URLs."""
+    """Gateway, worker (loading models lazily) and uploader storing results in S3 with presigned
+    URLs."""
     stack = _stack(
         "s3",
         ("worker", "uploader", "gateway"),
@@ -104,6 +105,8 @@ def s3_stack(
             "S3_BUCKET_NAME": "darkroom-e2e",
             "DARKROOM_S3_PRESIGN": "true",
             "DARKROOM_S3_CREATE_BUCKET": "true",
+            # Load on first use, so the first job's feed shows the wait.
+            "DARKROOM_PRELOAD": "false",
         },
     )
     yield stack

@@ -27,8 +27,10 @@ def test_t2i_result_is_stored_in_s3_under_the_seed_key(
             },
         )
         job_id = response.raise_for_status().json()["session_id"]
-        events = read_feed(client, f"/api/{job_id}/events")
+        events = read_feed(client, f"/api/{job_id}/events", last_event_id=0)
         assert events[-1].data["status"] == "completed"
+        # This stack's worker loads on first use: the first job says what it waits for.
+        assert "Loading model" in [e.data["message"] for e in events]
         status = client.get(f"/api/{job_id}/status").json()
 
     url = status["result_url"]
