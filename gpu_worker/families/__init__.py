@@ -65,6 +65,26 @@ def step_end(on_step: StepCallback, offset: int = 0, total: int | None = None) -
     return callback
 
 
+def load_with_variant(
+    route: ModelRoute,
+    dtype: torch.dtype,
+    device: torch.device,
+    base: tuple[Task, Any],
+    variant: tuple[Task, Any],
+) -> dict[Task, DiffusionPipeline]:
+    """The common shape of a family's ``load``: a text-conditioned base pipeline with the route's
+    LoRAs, and its image-conditioned variant on the same modules (``from_pipe``) when the route
+    serves that task."""
+    (base_task, base_cls), (variant_task, variant_cls) = base, variant
+    pipe = base_cls.from_pretrained(route.weights, dtype=dtype).to(device)
+    apply_loras(pipe, route.loras)
+    pipelines: dict[Task, DiffusionPipeline] = {base_task: pipe}
+    if variant_task in route.tasks:
+        with quiet():
+            pipelines[variant_task] = variant_cls.from_pipe(pipe)
+    return pipelines
+
+
 def apply_loras(pipe: Any, loras: list[Lora]) -> None:
     """Load a route's LoRAs into a pipeline and weight them. Do it on the base pipeline before
     ``from_pipe``: the variants share its modules, so they get the LoRAs too."""

@@ -21,9 +21,8 @@ from gpu_worker.families import (
     Artifact,
     Pipelines,
     StepCallback,
-    apply_loras,
     generator,
-    quiet,
+    load_with_variant,
     step_end,
 )
 
@@ -34,13 +33,9 @@ MAX_SEQUENCE_LENGTH = 512
 def load(
     route: ModelRoute, dtype: torch.dtype, device: torch.device
 ) -> dict[Task, DiffusionPipeline]:
-    base = FluxPipeline.from_pretrained(route.weights, dtype=dtype).to(device)
-    apply_loras(base, route.loras)
-    pipelines: dict[Task, DiffusionPipeline] = {Task.T2I: base}
-    if Task.I2I in route.tasks:
-        with quiet():
-            pipelines[Task.I2I] = FluxImg2ImgPipeline.from_pipe(base)
-    return pipelines
+    return load_with_variant(
+        route, dtype, device, (Task.T2I, FluxPipeline), (Task.I2I, FluxImg2ImgPipeline)
+    )
 
 
 def render(

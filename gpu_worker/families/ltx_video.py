@@ -14,7 +14,14 @@ from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, Task
-from gpu_worker.families import Artifact, Pipelines, StepCallback, generator, quiet, step_end
+from gpu_worker.families import (
+    Artifact,
+    Pipelines,
+    StepCallback,
+    generator,
+    load_with_variant,
+    step_end,
+)
 
 # LTX-Video 0.9.1+ VAEs denoise while decoding (``timestep_conditioning``); these are the values
 # the diffusers documentation recommends for them. The 0.9.0 VAE ignores both.
@@ -25,12 +32,9 @@ DECODE_NOISE_SCALE = 0.025
 def load(
     route: ModelRoute, dtype: torch.dtype, device: torch.device
 ) -> dict[Task, DiffusionPipeline]:
-    base = LTXPipeline.from_pretrained(route.weights, dtype=dtype).to(device)
-    pipelines: dict[Task, DiffusionPipeline] = {Task.T2V: base}
-    if Task.I2V in route.tasks:
-        with quiet():
-            pipelines[Task.I2V] = LTXImageToVideoPipeline.from_pipe(base)
-    return pipelines
+    return load_with_variant(
+        route, dtype, device, (Task.T2V, LTXPipeline), (Task.I2V, LTXImageToVideoPipeline)
+    )
 
 
 def render(

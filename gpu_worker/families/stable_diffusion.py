@@ -14,9 +14,8 @@ from gpu_worker.families import (
     Artifact,
     Pipelines,
     StepCallback,
-    apply_loras,
     generator,
-    quiet,
+    load_with_variant,
     step_end,
 )
 
@@ -24,13 +23,13 @@ from gpu_worker.families import (
 def load(
     route: ModelRoute, dtype: torch.dtype, device: torch.device
 ) -> dict[Task, DiffusionPipeline]:
-    base = StableDiffusionPipeline.from_pretrained(route.weights, dtype=dtype).to(device)
-    apply_loras(base, route.loras)
-    pipelines: dict[Task, DiffusionPipeline] = {Task.T2I: base}
-    if Task.I2I in route.tasks:
-        with quiet():
-            pipelines[Task.I2I] = StableDiffusionImg2ImgPipeline.from_pipe(base)
-    return pipelines
+    return load_with_variant(
+        route,
+        dtype,
+        device,
+        (Task.T2I, StableDiffusionPipeline),
+        (Task.I2I, StableDiffusionImg2ImgPipeline),
+    )
 
 
 def render(
