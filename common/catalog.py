@@ -62,6 +62,10 @@ class ModelRoute(BaseModel):
     # Video routes: the longest clip, and the frame-count rule (frames = k * multiple + 1).
     max_frames: int = 0
     frame_multiple: int = 1
+    # Delivery: a job whose render fails is retried up to this many deliveries in all; one held
+    # by a silent worker this long is taken over by another (unset: the worker's setting).
+    max_attempts: int = 3
+    claim_idle_ms: int | None = None
     # Multi-angle routes: the camera angles rendered when a request names none.
     default_angles: list[str] = Field(default_factory=list)
     defaults: RouteDefaults = Field(default_factory=RouteDefaults)

@@ -284,6 +284,8 @@ class JobSpec(BaseModel):
     params: RenderParams
     input_blob: str | None = None
     created_at: datetime
+    # Unix time after which the job fails with "deadline exceeded" instead of rendering on.
+    deadline_at: float | None = None
 
 
 class OutputBlob(BaseModel):

@@ -15,7 +15,7 @@ from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
 from common.redis import connect
-from gateway import routes_api, routes_status, routes_v1
+from gateway import routes_api, routes_cancel, routes_status, routes_v1
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.docs import docs_routes
 from gateway.errors import EXCEPTION_HANDLERS
@@ -41,7 +41,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     keys = Keys(settings.key_prefix)
     api_routes: list[BaseRoute] = list(routes_status.routes)
     if role == "gateway":
-        api_routes += routes_api.routes + routes_v1.routes
+        api_routes += routes_api.routes + routes_v1.routes + routes_cancel.routes
     routes = api_routes + docs_routes(TITLE)
     if role == "gateway" and settings.storage == "local":
         settings.output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,18 @@
-"""Carries step progress from the render thread to the event loop without ever blocking the GPU.
+"""Carries step progress from the render thread to the event loop without ever blocking the GPU,
+and carries "stop" back: a canceled job, a passed deadline or a lost claim ends the render at the
+next denoising step.
 
-The diffusers callback only records the latest step (thread-safe, constant time); a task on the
-loop publishes it. Steps that arrive faster than Redis takes them are coalesced: the newest wins.
+The diffusers callback only records the latest step and reads the stop reason (thread-safe,
+constant time); a task on the loop publishes progress. Steps that arrive faster than Redis takes
+them are coalesced: the newest wins. When publishing finds the job already terminal (canceled),
+the render is told to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from common.jobs import JobStore
 from common.schemas import JobStatus
@@ -16,19 +21,48 @@ from common.schemas import JobStatus
 RENDER_START_PCT = 5
 RENDER_END_PCT = 90
 
+CANCELED = "canceled"
+DEADLINE_EXCEEDED = "deadline exceeded"
+CLAIM_LOST = "claim lost"
+
+
+class RenderInterrupted(Exception):
+    """Raised inside the pipeline's step callback to abandon a render; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 class ProgressReporter:
-    def __init__(self, jobs: JobStore, job_id: str, message: str = "Generating") -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        job_id: str,
+        *,
+        deadline_at: float | None = None,
+        message: str = "Generating",
+    ) -> None:
         self._jobs = jobs
         self._job_id = job_id
+        self._deadline_at = deadline_at
         self._message = message
         self._loop = asyncio.get_running_loop()
         self._latest: tuple[int, int] | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Ask the render to end at its next step (from any thread)."""
+        self.stop_reason = self.stop_reason or reason
 
     def on_step(self, done: int, total: int) -> None:
-        """Called from the render thread."""
+        """Called from the render thread after every denoising step."""
+        if self._deadline_at is not None and time.time() > self._deadline_at:
+            self.stop(DEADLINE_EXCEEDED)
+        if self.stop_reason is not None:
+            raise RenderInterrupted(self.stop_reason)
         self._latest = (done, total)
         self._loop.call_soon_threadsafe(self._changed.set)
 
@@ -41,7 +75,8 @@ class ProgressReporter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        await self._flush()
+        if self.stop_reason is None:
+            await self._flush()
 
     async def _publish(self) -> None:
         while True:
@@ -55,10 +90,11 @@ class ProgressReporter:
             return
         done, total = latest
         span = RENDER_END_PCT - RENDER_START_PCT
-        progress = RENDER_START_PCT + span * done // max(total, 1)
-        await self._jobs.emit(
+        event = await self._jobs.emit(
             self._job_id,
             status=JobStatus.PROCESSING,
-            progress=progress,
+            progress=RENDER_START_PCT + span * done // max(total, 1),
             message=f"{self._message}: step {done}/{total}",
         )
+        if event is None:  # the job is terminal already: canceled while it rendered
+            self.stop(CANCELED)

@@ -12,7 +12,7 @@ import random
 import structlog
 from redis.asyncio import Redis
 
-from common.consumer import Delivery, StreamConsumer
+from common.consumer import Delivery, StreamConsumer, StreamPolicy
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.logging import get_logger
@@ -68,8 +68,11 @@ class Uploader:
             group=UPLOADERS_GROUP,
             consumer=consumer_name,
             handler=self.handle,
+            dead_stream=keys.dead,
             block_ms=block_ms,
-            claim_idle_ms=claim_idle_ms,
+            # Storage outages are retried inside a delivery; many deliveries mean a crash loop.
+            policies={keys.rendered: StreamPolicy(claim_idle_ms=claim_idle_ms, max_deliveries=10)},
+            on_dead=self._on_dead,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -126,6 +129,15 @@ class Uploader:
                 await asyncio.sleep(delay_s)
         log.error("upload.gave_up", key=key, attempts=UPLOAD_ATTEMPTS)
         return None
+
+    async def _on_dead(self, delivery: Delivery) -> None:
+        rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
+        await self._jobs.emit(
+            rendered.job_id,
+            status=JobStatus.FAILED,
+            message="Generation failed",
+            error=f"Could not store the result after {delivery.attempt - 1} attempts",
+        )
 
     async def _finish(self, rendered: RenderedJob, delivery: Delivery) -> None:
         keys = [blob.key for blob in rendered.outputs]

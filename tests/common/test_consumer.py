@@ -7,20 +7,27 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from common.consumer import Delivery, StreamConsumer
+from common.consumer import Delivery, StreamConsumer, StreamPolicy
 from common.redis_server import RedisServer
 from tests.support.waiting import async_wait_for
 
 
 def consumer(
-    redis: Redis, stream: str, name: str, seen: list[Delivery], **kw: int
+    redis: Redis, stream: str, name: str, seen: list[Delivery], **policy: int
 ) -> StreamConsumer:
     async def handle(delivery: Delivery) -> None:
         seen.append(delivery)
         await c.ack(delivery)
 
     c = StreamConsumer(
-        redis=redis, streams=[stream], group="g", consumer=name, handler=handle, block_ms=100, **kw
+        redis=redis,
+        streams=[stream],
+        group="g",
+        consumer=name,
+        handler=handle,
+        dead_stream=f"{stream}:dead",
+        block_ms=100,
+        policies={stream: StreamPolicy(**policy)},
     )
     return c
 
@@ -97,3 +104,56 @@ async def test_survives_a_redis_restart(tmp_path: Path) -> None:
 
 async def _value(v: bool) -> bool:
     return v
+
+
+async def test_an_entry_that_keeps_failing_goes_to_the_dead_stream(redis: Redis) -> None:
+    stream = "consumer-test:poison"
+    attempts: list[int] = []
+    buried: list[Delivery] = []
+
+    async def fail(delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)  # never acked: as if the worker died each time
+
+    async def on_dead(delivery: Delivery) -> None:
+        buried.append(delivery)
+
+    c = StreamConsumer(
+        redis=redis, streams=[stream], group="g", consumer="w", handler=fail,
+        dead_stream=f"{stream}:dead", block_ms=50,
+        policies={stream: StreamPolicy(claim_idle_ms=50, max_deliveries=3)}, on_dead=on_dead,
+    )  # fmt: skip
+    await c.ensure_groups()
+    await redis.xadd(stream, {"job": "poison"})
+
+    async def dead() -> bool:
+        return await redis.xlen(f"{stream}:dead") == 1
+
+    await _run_until(c, dead, "the dead letter")
+    assert attempts == [1, 2, 3]  # then no more: it never loops
+    assert [d.fields for d in buried] == [{"job": "poison"}]
+    ((_, entry),) = await redis.xrange(f"{stream}:dead")
+    assert entry["attempts"] == "3" and entry["stream"] == stream
+    assert await redis.xlen(stream) == 0
+
+
+async def test_a_kept_claim_is_not_taken_over_and_a_lost_one_cannot_forward(redis: Redis) -> None:
+    stream = "consumer-test:claims"
+    mine = consumer(redis, stream, "busy", [], claim_idle_ms=1000)
+    other = consumer(redis, stream, "other", [], claim_idle_ms=1000)
+    await mine.ensure_groups()
+    await redis.xadd(stream, {"job": "long"})
+    (delivery,) = await mine._read_new()
+
+    await asyncio.sleep(0.6)
+    assert await mine.keep_claim(delivery)  # idle time back to zero
+    await asyncio.sleep(0.6)
+    assert await other._claim_stale() == []  # idle 0.6 s < 1 s: not stale
+
+    await asyncio.sleep(0.5)
+    (stolen,) = await other._claim_stale()  # the busy member went quiet: taken over
+    assert stolen.attempt == 2
+    assert not await mine.keep_claim(delivery)
+    assert not await mine.forward(delivery, f"{stream}:out", "result", "stale")
+    assert await redis.xlen(f"{stream}:out") == 0
+    assert await other.forward(stolen, f"{stream}:out", "result", "fresh")
+    assert [e[1] for e in await redis.xrange(f"{stream}:out")] == [{"result": "fresh"}]
