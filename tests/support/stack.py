@@ -37,10 +37,12 @@ class Stack:
         return self.env["DARKROOM_KEY_PREFIX"]
 
     def start(self, *services: str) -> None:
+        """Start services by command name; ``worker:b`` starts a second ``worker`` named b."""
         for service in services:
-            log = (self.workdir / f"{service}.log").open("ab")
+            command = service.split(":")[0]
+            log = (self.workdir / f"{service.replace(':', '-')}.log").open("ab")
             self.processes[service] = subprocess.Popen(
-                [sys.executable, "-m", "common.cli", service],
+                [sys.executable, "-m", "common.cli", command],
                 cwd=self.workdir,
                 env=self.env,
                 stdout=log,
@@ -67,7 +69,7 @@ class Stack:
                 process.wait()
 
     def log(self, service: str) -> str:
-        path = self.workdir / f"{service}.log"
+        path = self.workdir / f"{service.replace(':', '-')}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def _healthy(self) -> bool:

@@ -1,0 +1,92 @@
+"""Workers dying or being stopped mid-render lose nothing and duplicate nothing."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from pytest import TempPathFactory
+
+from common.redis_server import RedisServer
+from tests.conftest import _stack
+from tests.support.client import wait_terminal
+from tests.support.stack import Stack
+from tests.support.waiting import wait_for
+
+# A render of several seconds on the tiny checkpoint: long enough to be caught in the middle.
+LONG = {"prompt": "a long render", "width": 1536, "height": 1536, "num_inference_steps": 60}
+CLAIM_IDLE_MS = 3000
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: RedisServer, models_file: Path, tmp_path_factory: TempPathFactory
+) -> Iterator[Stack]:
+    """Two workers in one group, taking over a silent member's job after 3 s."""
+    stack = _stack(
+        "faults",
+        ("worker:a", "worker:b", "uploader", "gateway"),
+        redis_server,
+        models_file,
+        tmp_path_factory,
+        extra={"DARKROOM_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS)},
+    )
+    yield stack
+    stack.stop_all()
+
+
+def holder(stack: Stack, job_stream: str) -> str | None:
+    """The service (worker:a or worker:b) whose consumer holds the job's entry."""
+    r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    try:
+        pending = r.xpending_range(job_stream, "workers", min="-", max="+", count=1)
+    finally:
+        r.close()
+    if not pending:
+        return None
+    pid = int(pending[0]["consumer"].rsplit("-", 1)[1])
+    return next(name for name, p in stack.processes.items() if p.pid == pid)
+
+
+def results(stack: Stack, job_id: str) -> list[Path]:
+    return list((stack.workdir / "output" / "generations").glob(f"*{job_id}*"))
+
+
+def rendering(client: httpx.Client, job_id: str) -> bool:
+    return "step" in client.get(f"/api/{job_id}/status").json()["message"]
+
+
+def test_a_killed_worker_s_job_is_taken_over_and_completes_once(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        job_id = client.post("/api/sd/t2i", json=LONG).raise_for_status().json()["session_id"]
+        wait_for(lambda: rendering(client, job_id), timeout_s=120, what="the render to start")
+        victim = holder(stack, f"{stack.prefix}jobs:sd")
+        assert victim is not None
+        stack.stop(victim, signal.SIGKILL)
+
+        status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=180)
+        assert status["status"] == "completed", status
+    assert len(results(stack, job_id)) == 1
+    r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    assert r.hget(f"{stack.prefix}job:{job_id}", "attempts") == "2"
+    r.close()
+    stack.start(victim)  # back to two workers for the next test
+
+
+def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        job_id = client.post("/api/sd/t2i", json=LONG).raise_for_status().json()["session_id"]
+        wait_for(lambda: rendering(client, job_id), timeout_s=120, what="the render to start")
+        victim = holder(stack, f"{stack.prefix}jobs:sd")
+        assert victim is not None
+        assert stack.stop(victim, signal.SIGTERM, timeout_s=120) == 0
+        status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=60)
+    assert status["status"] == "completed"
+    assert len(results(stack, job_id)) == 1
+    r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    assert r.hget(f"{stack.prefix}job:{job_id}", "attempts") == "1"  # never handed over
+    r.close()
