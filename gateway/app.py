@@ -79,6 +79,10 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         ],
     )
     app.state.openapi = build_openapi(
-        api_routes, title=TITLE, version=VERSION, description=DESCRIPTION
+        api_routes,
+        title=TITLE,
+        version=VERSION,
+        description=DESCRIPTION,
+        path_values={"model": sorted(catalog.routes)},
     )
     return app

@@ -13,6 +13,20 @@ from starlette.routing import BaseRoute, Route
 from common.schemas import ErrorResponse, JobEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
+# What the gateway accepts in the request headers it reads.
+HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 255},
+    "Last-Event-ID": {"type": "string", "pattern": "^[0-9]*$"},
+    "Cancel-After": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+}
+ERROR_STATUSES_WITH_BODY = {
+    400: "The body could not be parsed (invalid JSON or multipart).",
+    409: "The Idempotency-Key was used with a different request.",
+    413: "The body or uploaded image is too large.",
+    415: "Wrong Content-Type for this route.",
+    422: "A field is invalid; `fields` names it.",
+    429: "The model's queue is full; retry after the Retry-After header's seconds.",
+}
 REF = "#/components/schemas/{model}"
 
 
@@ -40,8 +54,14 @@ def operation(**kwargs: Any) -> Callable[[F], F]:
 
 
 def build_openapi(
-    routes: Sequence[BaseRoute], *, title: str, version: str, description: str
+    routes: Sequence[BaseRoute],
+    *,
+    title: str,
+    version: str,
+    description: str,
+    path_values: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
+    """``path_values`` lists the values a path parameter can take (the model routes)."""
     ops = [
         (r, r.endpoint.__openapi__)
         for r in routes
@@ -57,7 +77,9 @@ def build_openapi(
     paths: dict[str, dict[str, Any]] = {}
     for route, op in ops:
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            paths.setdefault(route.path, {})[method.lower()] = _operation(route, op)
+            paths.setdefault(route.path, {})[method.lower()] = _operation(
+                route, op, path_values or {}
+            )
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
@@ -70,13 +92,20 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def _operation(route: Route, op: Operation) -> dict[str, Any]:
+def _operation(route: Route, op: Operation, path_values: dict[str, list[str]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": [op.tag],
         "operationId": f"{route.name}",
         "parameters": [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "enum": path_values[name]}
+                if name in path_values
+                else {"type": "string"},
+            }
             for name in route.param_convertors
         ]
         + [
@@ -84,7 +113,7 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
                 "name": name,
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string"},
+                "schema": HEADER_SCHEMAS.get(name, {"type": "string"}),
                 "description": text,
             }
             for name, text in op.headers.items()
@@ -124,14 +153,13 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
             "(completed, failed, canceled). Comment lines are sent as heartbeats.",
             "content": {"text/event-stream": {"schema": _ref(JobEvent)}},
         }
+    error = {"content": {"application/json": {"schema": _ref(ErrorResponse)}}}
     has_body = op.json_body is not None or op.form_body is not None
-    for status in (404, 413, 422):
-        if (status == 404 and route.param_convertors) or (status != 404 and has_body):
-            out["responses"].setdefault(
-                str(status),
-                {
-                    "description": "Error",
-                    "content": {"application/json": {"schema": _ref(ErrorResponse)}},
-                },
-            )
+    statuses = ERROR_STATUSES_WITH_BODY if has_body else {}
+    if route.param_convertors:
+        statuses = {**statuses, 404: "No such job or model (or it expired)."}
+    for status, text in statuses.items():
+        out["responses"].setdefault(str(status), {"description": text, **error})
+    # Every other error (405, 500…) has the same JSON shape.
+    out["responses"]["default"] = {"description": "Error", **error}
     return out
