@@ -69,6 +69,8 @@ class ModelRoute(BaseModel):
     # Multi-angle routes: the camera angles rendered when a request names none.
     default_angles: list[str] = Field(default_factory=list)
     defaults: RouteDefaults = Field(default_factory=RouteDefaults)
+    # Jobs waiting or rendering on this route at which a submit is refused (429 queue_full).
+    max_queue: int = Field(default=1000, ge=1)
 
 
 class StylePreset(BaseModel):

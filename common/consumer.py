@@ -130,12 +130,14 @@ class StreamConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the delivery in hand is always finished first."""
-        await self.ensure_groups()
         failures = 0
+        groups_ready = False
         while not stop.is_set():
             try:
-                if failures:
-                    await self.ensure_groups()  # the server may have restarted empty
+                if failures or not groups_ready:
+                    # At start, and after an outage: the server may have restarted empty.
+                    await self.ensure_groups()
+                    groups_ready = True
                 deliveries = await self._claim_stale() or await self._read_new()
                 failures = 0
             except REDIS_UNAVAILABLE as exc:
@@ -150,13 +152,22 @@ class StreamConsumer:
                 await sleep_unless(stop, delay_s)
                 continue
             for delivery in deliveries:
-                with structlog.contextvars.bound_contextvars(
-                    stream=delivery.stream, msg_id=delivery.msg_id, attempt=delivery.attempt
-                ):
-                    if delivery.attempt > self.policy(delivery.stream).max_deliveries:
-                        await self._bury(delivery)
-                    else:
-                        await self.handler(delivery)
+                try:
+                    await self._deliver(delivery)
+                except REDIS_UNAVAILABLE as exc:
+                    # The entry stays pending: after its claim idle time it is delivered again.
+                    failures += 1
+                    log.warning("consumer.handler_redis_unavailable", error=str(exc))
+                    await sleep_unless(stop, RECONNECT_BACKOFF_S[0])
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        with structlog.contextvars.bound_contextvars(
+            stream=delivery.stream, msg_id=delivery.msg_id, attempt=delivery.attempt
+        ):
+            if delivery.attempt > self.policy(delivery.stream).max_deliveries:
+                await self._bury(delivery)
+            else:
+                await self.handler(delivery)
 
     async def _bury(self, delivery: Delivery) -> None:
         log.error("consumer.dead_letter", group=self.group)

@@ -236,6 +236,7 @@ class ModelInfo(BaseModel):
     loaded: bool = Field(description="Some live worker has this route's pipelines resident.")
     workers_loaded: int = Field(description="How many live workers have it resident.")
     served: bool = Field(description="Some live worker serves this route.")
+    queued: int = Field(description="Jobs waiting or rendering on this route now.")
 
 
 class WorkerHeartbeat(BaseModel):

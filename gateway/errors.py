@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -11,6 +13,8 @@ from common.logging import get_logger
 from common.schemas import ErrorField, ErrorResponse
 
 log = get_logger(__name__)
+
+REDIS_RETRY_AFTER_S = 2
 
 
 class ApiError(Exception):
@@ -68,6 +72,15 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     return _json(exc.status_code, ErrorResponse(error=code, message=str(exc.detail)), exc.headers)
 
 
+async def handle_redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("http.redis_unavailable", path=request.url.path, error=str(exc))
+    body = ErrorResponse(
+        error="unavailable",
+        message="The job store is unreachable right now; nothing was changed. Retry shortly.",
+    )
+    return _json(503, body, {"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("http.unhandled_error", path=request.url.path, method=request.method)
     return _json(
@@ -82,5 +95,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 EXCEPTION_HANDLERS = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
+    RedisConnectionError: handle_redis_unavailable,
+    RedisTimeoutError: handle_redis_unavailable,
     Exception: handle_unexpected,
 }

@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, RootModel
+from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from common.catalog import ModelRoute
+from common.keys import Keys
 from common.schemas import (
     ImageToImageForm,
     ImageToVideoForm,
@@ -21,32 +23,35 @@ from common.schemas import (
     TextToVideoRequest,
 )
 from gateway.bodies import read_image_form, read_json
+from gateway.idempotency import HEADER_DOCS, replay_headers
 from gateway.images import fit_to_route
 from gateway.openapi import operation
 from gateway.services import services
-from gateway.submit import SUBMITTED_MESSAGE
+from gateway.submit import SUBMIT_ERRORS, SUBMITTED_MESSAGE, Submitted, admission
 from gateway.workers import live_workers
 
 
-def _submitted(job_id: str) -> JSONResponse:
-    body = SubmitResponse(session_id=job_id, message=SUBMITTED_MESSAGE)
-    return JSONResponse(body.model_dump(mode="json"))
+def _submitted(submitted: Submitted) -> JSONResponse:
+    body = SubmitResponse(session_id=submitted.job_id, message=SUBMITTED_MESSAGE)
+    return JSONResponse(body.model_dump(mode="json"), headers=replay_headers(submitted.replayed))
 
 
-async def _json_job(request: Request, task: Task, model_cls: type[BaseModel]) -> str:
+async def _json_job(request: Request, task: Task, model_cls: type[BaseModel]) -> Submitted:
     svc = services(request)
     model = request.path_params["model"]
     svc.submitter.route(model, task)  # an unknown model is a 404 before the body is read
+    admit = admission(request, svc)
     body: Any = await read_json(request, model_cls, max_bytes=svc.settings.max_json_bytes)
     if task == Task.T2V:
-        return await svc.submitter.text_to_video(model, body)
-    return await svc.submitter.text_to_image(model, body)
+        return await svc.submitter.text_to_video(model, body, admission=admit)
+    return await svc.submitter.text_to_image(model, body, admission=admit)
 
 
-async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> str:
+async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> Submitted:
     svc = services(request)
     model = request.path_params["model"]
     route = svc.submitter.route(model, task)
+    admit = admission(request, svc)
     form: Any
     form, image, (width, height) = await read_image_form(
         request,
@@ -57,15 +62,16 @@ async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> 
     )
     size = fit_to_route(width, height, route)
     if task == Task.I2V:
-        return await svc.submitter.image_to_video(model, form, image, size)
-    return await svc.submitter.image_to_image(model, form, image, size)
+        return await svc.submitter.image_to_video(model, form, image, size, admission=admit)
+    return await svc.submitter.image_to_image(model, form, image, size, admission=admit)
 
 
 @operation(
     summary="Submit a text-to-image job",
     tag="api",
     json_body=TextToImageRequest,
-    responses={200: SubmitResponse},
+    responses={200: SubmitResponse, **SUBMIT_ERRORS},
+    headers=HEADER_DOCS,
     description="Multi-angle models return one image per angle (`result_urls`).",
 )
 async def text_to_image(request: Request) -> JSONResponse:
@@ -77,7 +83,8 @@ async def text_to_image(request: Request) -> JSONResponse:
     tag="api",
     form_body=ImageToImageForm,
     file_field="image",
-    responses={200: SubmitResponse},
+    responses={200: SubmitResponse, **SUBMIT_ERRORS},
+    headers=HEADER_DOCS,
     description="The output has the input's aspect ratio, scaled to the model's limits. "
     "Multi-angle models return one image per angle (`result_urls`).",
 )
@@ -89,7 +96,8 @@ async def image_to_image(request: Request) -> JSONResponse:
     summary="Submit a text-to-video job",
     tag="api",
     json_body=TextToVideoRequest,
-    responses={200: SubmitResponse},
+    responses={200: SubmitResponse, **SUBMIT_ERRORS},
+    headers=HEADER_DOCS,
     description="The result is an H.264 MP4. Omitted fields take the model's defaults "
     "(see GET /api/models).",
 )
@@ -102,7 +110,8 @@ async def text_to_video(request: Request) -> JSONResponse:
     tag="api",
     form_body=ImageToVideoForm,
     file_field="image",
-    responses={200: SubmitResponse},
+    responses={200: SubmitResponse, **SUBMIT_ERRORS},
+    headers=HEADER_DOCS,
     description="The image is the first frame; the video keeps its aspect ratio, scaled to the "
     "model's limits. The result is an H.264 MP4.",
 )
@@ -114,7 +123,9 @@ class ModelList(RootModel[list[ModelInfo]]):
     """Every model route: family, tasks, defaults, limits, and whether a worker has it loaded."""
 
 
-def _info(route: ModelRoute, loaded: dict[str, int], serving: set[str]) -> ModelInfo:
+def _info(
+    route: ModelRoute, loaded: dict[str, int], serving: set[str], queued: dict[str, int]
+) -> ModelInfo:
     return ModelInfo(
         name=route.name,
         family=route.family,
@@ -134,7 +145,17 @@ def _info(route: ModelRoute, loaded: dict[str, int], serving: set[str]) -> Model
         loaded=loaded.get(route.name, 0) > 0,
         workers_loaded=loaded.get(route.name, 0),
         served=route.name in serving,
+        queued=queued[route.name],
     )
+
+
+async def _queue_depths(redis: Redis, keys: Keys, names: list[str]) -> dict[str, int]:
+    """Each route's stream length: its jobs waiting plus those rendering (acked entries go)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.xlen(keys.job_stream(name))
+        depths: list[int] = await pipe.execute()
+    return dict(zip(names, depths, strict=True))
 
 
 @operation(summary="List the model routes", tag="api", responses={200: ModelList})
@@ -147,7 +168,8 @@ async def models(request: Request) -> JSONResponse:
         serving.update(worker.routes)
         for name in worker.loaded:
             loaded[name] = loaded.get(name, 0) + 1
-    body = ModelList([_info(r, loaded, serving) for r in svc.catalog.routes.values()])
+    queued = await _queue_depths(svc.redis, svc.keys, list(svc.catalog.routes))
+    body = ModelList([_info(r, loaded, serving, queued) for r in svc.catalog.routes.values()])
     return JSONResponse(body.model_dump(mode="json"))
 
 

@@ -10,8 +10,10 @@ from starlette.routing import Route
 from common.catalog import StylePreset
 from common.schemas import GenerateRequest, GenerateResponse
 from gateway.bodies import read_json
+from gateway.idempotency import HEADER_DOCS, replay_headers
 from gateway.openapi import operation
 from gateway.services import services
+from gateway.submit import SUBMIT_ERRORS, admission
 
 
 class StyleList(RootModel[list[StylePreset]]):
@@ -22,14 +24,19 @@ class StyleList(RootModel[list[StylePreset]]):
     summary="Generate an image from a prompt and a style preset",
     tag="v1",
     json_body=GenerateRequest,
-    responses={200: GenerateResponse},
+    responses={200: GenerateResponse, **SUBMIT_ERRORS},
+    headers=HEADER_DOCS,
     description="`seed=-1` picks a random seed; the seed used is reported by /v1/jobs/{job_id}.",
 )
 async def generate(request: Request) -> JSONResponse:
     svc = services(request)
+    admit = admission(request, svc)
     body = await read_json(request, GenerateRequest, max_bytes=svc.settings.max_json_bytes)
-    job_id = await svc.submitter.generate(body)
-    return JSONResponse(GenerateResponse(job_id=job_id).model_dump())
+    submitted = await svc.submitter.generate(body, admission=admit)
+    return JSONResponse(
+        GenerateResponse(job_id=submitted.job_id).model_dump(),
+        headers=replay_headers(submitted.replayed),
+    )
 
 
 @operation(summary="List the style presets", tag="v1", responses={200: StyleList})

@@ -19,3 +19,5 @@ class GatewaySettings(CommonSettings):
     sse_ping_s: float = Field(default=15.0, gt=0)
     # How often an SSE feed re-reads the event log when pub/sub is quiet (covers lost messages).
     sse_resync_s: float = Field(default=5.0, gt=0)
+    # How long an Idempotency-Key is remembered: a retry within it gets the original job.
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)

@@ -1,11 +1,17 @@
-"""A validated request becomes a queued job: route limits, seed, style, one transaction."""
+"""A validated request becomes a queued job: route limits, queue room, idempotency, seed, style,
+one transaction."""
 
 from __future__ import annotations
 
 import secrets
 import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from starlette.requests import Request
 
 from common.catalog import Catalog, ModelRoute
 from common.jobs import JobStore
@@ -13,6 +19,7 @@ from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import (
     MAX_SEED,
+    ErrorResponse,
     GenerateRequest,
     ImageToImageForm,
     ImageToVideoForm,
@@ -24,10 +31,44 @@ from common.schemas import (
     utcnow,
 )
 from gateway.errors import ApiError, field_error
+from gateway.idempotency import Idempotency, fingerprint, key_from_request
+
+if TYPE_CHECKING:
+    from gateway.services import Services
 
 log = get_logger(__name__)
 
 SUBMITTED_MESSAGE = "Task submitted. Use /api/{session_id}/status to check progress."
+# What a client turned away by a full queue is told to wait; a render takes seconds at least.
+QUEUE_FULL_RETRY_AFTER_S = 5
+# A submit's answers besides 404/413/422: a reused Idempotency-Key, a full queue (for OpenAPI).
+SUBMIT_ERRORS: dict[int, type[BaseModel]] = {409: ErrorResponse, 429: ErrorResponse}
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Per request, what a submit needs besides the job store: Redis for the queue-depth check
+    and, when the request sent an ``Idempotency-Key``, that key's record."""
+
+    redis: Redis
+    idempotency: Idempotency | None = None
+
+
+def admission(request: Request, svc: Services) -> Admission:
+    """The request's admission; a 422 for an unusable ``Idempotency-Key``, before any body is
+    read."""
+    key = key_from_request(request)
+    if key is None:
+        return Admission(svc.redis)
+    ttl_s = svc.settings.idempotency_ttl_s
+    return Admission(svc.redis, Idempotency(svc.redis, svc.keys, key, ttl_s=ttl_s))
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    # An earlier request with the same Idempotency-Key made this job; nothing new was queued.
+    replayed: bool = False
 
 
 class Submitter:
@@ -51,7 +92,9 @@ class Submitter:
             )
         return route
 
-    async def text_to_image(self, model: str, request: TextToImageRequest) -> str:
+    async def text_to_image(
+        self, model: str, request: TextToImageRequest, *, admission: Admission
+    ) -> Submitted:
         route = self.route(model, Task.T2I)
         params = RenderParams(
             prompt=request.prompt,
@@ -63,11 +106,17 @@ class Submitter:
             seed=_resolve_seed(request.seed),
             angles=_angles(route, request.angles),
         )
-        return await self._enqueue(route, Task.T2I, params)
+        return await self._enqueue(route, Task.T2I, params, request, admission)
 
     async def image_to_image(
-        self, model: str, form: ImageToImageForm, image: bytes, size: tuple[int, int]
-    ) -> str:
+        self,
+        model: str,
+        form: ImageToImageForm,
+        image: bytes,
+        size: tuple[int, int],
+        *,
+        admission: Admission,
+    ) -> Submitted:
         route = self.route(model, Task.I2I)
         if int(form.num_inference_steps * form.strength) < 1:
             # img2img denoises only the last strength × steps steps; zero would render nothing.
@@ -87,21 +136,29 @@ class Submitter:
             strength=form.strength,
             angles=_angles(route, form.angles),
         )
-        return await self._enqueue(route, Task.I2I, params, image)
+        return await self._enqueue(route, Task.I2I, params, form, admission, image)
 
-    async def text_to_video(self, model: str, request: TextToVideoRequest) -> str:
+    async def text_to_video(
+        self, model: str, request: TextToVideoRequest, *, admission: Admission
+    ) -> Submitted:
         route = self.route(model, Task.T2V)
         params = _video_params(route, request, request.width, request.height)
-        return await self._enqueue(route, Task.T2V, params)
+        return await self._enqueue(route, Task.T2V, params, request, admission)
 
     async def image_to_video(
-        self, model: str, form: ImageToVideoForm, image: bytes, size: tuple[int, int]
-    ) -> str:
+        self,
+        model: str,
+        form: ImageToVideoForm,
+        image: bytes,
+        size: tuple[int, int],
+        *,
+        admission: Admission,
+    ) -> Submitted:
         route = self.route(model, Task.I2V)
         params = _video_params(route, form, *size)
-        return await self._enqueue(route, Task.I2V, params, image)
+        return await self._enqueue(route, Task.I2V, params, form, admission, image)
 
-    async def generate(self, request: GenerateRequest) -> str:
+    async def generate(self, request: GenerateRequest, *, admission: Admission) -> Submitted:
         route = self.route(self._catalog.v1_route, Task.T2I)
         style = self._catalog.styles.get(request.style_id)
         if style is None:
@@ -119,13 +176,55 @@ class Submitter:
             guidance_scale=request.guidance_scale,
             seed=_resolve_seed(None if request.seed == -1 else request.seed),
         )
-        return await self._enqueue(route, Task.T2I, params)
+        return await self._enqueue(route, Task.T2I, params, request, admission)
 
     async def _enqueue(
-        self, route: ModelRoute, task: Task, params: RenderParams, image: bytes | None = None
-    ) -> str:
+        self,
+        route: ModelRoute,
+        task: Task,
+        params: RenderParams,
+        request: BaseModel,
+        admission: Admission,
+        image: bytes | None = None,
+    ) -> Submitted:
+        """``request`` is what the client sent, validated; ``params`` adds the defaults and seed."""
         _check_limits(route, params)
         job_id = str(uuid.uuid4())
+        once = admission.idempotency
+        if once is not None:
+            earlier = await once.claim(fingerprint(route, task, request, image), job_id)
+            if earlier is not None:
+                structlog.contextvars.bind_contextvars(job_id=earlier)
+                log.info("job.replayed", model=route.name, task=task.value)
+                return Submitted(earlier, replayed=True)
+        try:
+            await self._check_queue(admission.redis, route)
+            await self._submit(route, task, params, job_id, image)
+        except BaseException:
+            if once is not None:
+                await once.release()
+            raise
+        if once is not None:
+            await once.commit()
+        return Submitted(job_id)
+
+    async def _check_queue(self, redis: Redis, route: ModelRoute) -> None:
+        # Acked entries are deleted, so the stream's length is jobs waiting plus jobs in flight.
+        # Check then add is not atomic: concurrent submits may pass the limit by a few.
+        depth = await redis.xlen(self._keys.job_stream(route.name))
+        if depth >= route.max_queue:
+            log.warning("job.queue_full", model=route.name, depth=depth, max_queue=route.max_queue)
+            raise ApiError(
+                429,
+                "queue_full",
+                f"Model {route.name!r} has {depth} jobs waiting or rendering, its limit is "
+                f"{route.max_queue}; retry in {QUEUE_FULL_RETRY_AFTER_S} s.",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+            )
+
+    async def _submit(
+        self, route: ModelRoute, task: Task, params: RenderParams, job_id: str, image: bytes | None
+    ) -> None:
         spec = JobSpec(
             job_id=job_id,
             model=route.name,
@@ -146,7 +245,6 @@ class Submitter:
             height=params.height,
             steps=params.num_inference_steps,
         )
-        return job_id
 
 
 def _resolve_seed(seed: int | None) -> int:

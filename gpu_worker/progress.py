@@ -15,6 +15,7 @@ import contextlib
 import time
 
 from common.jobs import JobStore
+from common.redis import REDIS_UNAVAILABLE
 from common.schemas import JobStatus
 
 # Render progress spans this share of the job; storage and completion take the rest.
@@ -90,11 +91,14 @@ class ProgressReporter:
             return
         done, total = latest
         span = RENDER_END_PCT - RENDER_START_PCT
-        event = await self._jobs.emit(
-            self._job_id,
-            status=JobStatus.PROCESSING,
-            progress=RENDER_START_PCT + span * done // max(total, 1),
-            message=f"{self._message}: step {done}/{total}",
-        )
+        try:
+            event = await self._jobs.emit(
+                self._job_id,
+                status=JobStatus.PROCESSING,
+                progress=RENDER_START_PCT + span * done // max(total, 1),
+                message=f"{self._message}: step {done}/{total}",
+            )
+        except REDIS_UNAVAILABLE:
+            return  # progress is best effort; the render goes on and the hand-off will retry
         if event is None:  # the job is terminal already: canceled while it rendered
             self.stop(CANCELED)

@@ -7,12 +7,13 @@ re-delivers the entry; keys derive from the job id, so a repeated upload overwri
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import structlog
 from redis.asyncio import Redis
 
-from common.consumer import Delivery, StreamConsumer, StreamPolicy
+from common.consumer import RECONNECT_BACKOFF_S, Delivery, StreamConsumer, StreamPolicy
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.logging import get_logger
@@ -42,7 +43,15 @@ async def open_storage(settings: UploaderSettings) -> Storage:
         presign_expires_s=settings.s3_presign_expires_s,
     )
     if settings.s3_create_bucket:
-        await storage.ensure_bucket()
+        # Storage may still be starting (or down): wait for it rather than crash-loop.
+        for attempt in itertools.count():
+            try:
+                await storage.ensure_bucket()
+                break
+            except StorageError as exc:
+                delay_s = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                log.warning("storage.unavailable", error=str(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
     return storage
 
 

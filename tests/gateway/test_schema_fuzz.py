@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -30,30 +31,30 @@ def fuzz_stack(
     stack.stop_all()
 
 
+def fuzz(operation: Any, cases: Counter[str], statuses: Counter[int]) -> None:
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: schemathesis.Case) -> None:
+        # Every check but one: a model's own limits (say, its steps cap) are tighter than the
+        # shared schema can state, so a schema-valid request may rightly get a 422.
+        response = case.call_and_validate(timeout=10, excluded_checks=[positive_data_acceptance])
+        cases[operation.label] += 1
+        statuses[response.status_code] += 1
+
+    check()
+
+
 def test_no_server_error_and_responses_match_the_schema(fuzz_stack: Stack) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_stack.base_url}/openapi.json")
     cases: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
     for result in schema.get_all_operations():
-        operation = result.ok()
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        def check(case: schemathesis.Case) -> None:
-            # Every check but one: a model's own limits (say, its steps cap) are tighter than the
-            # shared schema can state, so a schema-valid request may rightly get a 422.
-            response = case.call_and_validate(
-                timeout=10, excluded_checks=[positive_data_acceptance]
-            )
-            cases[operation.label] += 1
-            statuses[response.status_code] += 1
-
-        check()
+        fuzz(result.ok(), cases, statuses)
     print(f"\nschema fuzz: {sum(cases.values())} cases, statuses {dict(sorted(statuses.items()))}")
     assert not any(status >= 500 for status in statuses)
     assert sum(cases.values()) >= MIN_CASES, cases

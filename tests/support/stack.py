@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -49,8 +50,16 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        if "gateway" in services or "status" in services:
-            wait_for(self._healthy, timeout_s=READY_TIMEOUT_S, what=f"{self.name} gateway health")
+        for service in services:
+            command = service.split(":")[0]
+            if command in ("gateway", "status"):
+                wait_for(self._healthy, timeout_s=READY_TIMEOUT_S, what=f"{self.name} health")
+            else:  # the worker and the uploader log "<service>.ready" once they consume
+                wait_for(
+                    functools.partial(self._ready, service, f'"{command}.ready"'),
+                    timeout_s=READY_TIMEOUT_S,
+                    what=f"{self.name} {service} ready",
+                )
 
     def stop(
         self, service: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30
@@ -72,10 +81,17 @@ class Stack:
         path = self.workdir / f"{service.replace(':', '-')}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def _healthy(self) -> bool:
+    def _ready(self, service: str, marker: str) -> bool:
+        self._check_alive()
+        return marker in self.log(service)
+
+    def _check_alive(self) -> None:
         for service, process in self.processes.items():
             if process.poll() is not None:
                 raise RuntimeError(f"{self.name} {service} exited:\n{self.log(service)[-3000:]}")
+
+    def _healthy(self) -> bool:
+        self._check_alive()
         try:
             return httpx.get(self.base_url + "/", timeout=1).status_code == 200
         except httpx.HTTPError:
