@@ -21,6 +21,8 @@ from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
 TERMINAL_EVENTS_MAXLEN = 100_000
+# Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
+UNFINISHED_TTL_S = 7 * 24 * 3600
 
 _EMIT = """
 local job, log, terminal_stream = KEYS[1], KEYS[2], KEYS[3]
@@ -111,6 +113,8 @@ class JobStore:
                 maxlen=JOB_EVENT_LOG_MAXLEN,
                 approximate=True,
             )
+            pipe.expire(keys.job(spec.job_id), UNFINISHED_TTL_S)
+            pipe.expire(keys.job_events(spec.job_id), UNFINISHED_TTL_S)
             pipe.xadd(keys.job_stream(spec.model), {"job": spec.model_dump_json()})
             await pipe.execute()
 

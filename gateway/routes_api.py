@@ -23,11 +23,11 @@ from common.schemas import (
     TextToVideoRequest,
 )
 from gateway.bodies import read_image_form, read_json
-from gateway.idempotency import HEADER_DOCS, replay_headers
+from gateway.idempotency import replay_headers
 from gateway.images import fit_to_route
 from gateway.openapi import operation
 from gateway.services import services
-from gateway.submit import SUBMIT_ERRORS, SUBMITTED_MESSAGE, Submitted, admission
+from gateway.submit import SUBMIT_ERRORS, SUBMIT_HEADERS, SUBMITTED_MESSAGE, Submitted, admission
 from gateway.workers import live_workers
 
 
@@ -71,7 +71,7 @@ async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> 
     tag="api",
     json_body=TextToImageRequest,
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
-    headers=HEADER_DOCS,
+    headers=SUBMIT_HEADERS,
     description="Multi-angle models return one image per angle (`result_urls`).",
 )
 async def text_to_image(request: Request) -> JSONResponse:
@@ -84,7 +84,7 @@ async def text_to_image(request: Request) -> JSONResponse:
     form_body=ImageToImageForm,
     file_field="image",
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
-    headers=HEADER_DOCS,
+    headers=SUBMIT_HEADERS,
     description="The output has the input's aspect ratio, scaled to the model's limits. "
     "Multi-angle models return one image per angle (`result_urls`).",
 )
@@ -97,7 +97,7 @@ async def image_to_image(request: Request) -> JSONResponse:
     tag="api",
     json_body=TextToVideoRequest,
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
-    headers=HEADER_DOCS,
+    headers=SUBMIT_HEADERS,
     description="The result is an H.264 MP4. Omitted fields take the model's defaults "
     "(see GET /api/models).",
 )
@@ -111,7 +111,7 @@ async def text_to_video(request: Request) -> JSONResponse:
     form_body=ImageToVideoForm,
     file_field="image",
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
-    headers=HEADER_DOCS,
+    headers=SUBMIT_HEADERS,
     description="The image is the first frame; the video keeps its aspect ratio, scaled to the "
     "model's limits. The result is an H.264 MP4.",
 )

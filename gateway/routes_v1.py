@@ -10,10 +10,10 @@ from starlette.routing import Route
 from common.catalog import StylePreset
 from common.schemas import GenerateRequest, GenerateResponse
 from gateway.bodies import read_json
-from gateway.idempotency import HEADER_DOCS, replay_headers
+from gateway.idempotency import replay_headers
 from gateway.openapi import operation
 from gateway.services import services
-from gateway.submit import SUBMIT_ERRORS, admission
+from gateway.submit import SUBMIT_ERRORS, SUBMIT_HEADERS, admission
 
 
 class StyleList(RootModel[list[StylePreset]]):
@@ -25,7 +25,7 @@ class StyleList(RootModel[list[StylePreset]]):
     tag="v1",
     json_body=GenerateRequest,
     responses={200: GenerateResponse, **SUBMIT_ERRORS},
-    headers=HEADER_DOCS,
+    headers=SUBMIT_HEADERS,
     description="`seed=-1` picks a random seed; the seed used is reported by /v1/jobs/{job_id}.",
 )
 async def generate(request: Request) -> JSONResponse:

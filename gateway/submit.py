@@ -4,6 +4,7 @@ one transaction."""
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from common.schemas import (
     utcnow,
 )
 from gateway.errors import ApiError, field_error
-from gateway.idempotency import Idempotency, fingerprint, key_from_request
+from gateway.idempotency import HEADER_DOCS, Idempotency, fingerprint, key_from_request
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -39,6 +40,16 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 SUBMITTED_MESSAGE = "Task submitted. Use /api/{session_id}/status to check progress."
+# A request header: fail the job with "deadline exceeded" if not done this many seconds after
+# submission (a queued job never starts; a running one stops at its next step).
+CANCEL_AFTER_HEADER = "Cancel-After"
+MAX_CANCEL_AFTER_S = 7 * 24 * 3600
+SUBMIT_HEADERS = {
+    **HEADER_DOCS,
+    CANCEL_AFTER_HEADER: "Seconds: if the job is not finished this long after submission it "
+    "fails with the error `deadline exceeded` (a queued job never starts; a running one stops "
+    "at its next denoising step).",
+}
 # What a client turned away by a full queue is told to wait; a render takes seconds at least.
 QUEUE_FULL_RETRY_AFTER_S = 5
 # A submit's answers besides 404/413/422: a reused Idempotency-Key, a full queue (for OpenAPI).
@@ -52,16 +63,36 @@ class Admission:
 
     redis: Redis
     idempotency: Idempotency | None = None
+    # Unix time after which the job fails with "deadline exceeded" (``Cancel-After`` header).
+    deadline_at: float | None = None
 
 
 def admission(request: Request, svc: Services) -> Admission:
-    """The request's admission; a 422 for an unusable ``Idempotency-Key``, before any body is
-    read."""
+    """The request's admission; a 422 for an unusable ``Idempotency-Key`` or ``Cancel-After``,
+    before any body is read."""
     key = key_from_request(request)
-    if key is None:
-        return Admission(svc.redis)
     ttl_s = svc.settings.idempotency_ttl_s
-    return Admission(svc.redis, Idempotency(svc.redis, svc.keys, key, ttl_s=ttl_s))
+    return Admission(
+        svc.redis,
+        None if key is None else Idempotency(svc.redis, svc.keys, key, ttl_s=ttl_s),
+        _deadline(request),
+    )
+
+
+def _deadline(request: Request) -> float | None:
+    raw = request.headers.get(CANCEL_AFTER_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_CANCEL_AFTER_S:
+        raise field_error(
+            CANCEL_AFTER_HEADER,
+            f"{raw!r}: give seconds, more than 0 and at most {MAX_CANCEL_AFTER_S}",
+        )
+    return time.time() + seconds
 
 
 @dataclass(frozen=True)
@@ -199,7 +230,7 @@ class Submitter:
                 return Submitted(earlier, replayed=True)
         try:
             await self._check_queue(admission.redis, route)
-            await self._submit(route, task, params, job_id, image)
+            await self._submit(route, task, params, job_id, image, admission.deadline_at)
         except BaseException:
             if once is not None:
                 await once.release()
@@ -223,10 +254,17 @@ class Submitter:
             )
 
     async def _submit(
-        self, route: ModelRoute, task: Task, params: RenderParams, job_id: str, image: bytes | None
+        self,
+        route: ModelRoute,
+        task: Task,
+        params: RenderParams,
+        job_id: str,
+        image: bytes | None,
+        deadline_at: float | None,
     ) -> None:
         spec = JobSpec(
             job_id=job_id,
+            deadline_at=deadline_at,
             model=route.name,
             task=task,
             params=params,

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from common.jobs import JobStore
+from common.jobs import UNFINISHED_TTL_S, JobStore
 from common.keys import Keys
 from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
 
@@ -61,6 +61,8 @@ async def test_submit_writes_record_first_event_stream_entry_and_blob(
     ]
     assert 0 < await redis.ttl(spec.input_blob or "") <= 60
     assert [e.seq for e in await store.events_after(spec.job_id, 0)] == [1]
+    # Bounded memory: even an unfinished job's record expires, just later than a finished one's.
+    assert 120 < await redis.ttl(KEYS.job(spec.job_id)) <= UNFINISHED_TTL_S
 
 
 async def test_progress_never_goes_backwards_and_seq_is_strict(store: JobStore) -> None:
