@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from common.catalog import demo_catalog, write_catalog
 from common.redis_server import RedisServer, free_port
+from tests.support.ledger import Ledger
 from tests.support.s3_server import S3Server, s3_server  # noqa: F401
 from tests.support.stack import Stack, stack_env
 
@@ -128,3 +129,11 @@ def status_stack(
     )
     yield stack
     stack.stop_all()
+
+
+@pytest.fixture
+def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
+    """What a fault or bad-input test injected and what became of its jobs (see the report)."""
+    book = Ledger(test=request.node.nodeid)
+    yield book
+    book.write()

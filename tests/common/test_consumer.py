@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from common.consumer import Delivery, StreamConsumer, StreamPolicy
 from common.redis_server import RedisServer
+from tests.support.ledger import Ledger
 from tests.support.waiting import async_wait_for
 
 
@@ -106,7 +107,9 @@ async def _value(v: bool) -> bool:
     return v
 
 
-async def test_an_entry_that_keeps_failing_goes_to_the_dead_stream(redis: Redis) -> None:
+async def test_an_entry_that_keeps_failing_goes_to_the_dead_stream(
+    redis: Redis, ledger: Ledger
+) -> None:
     stream = "consumer-test:poison"
     attempts: list[int] = []
     buried: list[Delivery] = []
@@ -129,6 +132,8 @@ async def test_an_entry_that_keeps_failing_goes_to_the_dead_stream(redis: Redis)
         return await redis.xlen(f"{stream}:dead") == 1
 
     await _run_until(c, dead, "the dead letter")
+    ledger.fault("poison entry")
+    ledger.failed_as_intended += 1
     assert attempts == [1, 2, 3]  # then no more: it never loops
     assert [d.fields for d in buried] == [{"job": "poison"}]
     ((_, entry),) = await redis.xrange(f"{stream}:dead")

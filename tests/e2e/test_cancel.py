@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.support.client import read_feed, wait_terminal
+from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for
 
@@ -31,7 +32,7 @@ def rendering(client: httpx.Client, job_id: str) -> bool:
 
 
 def test_cancel_a_running_job_stops_it_and_the_worker_moves_on(
-    client: httpx.Client, local_stack: Stack
+    client: httpx.Client, local_stack: Stack, ledger: Ledger
 ) -> None:
     job_id = submit(client, LONG)
     wait_for(lambda: rendering(client, job_id), timeout_s=120, what="the render to start")
@@ -40,6 +41,9 @@ def test_cancel_a_running_job_stops_it_and_the_worker_moves_on(
     assert response.json()["status"] == "canceled"
 
     events = read_feed(client, f"/api/{job_id}/events", last_event_id=0)
+    ledger.fault("cancel a running job")
+    ledger.submitted += 1
+    ledger.failed_as_intended += events[-1].data["status"] == "canceled"
     assert events[-1].data["status"] == "canceled"
     assert client.delete(f"/api/{job_id}").status_code == 409  # already finished
 
@@ -51,7 +55,9 @@ def test_cancel_a_running_job_stops_it_and_the_worker_moves_on(
     assert not list((local_stack.workdir / "output" / "generations").glob(f"*{job_id}*"))
 
 
-def test_cancel_a_queued_job_through_v1_means_it_never_renders(client: httpx.Client) -> None:
+def test_cancel_a_queued_job_through_v1_means_it_never_renders(
+    client: httpx.Client, ledger: Ledger
+) -> None:
     blocker = submit(client, LONG)
     wait_for(lambda: rendering(client, blocker), timeout_s=120, what="the blocker to render")
     queued = client.post("/v1/generate", json=SHORT).raise_for_status().json()["job_id"]
@@ -61,6 +67,9 @@ def test_cancel_a_queued_job_through_v1_means_it_never_renders(client: httpx.Cli
     client.delete(f"/api/{blocker}")
 
     events = read_feed(client, f"/v1/jobs/{queued}/events", last_event_id=0)
+    ledger.fault("cancel a queued job")
+    ledger.submitted += 1
+    ledger.failed_as_intended += [e.data["status"] for e in events] == ["pending", "canceled"]
     assert [e.data["status"] for e in events] == ["pending", "canceled"]
     assert client.get(f"/v1/jobs/{queued}").json()["status"] == "REVOKED"
 

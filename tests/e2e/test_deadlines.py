@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.support.client import read_feed, wait_terminal
+from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 
 LONG = {"prompt": "a long render", "width": 2048, "height": 2048, "num_inference_steps": 150}
@@ -19,11 +20,16 @@ def client(local_stack: Stack) -> Iterator[httpx.Client]:
         yield http
 
 
-def test_a_running_job_past_its_deadline_stops_and_fails(client: httpx.Client) -> None:
+def test_a_running_job_past_its_deadline_stops_and_fails(
+    client: httpx.Client, ledger: Ledger
+) -> None:
     response = client.post("/api/sd/t2i", json=LONG, headers={"Cancel-After": "3"})
     job_id = response.raise_for_status().json()["session_id"]
     events = read_feed(client, f"/api/{job_id}/events", last_event_id=0, timeout_s=120)
     final = events[-1].data
+    ledger.fault("deadline passes mid-render")
+    ledger.submitted += 1
+    ledger.failed_as_intended += final["error"] == "deadline exceeded"
     assert (final["status"], final["error"]) == ("failed", "deadline exceeded")
     assert any("step" in e.data["message"] for e in events)  # it had started rendering
     assert final["result_urls"] == []

@@ -11,6 +11,7 @@ import pytest
 from common.redis_server import RedisServer
 from tests.conftest import _stack
 from tests.support.client import wait_terminal
+from tests.support.ledger import Ledger
 from tests.support.s3_server import S3Server
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for
@@ -46,10 +47,13 @@ def submit(client: httpx.Client) -> str:
     return str(client.post("/api/sd/t2i", json=SMALL).raise_for_status().json()["session_id"])
 
 
-def test_a_redis_restart_loses_no_submitted_job(stack: Stack, aof_redis: RedisServer) -> None:
+def test_a_redis_restart_loses_no_submitted_job(
+    stack: Stack, aof_redis: RedisServer, ledger: Ledger
+) -> None:
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         before = [submit(client) for _ in range(5)]
         aof_redis.stop()  # a clean restart: the AOF holds every acknowledged write
+        ledger.fault("redis restart (AOF)")
         down = client.post("/api/sd/t2i", json=SMALL)
         assert down.status_code == 503 and down.headers["Retry-After"]
         assert down.json()["error"] == "unavailable"
@@ -59,16 +63,20 @@ def test_a_redis_restart_loses_no_submitted_job(stack: Stack, aof_redis: RedisSe
         finished = [
             wait_terminal(client, f"/api/{j}/status", timeout_s=120) for j in before + after
         ]
+    stored = [
+        len(list((stack.workdir / "output" / "generations").glob(f"*{j}*"))) for j in before + after
+    ]
+    ledger.outcome([f["status"] for f in finished], stored)
     assert [f["status"] for f in finished] == ["completed"] * 8
-    assert all(
-        len(list((stack.workdir / "output" / "generations").glob(f"*{j}*"))) == 1
-        for j in before + after
-    )
+    assert stored == [1] * 8
 
 
-def test_an_s3_outage_delays_uploads_but_loses_none(s3_stack: Stack, s3_server: S3Server) -> None:
+def test_an_s3_outage_delays_uploads_but_loses_none(
+    s3_stack: Stack, s3_server: S3Server, ledger: Ledger
+) -> None:
     with httpx.Client(base_url=s3_stack.base_url, timeout=30) as client:
         with s3_server.down():
+            ledger.fault("S3 outage")
             jobs = [submit(client) for _ in range(3)]
 
             def waiting_on_storage() -> bool:
@@ -78,6 +86,8 @@ def test_an_s3_outage_delays_uploads_but_loses_none(s3_stack: Stack, s3_server: 
 
             wait_for(waiting_on_storage, timeout_s=120, what="renders waiting on storage")
         finished = [wait_terminal(client, f"/api/{j}/status", timeout_s=180) for j in jobs]
-    assert [f["status"] for f in finished] == ["completed"] * 3
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="darkroom-e2e")["Contents"]]
-    assert all(sum(job in key for key in keys) == 1 for job in jobs)
+    stored = [sum(job in key for key in keys) for job in jobs]
+    ledger.outcome([f["status"] for f in finished], stored)
+    assert [f["status"] for f in finished] == ["completed"] * 3
+    assert stored == [1] * 3

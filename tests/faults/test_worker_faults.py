@@ -14,6 +14,7 @@ from pytest import TempPathFactory
 from common.redis_server import RedisServer
 from tests.conftest import _stack
 from tests.support.client import wait_terminal
+from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for
 
@@ -60,16 +61,20 @@ def rendering(client: httpx.Client, job_id: str) -> bool:
     return "step" in client.get(f"/api/{job_id}/status").json()["message"]
 
 
-def test_a_killed_worker_s_job_is_taken_over_and_completes_once(stack: Stack) -> None:
+def test_a_killed_worker_s_job_is_taken_over_and_completes_once(
+    stack: Stack, ledger: Ledger
+) -> None:
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         job_id = client.post("/api/sd/t2i", json=LONG).raise_for_status().json()["session_id"]
         wait_for(lambda: rendering(client, job_id), timeout_s=120, what="the render to start")
         victim = holder(stack, f"{stack.prefix}jobs:sd")
         assert victim is not None
         stack.stop(victim, signal.SIGKILL)
+        ledger.fault("worker SIGKILL mid-render")
 
         status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=180)
-        assert status["status"] == "completed", status
+    ledger.outcome([status["status"]], [len(results(stack, job_id))])
+    assert status["status"] == "completed", status
     assert len(results(stack, job_id)) == 1
     r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     assert r.hget(f"{stack.prefix}job:{job_id}", "attempts") == "2"
@@ -77,14 +82,16 @@ def test_a_killed_worker_s_job_is_taken_over_and_completes_once(stack: Stack) ->
     stack.start(victim)  # back to two workers for the next test
 
 
-def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(stack: Stack) -> None:
+def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(stack: Stack, ledger: Ledger) -> None:
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         job_id = client.post("/api/sd/t2i", json=LONG).raise_for_status().json()["session_id"]
         wait_for(lambda: rendering(client, job_id), timeout_s=120, what="the render to start")
         victim = holder(stack, f"{stack.prefix}jobs:sd")
         assert victim is not None
         assert stack.stop(victim, signal.SIGTERM, timeout_s=120) == 0
+        ledger.fault("worker SIGTERM mid-render")
         status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=60)
+    ledger.outcome([status["status"]], [len(results(stack, job_id))])
     assert status["status"] == "completed"
     assert len(results(stack, job_id)) == 1
     r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from tests.support.client import png_bytes
+from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 
 VALID = {"prompt": "a lighthouse", "width": 128, "height": 128, "num_inference_steps": 2}
@@ -33,8 +34,17 @@ def bomb_png(side: int = 60_000) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(local_stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=local_stack.base_url, timeout=30) as http:
+    book = Ledger(test=__name__)
+
+    def count(response: httpx.Response) -> None:
+        book.bad_inputs += 1
+        book.server_errors += response.status_code >= 500
+
+    with httpx.Client(
+        base_url=local_stack.base_url, timeout=30, event_hooks={"response": [count]}
+    ) as http:
         yield http
+    book.write()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from common.redis_server import RedisServer
 from tests.conftest import _stack
+from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 
 EXAMPLES_PER_OPERATION = 150
@@ -49,12 +50,14 @@ def fuzz(operation: Any, cases: Counter[str], statuses: Counter[int]) -> None:
     check()
 
 
-def test_no_server_error_and_responses_match_the_schema(fuzz_stack: Stack) -> None:
+def test_no_server_error_and_responses_match_the_schema(fuzz_stack: Stack, ledger: Ledger) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_stack.base_url}/openapi.json")
     cases: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
     for result in schema.get_all_operations():
         fuzz(result.ok(), cases, statuses)
+    ledger.bad_inputs += sum(cases.values())
+    ledger.server_errors += sum(n for status, n in statuses.items() if status >= 500)
     print(f"\nschema fuzz: {sum(cases.values())} cases, statuses {dict(sorted(statuses.items()))}")
     assert not any(status >= 500 for status in statuses)
     assert sum(cases.values()) >= MIN_CASES, cases

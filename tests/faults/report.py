@@ -1,0 +1,62 @@
+"""Run the fault-injection and bad-input tests and print what they did and saw.
+
+    uv run python -m tests.faults.report
+
+Exits non-zero if a test failed, or if any job was lost or duplicated, or any 5xx was seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from tests.support.ledger import LEDGER_ENV
+
+TESTS = [
+    "tests/faults",
+    "tests/e2e/test_cancel.py",
+    "tests/e2e/test_deadlines.py",
+    "tests/common/test_consumer.py",
+    "tests/gateway/test_bad_input.py",
+    "tests/gateway/test_schema_fuzz.py",
+]
+TOTALS = ("submitted", "completed", "failed_as_intended", "lost", "duplicated", "bad_inputs",
+          "server_errors")  # fmt: skip
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Path(tmp) / "ledger.jsonl"
+        env = {**os.environ, LEDGER_ENV: str(ledger)}
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              *TESTS], env=env, check=False)  # fmt: skip
+        rows = (
+            [json.loads(line) for line in ledger.read_text().splitlines()]
+            if ledger.exists()
+            else []
+        )
+    faults: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for row in rows:
+        faults.update(row["faults"])
+        totals.update({name: row[name] for name in TOTALS})
+    print("\nFaults injected")
+    for kind, count in sorted(faults.items()):
+        print(f"  {kind:<32} {count:>6}")
+    print("Jobs")
+    for name in TOTALS[:5]:
+        print(f"  {name.replace('_', ' '):<32} {totals[name]:>6}")
+    print("Bad input")
+    print(f"  {'requests tried':<32} {totals['bad_inputs']:>6}")
+    print(f"  {'5xx seen':<32} {totals['server_errors']:>6}")
+    clean = not (totals["lost"] or totals["duplicated"] or totals["server_errors"])
+    return 0 if run.returncode == 0 and clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""What the fault and bad-input tests did and saw, summed up by ``python -m tests.faults.report``.
+
+Each test records the faults it injected and the fate of every job it submitted; the ledger is
+appended to the JSON-lines file named by ``DARKROOM_FAULT_LEDGER`` (when set), one line a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LEDGER_ENV = "DARKROOM_FAULT_LEDGER"
+
+
+@dataclass
+class Ledger:
+    test: str
+    faults: Counter[str] = field(default_factory=Counter)
+    submitted: int = 0
+    completed: int = 0
+    failed_as_intended: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    bad_inputs: int = 0
+    server_errors: int = 0
+
+    def fault(self, kind: str, times: int = 1) -> None:
+        self.faults[kind] += times
+
+    def outcome(self, statuses: list[str], results_per_job: list[int]) -> None:
+        """Jobs expected to complete: each must, with exactly one stored result."""
+        self.submitted += len(statuses)
+        self.completed += sum(status == "completed" for status in statuses)
+        self.lost += sum(
+            status != "completed" or n == 0
+            for status, n in zip(statuses, results_per_job, strict=True)
+        )
+        self.duplicated += sum(n > 1 for n in results_per_job)
+
+    def write(self) -> None:
+        path = os.environ.get(LEDGER_ENV)
+        if path:
+            with Path(path).open("a") as fh:
+                fh.write(json.dumps({**vars(self), "faults": dict(self.faults)}) + "\n")
