@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +92,27 @@ def test_an_s3_outage_delays_uploads_but_loses_none(
     ledger.outcome([f["status"] for f in finished], stored)
     assert [f["status"] for f in finished] == ["completed"] * 3
     assert stored == [1] * 3
+
+
+def test_an_uploader_killed_mid_upload_is_replaced_and_nothing_is_lost(
+    s3_stack: Stack, s3_server: S3Server, ledger: Ledger
+) -> None:
+    with httpx.Client(base_url=s3_stack.base_url, timeout=30) as client:
+        with s3_server.down():  # holds every upload in its retry loop
+            jobs = [submit(client) for _ in range(2)]
+
+            def waiting_on_storage() -> bool:
+                return all(
+                    "uploading" in client.get(f"/api/{j}/status").json()["message"] for j in jobs
+                )
+
+            wait_for(waiting_on_storage, timeout_s=120, what="renders waiting on storage")
+            s3_stack.stop("uploader", signal.SIGKILL)
+            ledger.fault("uploader SIGKILL mid-upload")
+            s3_stack.start("uploader")
+        finished = [wait_terminal(client, f"/api/{j}/status", timeout_s=180) for j in jobs]
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="darkroom-e2e")["Contents"]]
+    stored = [sum(job in key for key in keys) for job in jobs]
+    ledger.outcome([f["status"] for f in finished], stored)
+    assert [f["status"] for f in finished] == ["completed"] * 2
+    assert stored == [1] * 2
