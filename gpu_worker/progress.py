@@ -11,7 +11,6 @@ the render is told to stop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from common.jobs import JobStore
@@ -53,6 +52,7 @@ class ProgressReporter:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.stop_reason: str | None = None
+        self._closing = False
 
     def stop(self, reason: str) -> None:
         """Ask the render to end at its next step (from any thread)."""
@@ -72,18 +72,21 @@ class ProgressReporter:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # The publisher is asked to finish, never cancelled: a Redis call cancelled half-way can
+        # leave its connection wedged.
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if self.stop_reason is None:
-            await self._flush()
+        self._closing = True
+        self._changed.set()
+        await self._task
 
     async def _publish(self) -> None:
         while True:
             await self._changed.wait()
             self._changed.clear()
-            await self._flush()
+            if self.stop_reason is None:
+                await self._flush()
+            if self._closing:
+                return
 
     async def _flush(self) -> None:
         latest, self._latest = self._latest, None

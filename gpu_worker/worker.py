@@ -135,7 +135,8 @@ class Worker:
         log.info("job.started", task=spec.task.value)
         began = time.perf_counter()
         reporter = ProgressReporter(self._jobs, spec.job_id, deadline_at=spec.deadline_at)
-        keeper = asyncio.create_task(self._keep_claim(delivery, reporter))
+        rendered = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_claim(delivery, reporter, rendered))
         try:
             outputs = await self._render(spec, reporter)
         except RenderInterrupted as exc:
@@ -149,7 +150,8 @@ class Worker:
             await self._retry_later(spec, delivery, exc)
             return
         finally:
-            keeper.cancel()
+            rendered.set()  # the keeper stops between calls: none is cancelled half-way
+            await keeper
         render_ms = round((time.perf_counter() - began) * 1000)
         if not await self._hand_off(spec, delivery, outputs):
             log.warning("job.claim_lost", stage="hand_off")
@@ -161,12 +163,16 @@ class Worker:
         )
         log.info("job.rendered", duration_ms=render_ms, outputs=len(outputs))
 
-    async def _keep_claim(self, delivery: Delivery, reporter: ProgressReporter) -> None:
+    async def _keep_claim(
+        self, delivery: Delivery, reporter: ProgressReporter, done: asyncio.Event
+    ) -> None:
         """While rendering, keep the entry's idle time low so no one takes it over; if someone
         did anyway (this worker stalled), stop rendering: the result is theirs to publish."""
         interval_s = self.consumer.policy(delivery.stream).claim_idle_ms / 3000
         while True:
-            await asyncio.sleep(interval_s)
+            await sleep_unless(done, interval_s)
+            if done.is_set():
+                return
             try:
                 if not await self.consumer.keep_claim(delivery):
                     reporter.stop(CLAIM_LOST)
