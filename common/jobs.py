@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from common.keys import Keys
@@ -69,6 +70,12 @@ return payload
 """
 
 
+class QueueFull(Exception):
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} jobs queued")
+        self.depth = depth
+
+
 class JobStore:
     def __init__(self, redis: Redis, keys: Keys, *, task_ttl_s: int) -> None:
         self._redis = redis
@@ -83,8 +90,11 @@ class JobStore:
         message: str,
         input_bytes: bytes | None = None,
         blob_ttl_s: int = 3600,
+        max_queue: int | None = None,
     ) -> None:
-        """Write the record, its first event and the stream entry in one transaction."""
+        """Write the record, its first event and the stream entry in one transaction; with
+        ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``).
+        The stream is WATCHed, so the check and the append are one atomic step."""
         keys, now = self._keys, time.time()
         first = JobEvent(
             seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0, message=message, ts=now
@@ -102,21 +112,33 @@ class JobStore:
             "created_at": spec.created_at.isoformat(),
             "updated_at": now,
         }
+        stream = keys.job_stream(spec.model)
         async with self._redis.pipeline(transaction=True) as pipe:
-            if input_bytes is not None and spec.input_blob is not None:
-                pipe.set(spec.input_blob, input_bytes, ex=blob_ttl_s)
-            pipe.hset(keys.job(spec.job_id), mapping=record)
-            pipe.xadd(
-                keys.job_events(spec.job_id),
-                {"event": first.model_dump_json()},
-                id="1-0",
-                maxlen=JOB_EVENT_LOG_MAXLEN,
-                approximate=True,
-            )
-            pipe.expire(keys.job(spec.job_id), UNFINISHED_TTL_S)
-            pipe.expire(keys.job_events(spec.job_id), UNFINISHED_TTL_S)
-            pipe.xadd(keys.job_stream(spec.model), {"job": spec.model_dump_json()})
-            await pipe.execute()
+            while True:
+                try:
+                    if max_queue is not None:
+                        await pipe.watch(stream)
+                        depth = await pipe.xlen(stream)
+                        if depth >= max_queue:
+                            raise QueueFull(depth)
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    if input_bytes is not None and spec.input_blob is not None:
+                        pipe.set(spec.input_blob, input_bytes, ex=blob_ttl_s)
+                    pipe.hset(keys.job(spec.job_id), mapping=record)
+                    pipe.xadd(
+                        keys.job_events(spec.job_id),
+                        {"event": first.model_dump_json()},
+                        id="1-0",
+                        maxlen=JOB_EVENT_LOG_MAXLEN,
+                        approximate=True,
+                    )
+                    pipe.expire(keys.job(spec.job_id), UNFINISHED_TTL_S)
+                    pipe.expire(keys.job_events(spec.job_id), UNFINISHED_TTL_S)
+                    pipe.xadd(stream, {"job": spec.model_dump_json()})
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue  # the stream moved between the check and the append: look again
 
     async def emit(
         self,

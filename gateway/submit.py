@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 from pydantic import BaseModel
-from redis.asyncio import Redis
 from starlette.requests import Request
 
 from common.catalog import Catalog, ModelRoute
-from common.jobs import JobStore
+from common.jobs import JobStore, QueueFull
 from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import (
@@ -58,10 +57,9 @@ SUBMIT_ERRORS: dict[int, type[BaseModel]] = {409: ErrorResponse, 429: ErrorRespo
 
 @dataclass(frozen=True)
 class Admission:
-    """Per request, what a submit needs besides the job store: Redis for the queue-depth check
-    and, when the request sent an ``Idempotency-Key``, that key's record."""
+    """Per request, what a submit needs besides the job store: the ``Idempotency-Key``'s record
+    when one was sent, and the ``Cancel-After`` deadline."""
 
-    redis: Redis
     idempotency: Idempotency | None = None
     # Unix time after which the job fails with "deadline exceeded" (``Cancel-After`` header).
     deadline_at: float | None = None
@@ -73,7 +71,6 @@ def admission(request: Request, svc: Services) -> Admission:
     key = key_from_request(request)
     ttl_s = svc.settings.idempotency_ttl_s
     return Admission(
-        svc.redis,
         None if key is None else Idempotency(svc.redis, svc.keys, key, ttl_s=ttl_s),
         _deadline(request),
     )
@@ -229,7 +226,6 @@ class Submitter:
                 log.info("job.replayed", model=route.name, task=task.value)
                 return Submitted(earlier, replayed=True)
         try:
-            await self._check_queue(admission.redis, route)
             await self._submit(route, task, params, job_id, image, admission.deadline_at)
         except BaseException:
             if once is not None:
@@ -238,20 +234,6 @@ class Submitter:
         if once is not None:
             await once.commit()
         return Submitted(job_id)
-
-    async def _check_queue(self, redis: Redis, route: ModelRoute) -> None:
-        # Acked entries are deleted, so the stream's length is jobs waiting plus jobs in flight.
-        # Check then add is not atomic: concurrent submits may pass the limit by a few.
-        depth = await redis.xlen(self._keys.job_stream(route.name))
-        if depth >= route.max_queue:
-            log.warning("job.queue_full", model=route.name, depth=depth, max_queue=route.max_queue)
-            raise ApiError(
-                429,
-                "queue_full",
-                f"Model {route.name!r} has {depth} jobs waiting or rendering, its limit is "
-                f"{route.max_queue}; retry in {QUEUE_FULL_RETRY_AFTER_S} s.",
-                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
-            )
 
     async def _submit(
         self,
@@ -271,9 +253,26 @@ class Submitter:
             created_at=utcnow(),
             input_blob=self._keys.blob(job_id, "input") if image is not None else None,
         )
-        await self._jobs.submit(
-            spec, message=SUBMITTED_MESSAGE, input_bytes=image, blob_ttl_s=self._blob_ttl_s
-        )
+        try:
+            # Acked entries are deleted, so the stream's length is jobs waiting or in flight.
+            await self._jobs.submit(
+                spec,
+                message=SUBMITTED_MESSAGE,
+                input_bytes=image,
+                blob_ttl_s=self._blob_ttl_s,
+                max_queue=route.max_queue,
+            )
+        except QueueFull as full:
+            log.warning(
+                "job.queue_full", model=route.name, depth=full.depth, max_queue=route.max_queue
+            )
+            raise ApiError(
+                429,
+                "queue_full",
+                f"Model {route.name!r} has {full.depth} jobs waiting or rendering, its limit is "
+                f"{route.max_queue}; retry in {QUEUE_FULL_RETRY_AFTER_S} s.",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+            ) from None
         structlog.contextvars.bind_contextvars(job_id=job_id)
         log.info(
             "job.submitted",

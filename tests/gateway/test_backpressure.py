@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,8 +21,9 @@ from tests.support.stack import Stack, stack_env
 
 MAX_QUEUE = 3
 # Both routes get the small limit; each test fills its own so they do not depend on order.
-LIMITED_ROUTES = ("sd", "flux")
+LIMITED_ROUTES = ("sd", "flux", "ltx")
 T2I = {"prompt": "a lighthouse", "width": 128, "height": 128, "num_inference_steps": 2}
+T2V = {"prompt": "waves", "width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 2}
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,16 @@ def test_retries_around_a_full_queue(
     assert "idempotent-replayed" not in retried.headers
     assert retried.json()["session_id"] != first["session_id"]
     assert queued(client, "flux") == MAX_QUEUE
+
+
+def test_concurrent_submits_never_overshoot_the_limit(gateway_only: Stack, r: redis.Redis) -> None:
+    """The depth check and the append are one atomic step, so a burst cannot slip past it."""
+
+    def post(_: int) -> int:
+        with httpx.Client(base_url=gateway_only.base_url, timeout=30) as http:
+            return http.post("/api/ltx/t2v", json=T2V).status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        codes = sorted(pool.map(post, range(12)))
+    assert codes == [200] * MAX_QUEUE + [429] * (12 - MAX_QUEUE)
+    assert added(r, Keys(gateway_only.prefix), "ltx") == MAX_QUEUE
