@@ -99,10 +99,9 @@ class Worker:
                 loaded=self._registry.loaded_route_names,
                 ts=time.time(),
             )
-            try:
+            # On an outage the consumer loop reports it, and the key expires on its own.
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self._redis.set(key, beat.model_dump_json(), ex=HEARTBEAT_TTL_S)
-            except REDIS_UNAVAILABLE:
-                pass  # the consumer loop reports the outage; the key expires on its own
             await sleep_unless(stop, HEARTBEAT_INTERVAL_S)
         with contextlib.suppress(*REDIS_UNAVAILABLE):
             await self._redis.delete(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,10 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
-from common.schemas import JobSpec, RenderParams, Task
+from common.schemas import JobSpec, Task
 from gpu_worker.families import Family, family
 from gpu_worker.tiny import make_tiny
+from tests.gpu_worker.families.support import job_spec, source_image
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +56,7 @@ def spec(task: Task = Task.T2I, **params: Any) -> JobSpec:
     }
     if task == Task.I2I:
         defaults["strength"] = 0.7
-    return JobSpec(
-        job_id="job-1",
-        model="flux",
-        task=task,
-        params=RenderParams(**(defaults | params)),
-        created_at=datetime.now(UTC),
-    )
-
-
-def source_image() -> Image.Image:
-    pixels = np.random.default_rng(0).integers(0, 256, (48, 80, 4), np.uint8)
-    return Image.fromarray(pixels, "RGBA")  # another size and an alpha channel, like an upload
+    return job_spec("flux", task, defaults, params)
 
 
 def render(flux: Family, pipelines: dict[Task, Any], job: JobSpec) -> Image.Image:

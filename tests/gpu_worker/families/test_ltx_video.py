@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
@@ -15,10 +14,11 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
-from common.schemas import JobSpec, RenderParams, Task
+from common.schemas import JobSpec, Task
 from gpu_worker.encoding import encode
 from gpu_worker.families import Artifact, Family, family
 from gpu_worker.tiny import make_tiny
+from tests.gpu_worker.families.support import job_spec, source_image
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +53,7 @@ def spec(task: Task = Task.T2V, **params: Any) -> JobSpec:
         "guidance_scale": 3.0,
         "seed": 7,
     }
-    return JobSpec(
-        job_id="job-1",
-        model="ltx",
-        task=task,
-        params=RenderParams(**(defaults | params)),
-        created_at=datetime.now(UTC),
-    )
-
-
-def source_image() -> Image.Image:
-    pixels = np.random.default_rng(0).integers(0, 256, (48, 80, 4), np.uint8)
-    return Image.fromarray(pixels, "RGBA")  # another size and an alpha channel, like an upload
+    return job_spec("ltx", task, defaults, params)
 
 
 def render(ltx: Family, pipelines: dict[Task, Any], job: JobSpec, **kwargs: Any) -> list[Artifact]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
 from common.catalog import Lora, ModelRoute
-from common.schemas import JobSpec, RenderParams, Task
+from common.schemas import JobSpec, Task
 from gpu_worker.families import Family, family
 from gpu_worker.families.qwen_image import angle_prompt
 from gpu_worker.tiny import make_tiny
+from tests.gpu_worker.families.support import job_spec, source_image
 
 ANGLES = ["front", "left 45°", "top-down"]
 
@@ -82,18 +82,7 @@ def spec(task: Task = Task.I2I, **params: Any) -> JobSpec:
         "seed": 7,
         "angles": ANGLES,
     }
-    return JobSpec(
-        job_id="job-1",
-        model="qwen-multi-angle",
-        task=task,
-        params=RenderParams(**(defaults | params)),
-        created_at=datetime.now(UTC),
-    )
-
-
-def source_image() -> Image.Image:
-    pixels = np.random.default_rng(0).integers(0, 256, (48, 80, 4), np.uint8)
-    return Image.fromarray(pixels, "RGBA")  # another size and an alpha channel, like an upload
+    return job_spec("qwen-multi-angle", task, defaults, params)
 
 
 def render(qwen: Family, pipelines: dict[Task, Any], job: JobSpec) -> list[np.ndarray]:
