@@ -43,6 +43,30 @@ class RouteDefaults(BaseModel):
     fps: int = 0
 
 
+class GpuSettings(BaseModel):
+    """How a route's pipelines run: precision, attention, memory layout, compilation, batching.
+
+    Every setting takes effect when the worker loads the route; compilation happens during the
+    warm-up render that precedes "ready", never on a job's clock.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A diffusers attention backend ("native" is PyTorch SDPA, "flash", "_native_cudnn",
+    # "sage"…); unset keeps diffusers' default, which is PyTorch SDPA.
+    attention_backend: str | None = None
+    # NHWC convolutions: faster for UNet models on tensor cores.
+    channels_last: bool = False
+    # torch.compile of the denoiser: "regional" compiles its repeated blocks once and reuses the
+    # code for every block (seconds instead of minutes); "full" the whole module.
+    compile: Literal["off", "regional", "full"] = "off"
+    # Compatible jobs (same task, size, steps, guidance, strength) waiting together render in one
+    # pipeline call, up to this many, gathered for at most ``batch_window_ms``. It pays for
+    # SD-class models at 512², not for large DiTs at 1024² or video, which fill the GPU alone.
+    max_batch: int = Field(default=1, ge=1, le=64)
+    batch_window_ms: int = Field(default=0, ge=0, le=1000)
+
+
 class ModelRoute(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +95,7 @@ class ModelRoute(BaseModel):
     defaults: RouteDefaults = Field(default_factory=RouteDefaults)
     # Jobs waiting or rendering on this route at which a submit is refused (429 queue_full).
     max_queue: int = Field(default=1000, ge=1)
+    gpu: GpuSettings = Field(default_factory=GpuSettings)
 
 
 class StylePreset(BaseModel):
@@ -167,6 +192,7 @@ def production_catalog() -> Catalog:
                 family="stable-diffusion",
                 weights="stable-diffusion-v1-5/stable-diffusion-v1-5",
                 tasks=[Task.T2I, Task.I2I],
+                gpu=GpuSettings(channels_last=True, max_batch=8, batch_window_ms=5),
             ),
             "flux": ModelRoute(
                 name="flux",
@@ -255,6 +281,8 @@ def demo_catalog(models_dir: Path) -> Catalog:
                 "max_width": max(route.max_width, 2048),
                 "max_height": max(route.max_height, 2048),
                 "defaults": _DEMO_VIDEO_DEFAULTS if route.max_frames else route.defaults,
+                # A CPU gains nothing from NHWC; batching still pays, without waiting for it.
+                "gpu": route.gpu.model_copy(update={"channels_last": False, "batch_window_ms": 0}),
             }
         )
     return catalog.model_copy(update={"routes": routes})

@@ -5,17 +5,23 @@ than the stream's ``claim_idle_ms`` (it died, lost Redis, or failed and left the
 retry), then reads new ones. Each delivery knows its attempt number; past ``max_deliveries`` an
 entry goes to the dead-letter stream instead of the handler, so nothing loops forever.
 
+A round is one delivery, or for a stream whose policy allows batches, up to ``max_batch`` entries
+that were waiting together (gathered for at most ``batch_window_ms``).
+
 The handler owns the ack: a worker hands its output on and acks in one atomic step, and only if
-the entry is still its own (``forward``). A member busy with a long job keeps its claim fresh
-(``keep_claim``) so nobody steals it. Connection loss backs off and reconnects; a stop event ends
-the loop between deliveries, never inside one.
+the entry is still its own (``forward``). While a delivery is held (from its read until it is
+acked, forwarded, buried or released, or the handler returns without ``hold``-ing it) its claim is
+kept fresh (``claims_kept``), so nobody steals a long job from a live member; a claim found lost
+anyway is reported to ``on_claim_lost``. Connection loss backs off and reconnects; a stop event
+ends the loop between rounds, never inside one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -50,6 +56,19 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 """
 
+# KEYS: stream; ARGV: group, consumer, msg_id, idle_ms. Gives an entry back to the group at once:
+# it looks idle long enough for any member's next claim, and this delivery is not counted.
+_RELEASE = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+local count = math.max(pending[1][4] - 1, 0)
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3],
+           'IDLE', ARGV[4], 'RETRYCOUNT', count, 'JUSTID')
+return 1
+"""
+# Older than any claim idle time: a released entry is taken by the next member that looks.
+RELEASED_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -70,9 +89,14 @@ class StreamPolicy:
 
     claim_idle_ms: int = 60_000
     max_deliveries: int = 5
+    # Deliver up to this many entries of the stream in one round, waiting at most
+    # ``batch_window_ms`` after the first for more to arrive.
+    max_batch: int = 1
+    batch_window_ms: int = 0
 
 
-Handler = Callable[[Delivery], Awaitable[None]]
+Handler = Callable[[list[Delivery]], Awaitable[None]]
+DeliveryHook = Callable[[Delivery], Awaitable[None]]
 RawFields = dict[str | bytes, str | bytes]
 
 
@@ -87,8 +111,12 @@ class StreamConsumer:
     block_ms: int = 2000
     policies: Mapping[str, StreamPolicy] = field(default_factory=dict)
     # Told about an entry that ran out of deliveries, before it moves to the dead stream.
-    on_dead: Handler | None = None
+    on_dead: DeliveryHook | None = None
+    # Told about a held delivery that another member took over: stop working on it.
+    on_claim_lost: DeliveryHook | None = None
     _claim_cursors: dict[str, str] = field(default_factory=dict)
+    _held: dict[tuple[str, str], Delivery] = field(default_factory=dict)
+    _retained: set[tuple[str, str]] = field(default_factory=set)
 
     def policy(self, stream: str) -> StreamPolicy:
         return self.policies.get(stream, StreamPolicy())
@@ -104,8 +132,36 @@ class StreamConsumer:
     def ack_in(self, pipe: Pipeline, delivery: Delivery) -> None:
         """Queue the ack on a caller's transaction, so it commits with the work it confirms.
         Acked entries are deleted too: the stream holds only work not yet done."""
+        self._settle(delivery)
         pipe.xack(delivery.stream, self.group, delivery.msg_id)
         pipe.xdel(delivery.stream, delivery.msg_id)
+
+    def hold(self, delivery: Delivery) -> None:
+        """Keep the claim fresh after the handler returns: the delivery went on to a later
+        stage that will ack, forward or release it."""
+        self._retained.add(_key(delivery))
+
+    def holds(self, delivery: Delivery) -> bool:
+        """Whether the delivery is still this member's to finish (its claim was not lost)."""
+        return _key(delivery) in self._held
+
+    def leave_pending(self, delivery: Delivery) -> None:
+        """Stop keeping the claim: after the stream's claim idle time the entry is delivered
+        again (perhaps here), which is how a failed render is retried."""
+        self._settle(delivery)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Give the entry back to the group now, without counting this delivery: a member
+        shutting down releases what it read but will not finish."""
+        self._settle(delivery)
+        await self.redis.eval(
+            _RELEASE, 1, delivery.stream,
+            self.group, self.consumer, delivery.msg_id, RELEASED_IDLE_MS,
+        )  # fmt: skip
+
+    def _settle(self, delivery: Delivery) -> None:
+        self._held.pop(_key(delivery), None)
+        self._retained.discard(_key(delivery))
 
     async def ack(self, delivery: Delivery) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -115,10 +171,11 @@ class StreamConsumer:
     async def forward(self, delivery: Delivery, target: str, name: str, value: str) -> bool:
         """Append ``{name: value}`` to ``target`` and ack, atomically and only if the entry is
         still this member's. ``False``: another member took it over; publish nothing."""
-        done = await self.redis.eval(
+        done: int = await self.redis.eval(
             _FORWARD, 2, delivery.stream, target,
             self.group, self.consumer, delivery.msg_id, name, value,
         )  # fmt: skip
+        self._settle(delivery)
         return bool(done)
 
     async def keep_claim(self, delivery: Delivery) -> bool:
@@ -128,8 +185,35 @@ class StreamConsumer:
         )
         return bool(kept)
 
+    @contextlib.asynccontextmanager
+    async def claims_kept(self) -> AsyncIterator[None]:
+        """Keep every held delivery's claim fresh while the block runs."""
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_claims(done), name=f"{self.group}-claims")
+        try:
+            yield
+        finally:
+            done.set()  # the keeper stops between calls: none is cancelled half-way
+            await keeper
+
+    async def _keep_claims(self, done: asyncio.Event) -> None:
+        interval_s = min(self.policy(s).claim_idle_ms for s in self.streams) / 3000
+        while not done.is_set():
+            await sleep_unless(done, interval_s)
+            for key, delivery in list(self._held.items()):
+                try:
+                    kept = await self.keep_claim(delivery)
+                except REDIS_UNAVAILABLE:
+                    break  # the consumer loop reports the outage; try again next round
+                if not kept and self._held.pop(key, None) is not None:
+                    log.warning(
+                        "consumer.claim_lost", stream=delivery.stream, msg_id=delivery.msg_id
+                    )
+                    if self.on_claim_lost is not None:
+                        await self.on_claim_lost(delivery)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; the delivery in hand is always finished first."""
+        """Consume until ``stop`` is set; the round in hand is always handled first."""
         failures = 0
         groups_ready = False
         while not stop.is_set():
@@ -151,25 +235,34 @@ class StreamConsumer:
                 )
                 await sleep_unless(stop, delay_s)
                 continue
-            for delivery in deliveries:
-                try:
-                    await self._deliver(delivery)
-                except REDIS_UNAVAILABLE as exc:
-                    # The entry stays pending: after its claim idle time it is delivered again.
-                    failures += 1
-                    log.warning("consumer.handler_redis_unavailable", error=str(exc))
-                    await sleep_unless(stop, RECONNECT_BACKOFF_S[0])
+            try:
+                await self._deliver(deliveries)
+            except REDIS_UNAVAILABLE as exc:
+                # The entries stay pending: after their claim idle time they are delivered again.
+                failures += 1
+                log.warning("consumer.handler_redis_unavailable", error=str(exc))
+                await sleep_unless(stop, RECONNECT_BACKOFF_S[0])
+            finally:
+                for delivery in deliveries:
+                    if _key(delivery) not in self._retained:
+                        self._settle(delivery)
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        with structlog.contextvars.bound_contextvars(
-            stream=delivery.stream, msg_id=delivery.msg_id, attempt=delivery.attempt
-        ):
+    async def _deliver(self, deliveries: list[Delivery]) -> None:
+        live = []
+        for delivery in deliveries:
+            self._held[_key(delivery)] = delivery
             if delivery.attempt > self.policy(delivery.stream).max_deliveries:
-                await self._bury(delivery)
+                with structlog.contextvars.bound_contextvars(
+                    stream=delivery.stream, msg_id=delivery.msg_id, attempt=delivery.attempt
+                ):
+                    await self.bury(delivery)
             else:
-                await self.handler(delivery)
+                live.append(delivery)
+        if live:
+            await self.handler(live)
 
-    async def _bury(self, delivery: Delivery) -> None:
+    async def bury(self, delivery: Delivery) -> None:
+        """Move the entry to the dead stream: it ran out of deliveries, or cannot be read."""
         log.error("consumer.dead_letter", group=self.group)
         if self.on_dead is not None:
             await self.on_dead(delivery)
@@ -186,9 +279,35 @@ class StreamConsumer:
             await pipe.execute()
 
     async def _read_new(self) -> list[Delivery]:
+        deliveries = await self._read(self.streams, 1, self.block_ms)
+        for stream in {d.stream for d in deliveries}:
+            policy = self.policy(stream)
+            if policy.max_batch > 1:
+                deliveries += await self._gather(stream, policy)
+        return deliveries
+
+    async def _gather(self, stream: str, policy: StreamPolicy) -> list[Delivery]:
+        """More entries of a stream for the round: those waiting now, then those arriving within
+        the batch window, up to the batch size."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.batch_window_ms / 1000
+        gathered: list[Delivery] = []
+        while len(gathered) < policy.max_batch - 1:
+            remaining_ms = int((deadline - loop.time()) * 1000)
+            block_ms = remaining_ms if remaining_ms >= 1 else None
+            more = await self._read([stream], policy.max_batch - 1 - len(gathered), block_ms)
+            gathered += more
+            if not more and block_ms is None:
+                break
+        return gathered
+
+    async def _read(
+        self, streams: Sequence[str], count: int, block_ms: int | None
+    ) -> list[Delivery]:
+        """New entries, up to ``count`` per stream; ``block_ms=None`` does not wait."""
         reply: list[tuple[str | bytes, list[tuple[str | bytes, RawFields | None]]]] | None
         reply = await self.redis.xreadgroup(  # type: ignore[assignment]  # redis-py's union return
-            self.group, self.consumer, {s: ">" for s in self.streams}, count=1, block=self.block_ms
+            self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms
         )
         return [
             Delivery(_text(stream), _text(msg_id), _fields(raw))
@@ -228,6 +347,10 @@ async def sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=delay_s)
     except TimeoutError:
         pass
+
+
+def _key(delivery: Delivery) -> tuple[str, str]:
+    return delivery.stream, delivery.msg_id
 
 
 def _text(value: str | bytes) -> str:

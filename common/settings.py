@@ -8,6 +8,7 @@ The seeds' variable names (``REDIS_URL``, ``REDIS_HOST``…, ``TASK_TTL``, ``AWS
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -76,6 +77,20 @@ class CommonSettings(BaseSettings):
             return self.redis_url
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+class ConsumerSettings(CommonSettings):
+    """What the stream-consuming services (worker, uploader) share."""
+
+    consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    block_ms: int = Field(default=2000, ge=1)
+    # An entry pending this long on a silent member is taken over by another.
+    claim_idle_ms: int = Field(default=60_000, ge=1000)
+    # Serve /livez, /readyz and /metrics on this port; unset: no probe server.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    # After SIGTERM, the work in hand gets this long to finish; then it is released to the
+    # group for another member, and the process exits.
+    drain_grace_s: float = Field(default=60.0, ge=0)
 
 
 def _subclasses(cls: type[Any]) -> list[type[Any]]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import torch
 
 from common.catalog import Catalog
+from common.health import health_server
 from common.jobs import JobStore
 from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
@@ -27,8 +26,6 @@ async def run(settings: WorkerSettings) -> None:
         pick_device(settings.device),
         memory_budget_bytes=None if budget_mb is None else budget_mb * 1024 * 1024,
     )
-    if settings.preload:
-        await asyncio.to_thread(registry.load_all)
     keys = Keys(settings.key_prefix)
     redis, blobs = connect(settings), connect(settings, decode=False)
     worker = Worker(
@@ -41,9 +38,12 @@ async def run(settings: WorkerSettings) -> None:
         blob_ttl_s=settings.blob_ttl_s,
         block_ms=settings.block_ms,
         claim_idle_ms=settings.claim_idle_ms,
+        drain_grace_s=settings.drain_grace_s,
+        preload=settings.preload,
     )
     try:
-        await worker.run(stop)
+        async with health_server(settings.health_port, worker.readiness):
+            await worker.run(stop)
     finally:
         await redis.aclose()
         await blobs.aclose()

@@ -24,6 +24,7 @@ RENDER_END_PCT = 90
 CANCELED = "canceled"
 DEADLINE_EXCEEDED = "deadline exceeded"
 CLAIM_LOST = "claim lost"
+SHUTTING_DOWN = "shutting down"
 
 
 class RenderInterrupted(Exception):
@@ -58,14 +59,16 @@ class ProgressReporter:
         """Ask the render to end at its next step (from any thread)."""
         self.stop_reason = self.stop_reason or reason
 
-    def on_step(self, done: int, total: int) -> None:
-        """Called from the render thread after every denoising step."""
+    def step(self, done: int, total: int) -> bool:
+        """Called from the render thread after every denoising step; ``False`` once the job
+        should stop rendering."""
         if self._deadline_at is not None and time.time() > self._deadline_at:
             self.stop(DEADLINE_EXCEEDED)
         if self.stop_reason is not None:
-            raise RenderInterrupted(self.stop_reason)
+            return False
         self._latest = (done, total)
         self._loop.call_soon_threadsafe(self._changed.set)
+        return True
 
     async def __aenter__(self) -> ProgressReporter:
         self._task = asyncio.create_task(self._publish())
@@ -105,3 +108,17 @@ class ProgressReporter:
             return  # progress is best effort; the render goes on and the hand-off will retry
         if event is None:  # the job is terminal already: canceled while it rendered
             self.stop(CANCELED)
+
+
+class BatchProgress:
+    """The step callback of one pipeline call: every job in the batch hears each step. The call
+    is abandoned only when every job in it wants to stop; a job that stops alone has its share
+    of the output discarded, so one cancel does not cost the others their render."""
+
+    def __init__(self, reporters: list[ProgressReporter]) -> None:
+        self._reporters = reporters
+
+    def on_step(self, done: int, total: int) -> None:
+        live = [reporter.step(done, total) for reporter in self._reporters]
+        if not any(live):
+            raise RenderInterrupted(self._reporters[0].stop_reason or CANCELED)

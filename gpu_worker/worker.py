@@ -1,16 +1,33 @@
 """The GPU worker: a ``workers`` group member that renders jobs and hands the bytes to the uploader.
 
-Output bytes go to a blob key, and the hand-off to ``rendered`` and the ack of the job entry happen
-in one transaction: a job is never acked before its output is safely handed on.
+Three stages keep the device busy:
+
+- intake (the consumer's handler): reads the next round, fetches and decodes input images, and
+  groups compatible jobs into batches; it runs one batch ahead of the render stage;
+- render: one pipeline call per batch, on a dedicated render thread, nothing else on it;
+- finish: PNG/MP4 encoding, blob writes, the hand-off to ``rendered`` and the ack, while the next
+  batch renders.
+
+Output bytes go to blob keys, and the hand-off and the ack of the job entry happen in one
+transaction, only while the entry is still this worker's: a job is never acked before its output
+is safely handed on, and a worker that lost its claim publishes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
+from PIL import Image
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
@@ -20,12 +37,15 @@ from common.logging import get_logger
 from common.redis import REDIS_UNAVAILABLE
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
 from gpu_worker.encoding import Encoded, decode_image, encode
-from gpu_worker.families import family
+from gpu_worker.families import Artifact, StepCallback, batch_family, family
+from gpu_worker.metrics import BATCH_SIZE, JOBS, PIPELINE_SECONDS
 from gpu_worker.progress import (
     CLAIM_LOST,
     DEADLINE_EXCEEDED,
     RENDER_END_PCT,
     RENDER_START_PCT,
+    SHUTTING_DOWN,
+    BatchProgress,
     ProgressReporter,
     RenderInterrupted,
 )
@@ -37,6 +57,25 @@ log = get_logger(__name__)
 PERMANENT_ERRORS = (ValueError, TypeError, OSError)
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TTL_S = 15
+# Fields that may differ between jobs rendered in one pipeline call.
+PER_JOB_PARAMS = {"prompt", "negative_prompt", "seed"}
+
+T = TypeVar("T")
+
+
+@dataclass
+class Job:
+    """A delivery read, parsed and with its input decoded: ready to render."""
+
+    delivery: Delivery
+    spec: JobSpec
+    image: Image.Image | None = None
+    reporter: ProgressReporter | None = None
+    started_at: float = 0.0
+
+    @property
+    def log(self) -> contextlib.AbstractContextManager[object]:
+        return structlog.contextvars.bound_contextvars(job_id=self.spec.job_id)
 
 
 class Worker:
@@ -52,6 +91,8 @@ class Worker:
         blob_ttl_s: int,
         block_ms: int,
         claim_idle_ms: int,
+        drain_grace_s: float = 60.0,
+        preload: bool = True,
     ) -> None:
         self._redis = redis
         self._blobs = blobs
@@ -59,39 +100,78 @@ class Worker:
         self._jobs = jobs
         self._registry = registry
         self._blob_ttl_s = blob_ttl_s
+        self._drain_grace_s = drain_grace_s
+        self._preload = preload
         self.consumer = StreamConsumer(
             redis=redis,
             streams=[keys.job_stream(name) for name in registry.route_names],
             group=WORKERS_GROUP,
             consumer=consumer_name,
-            handler=self.handle,
+            handler=self.take,
             dead_stream=keys.dead,
             block_ms=block_ms,
             policies={
                 keys.job_stream(route.name): StreamPolicy(
                     claim_idle_ms=route.claim_idle_ms or claim_idle_ms,
                     max_deliveries=route.max_attempts,
+                    max_batch=route.gpu.max_batch,
+                    batch_window_ms=route.gpu.batch_window_ms,
                 )
                 for route in registry.routes.values()
             },
             on_dead=self._on_dead,
+            on_claim_lost=self._claim_lost,
         )
+        # Intake hands batches to the render stage here; it waits until the batch is taken, so
+        # exactly one batch is read ahead of the one rendering.
+        self._slot: asyncio.Queue[list[Job] | None] = asyncio.Queue(maxsize=1)
+        self._rendering: dict[str, Job] = {}  # by msg_id
+        self._finishing: asyncio.Task[None] | None = None
+        self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        self.models_ready = False
+
+    async def readiness(self) -> tuple[bool, str]:
+        """Ready: models loaded and warmed up, and Redis reachable."""
+        if not self.models_ready:
+            return False, "loading models"
+        try:
+            await self._redis.ping()
+        except REDIS_UNAVAILABLE as exc:
+            return False, f"redis unavailable: {exc}"
+        return True, ""
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self._preload:
+            await self._on_render_thread(self._registry.load_all)
+        self.models_ready = True
         log.info(
             "worker.ready", routes=self._registry.route_names, device=str(self._registry.device)
         )
-        heartbeat = asyncio.create_task(self._heartbeat(stop), name="worker-heartbeat")
+        done = asyncio.Event()
+        background = [
+            asyncio.create_task(self._heartbeat(done), name="worker-heartbeat"),
+            asyncio.create_task(self._drain_deadline(stop, done), name="worker-drain"),
+        ]
+        renderer = asyncio.create_task(self._render_stage(stop), name="worker-render")
         try:
-            await self.consumer.run(stop)
+            async with self.consumer.claims_kept():
+                try:
+                    await self.consumer.run(stop)
+                finally:
+                    await self._slot.put(None)  # the render stage ends after what it holds
+                    await renderer
+                    if self._finishing is not None:
+                        await self._finishing
         finally:
-            stop.set()
-            await heartbeat
+            done.set()
+            for task in background:
+                await task
+            self._render_thread.shutdown()
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
+    async def _heartbeat(self, done: asyncio.Event) -> None:
         """Say every few seconds which routes are resident here (``GET /api/models``)."""
         key = self._keys.worker(self.consumer.consumer)
-        while not stop.is_set():
+        while not done.is_set():
             beat = WorkerHeartbeat(
                 consumer=self.consumer.consumer,
                 device=str(self._registry.device),
@@ -102,143 +182,235 @@ class Worker:
             # On an outage the consumer loop reports it, and the key expires on its own.
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self._redis.set(key, beat.model_dump_json(), ex=HEARTBEAT_TTL_S)
-            await sleep_unless(stop, HEARTBEAT_INTERVAL_S)
+            await sleep_unless(done, HEARTBEAT_INTERVAL_S)
         with contextlib.suppress(*REDIS_UNAVAILABLE):
             await self._redis.delete(key)
 
-    async def handle(self, delivery: Delivery) -> None:
-        spec = JobSpec.model_validate_json(delivery.fields["job"])
-        with structlog.contextvars.bound_contextvars(job_id=spec.job_id, model=spec.model):
-            await self._handle(spec, delivery)
+    async def _drain_deadline(self, stop: asyncio.Event, done: asyncio.Event) -> None:
+        """After SIGTERM the render in hand gets the drain grace; then it stops at its next
+        step and its jobs go back to the group for another worker."""
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(done.wait())]
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        await sleep_unless(done, self._drain_grace_s)
+        for job in list(self._rendering.values()):
+            if job.reporter is not None:
+                job.reporter.stop(SHUTTING_DOWN)
 
-    async def _handle(self, spec: JobSpec, delivery: Delivery) -> None:
-        record = await self._jobs.get(spec.job_id)
-        if record is None or record.status.terminal:
-            log.info("job.skipped", reason="expired" if record is None else record.status.value)
-            await self.consumer.ack(delivery)
-            return
-        if spec.deadline_at is not None and time.time() > spec.deadline_at:
-            await self._fail(spec, delivery, DEADLINE_EXCEEDED)
-            return
-        started = await self._jobs.emit(
-            spec.job_id,
-            status=JobStatus.PROCESSING,
-            progress=RENDER_START_PCT,
-            # A first job on a route waits for its weights; say so on the job's feed.
-            message="Generating" if self._registry.is_loaded(spec.model) else "Loading model",
-            fields={"attempts": delivery.attempt},
-        )
-        if started is None:
-            await self.consumer.ack(delivery)
-            return
-        log.info("job.started", task=spec.task.value)
-        began = time.perf_counter()
-        reporter = ProgressReporter(self._jobs, spec.job_id, deadline_at=spec.deadline_at)
-        rendered = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_claim(delivery, reporter, rendered))
+    # -- intake ---------------------------------------------------------------------------
+
+    async def take(self, deliveries: list[Delivery]) -> None:
+        """The consumer's handler: admit a round, batch it, hand the batches to the render
+        stage one at a time."""
+        jobs = [job for delivery in deliveries if (job := await self._admit(delivery))]
+        for batch in self._batches(jobs):
+            for job in batch:
+                self.consumer.hold(job.delivery)
+            await self._slot.put(batch)
+            await self._slot.join()
+
+    async def _admit(self, delivery: Delivery) -> Job | None:
         try:
-            outputs = await self._render(spec, reporter)
-        except RenderInterrupted as exc:
-            await self._interrupted(spec, delivery, exc.reason)
+            spec = JobSpec.model_validate_json(delivery.fields["job"])
+        except (KeyError, ValidationError):
+            log.exception("job.unreadable", fields=delivery.fields)
+            await self.consumer.bury(delivery)
+            return None
+        job = Job(delivery, spec)
+        with job.log:
+            record = await self._jobs.get(spec.job_id)
+            if record is None or record.status.terminal:
+                log.info("job.skipped", reason="expired" if record is None else record.status.value)
+                await self.consumer.ack(delivery)
+                return None
+            if spec.input_blob is not None:
+                data = await self._blobs.get(spec.input_blob)
+                try:
+                    if data is None:
+                        raise ValueError("the input image expired before the job started")
+                    job.image = await asyncio.to_thread(decode_image, data)
+                except PERMANENT_ERRORS as exc:
+                    await self._fail(job, f"Invalid input image: {exc}")
+                    return None
+        return job
+
+    def _batches(self, jobs: list[Job]) -> list[list[Job]]:
+        """Jobs that may share a pipeline call (same route, task, size, steps, guidance…), in
+        order of arrival, cut to the route's batch size; every other job renders alone."""
+        groups: dict[str, list[Job]] = {}
+        for job in jobs:
+            route = self._registry.routes[job.spec.model]
+            if route.gpu.max_batch > 1:
+                shared = job.spec.params.model_dump(mode="json", exclude=PER_JOB_PARAMS)
+                key = json.dumps([job.spec.model, job.spec.task, shared], sort_keys=True)
+            else:
+                key = job.delivery.msg_id
+            groups.setdefault(key, []).append(job)
+        batches = []
+        for group in groups.values():
+            size = self._registry.routes[group[0].spec.model].gpu.max_batch
+            batches += [group[i : i + size] for i in range(0, len(group), size)]
+        return batches
+
+    # -- render ---------------------------------------------------------------------------
+
+    async def _render_stage(self, stop: asyncio.Event) -> None:
+        while True:
+            batch = await self._slot.get()
+            self._slot.task_done()
+            if batch is None:
+                return
+            if stop.is_set():  # read but not started: another worker takes them at once
+                for job in batch:
+                    await self._release(job)
+                continue
+            try:
+                await self._render(batch)
+            except Exception as exc:  # Redis unavailable, most likely; the stage must go on
+                # The entries stay pending: after their claim idle time they are delivered again.
+                log.warning("batch.not_finished", error=repr(exc))
+                for job in batch:
+                    self.consumer.leave_pending(job.delivery)
+
+    async def _render(self, batch: list[Job]) -> None:
+        jobs = [job for job in batch if await self._start(job)]
+        if not jobs:
             return
-        except PERMANENT_ERRORS as exc:  # retrying cannot help: fail now
-            log.exception("job.render_failed", retry=False)
-            await self._fail(spec, delivery, f"Model inference error: {exc}")
+        for job in jobs:
+            job.reporter = ProgressReporter(
+                self._jobs, job.spec.job_id, deadline_at=job.spec.deadline_at
+            )
+            self._rendering[job.delivery.msg_id] = job
+        progress = BatchProgress([job.reporter for job in jobs if job.reporter])
+        try:
+            async with contextlib.AsyncExitStack() as reporters:
+                for job in jobs:
+                    assert job.reporter is not None
+                    await reporters.enter_async_context(job.reporter)
+                outputs = await self._on_render_thread(self._pipeline_call, jobs, progress.on_step)
+        except RenderInterrupted as exc:
+            for job in jobs:
+                await self._interrupted(job, _stop_reason(job) or exc.reason)
             return
         except Exception as exc:  # an inference error must not kill the worker
-            await self._retry_later(spec, delivery, exc)
+            await self._render_failed(jobs, exc)
             return
         finally:
-            rendered.set()  # the keeper stops between calls: none is cancelled half-way
-            await keeper
-        render_ms = round((time.perf_counter() - began) * 1000)
-        if not await self._hand_off(spec, delivery, outputs):
+            for job in jobs:
+                self._rendering.pop(job.delivery.msg_id, None)
+        rendered = []
+        for job, artifacts in zip(jobs, outputs, strict=True):
+            reason = _stop_reason(job)
+            if reason is not None:  # canceled, or out of time, while the others rendered on
+                await self._interrupted(job, reason)
+            else:
+                rendered.append((job, artifacts))
+        if self._finishing is not None:
+            await self._finishing
+        self._finishing = asyncio.create_task(self._finish(rendered), name="worker-finish")
+
+    async def _start(self, job: Job) -> bool:
+        """Mark the job processing; ``False`` if it is no longer this worker's to render."""
+        with job.log:
+            if not self.consumer.holds(job.delivery):
+                log.warning("job.claim_lost", stage="queued")
+                return False
+            if job.spec.deadline_at is not None and time.time() > job.spec.deadline_at:
+                await self._fail(job, DEADLINE_EXCEEDED)
+                return False
+            started = await self._jobs.emit(
+                job.spec.job_id,
+                status=JobStatus.PROCESSING,
+                progress=RENDER_START_PCT,
+                # A first job on a route waits for its weights; say so on the job's feed.
+                message="Generating"
+                if self._registry.is_loaded(job.spec.model)
+                else "Loading model",
+                fields={"attempts": job.delivery.attempt},
+            )
+            if started is None:  # canceled while it waited
+                log.info("job.skipped", reason="canceled")
+                await self.consumer.ack(job.delivery)
+                return False
+            log.info("job.started", task=job.spec.task.value)
+            job.started_at = time.perf_counter()
+            return True
+
+    def _pipeline_call(self, jobs: list[Job], on_step: StepCallback) -> list[list[Artifact]]:
+        """On the render thread: one pipeline call for the batch; each job's outputs."""
+        spec = jobs[0].spec
+        route = self._registry.routes[spec.model]
+        pipelines = self._registry.pipelines(spec.model)
+        began = time.perf_counter()
+        try:
+            if len(jobs) == 1:
+                return [family(route.family).render(pipelines, spec, jobs[0].image, on_step)]
+            batcher = batch_family(route.family)
+            assert batcher is not None  # the registry refuses batches a family cannot render
+            return batcher.render_batch(
+                pipelines, [job.spec for job in jobs], [job.image for job in jobs], on_step
+            )
+        finally:
+            PIPELINE_SECONDS.labels(spec.model).inc(time.perf_counter() - began)
+            BATCH_SIZE.labels(spec.model).observe(len(jobs))
+
+    async def _render_failed(self, jobs: list[Job], exc: Exception) -> None:
+        if len(jobs) > 1:
+            # One bad job must not fail the others: each renders alone, and fails alone.
+            log.warning("batch.failed", error=str(exc), jobs=[job.spec.job_id for job in jobs])
+            for job in jobs:
+                await self._render([job])
+            return
+        (job,) = jobs
+        with job.log:
+            if isinstance(exc, PERMANENT_ERRORS):  # retrying cannot help: fail now
+                log.error("job.render_failed", retry=False, exc_info=exc)
+                await self._fail(job, f"Model inference error: {exc}")
+            else:
+                await self._retry_later(job, exc)
+
+    # -- finish ---------------------------------------------------------------------------
+
+    async def _finish(self, rendered: list[tuple[Job, list[Artifact]]]) -> None:
+        """Off the render thread, while the next batch renders: encode, hand off, ack."""
+        for job, artifacts in rendered:
+            with job.log:
+                try:
+                    await self._finish_one(job, artifacts, batch=len(rendered))
+                except REDIS_UNAVAILABLE as exc:
+                    # Left pending: after the claim idle time it is rendered again.
+                    log.warning("job.hand_off_failed", error=str(exc))
+                    self.consumer.leave_pending(job.delivery)
+
+    async def _finish_one(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
+        try:
+            outputs = [await asyncio.to_thread(encode, artifact) for artifact in artifacts]
+        except Exception as exc:
+            log.exception("job.encode_failed")
+            await self._fail(job, f"Could not encode the output: {exc}")
+            return
+        if not await self._hand_off(job, outputs):
             log.warning("job.claim_lost", stage="hand_off")
             return
         await self._jobs.emit(
-            spec.job_id,
+            job.spec.job_id,
             progress=RENDER_END_PCT,
             message="Generation complete, uploading to storage...",
         )
-        log.info("job.rendered", duration_ms=render_ms, outputs=len(outputs))
-
-    async def _keep_claim(
-        self, delivery: Delivery, reporter: ProgressReporter, done: asyncio.Event
-    ) -> None:
-        """While rendering, keep the entry's idle time low so no one takes it over; if someone
-        did anyway (this worker stalled), stop rendering: the result is theirs to publish."""
-        interval_s = self.consumer.policy(delivery.stream).claim_idle_ms / 3000
-        while True:
-            await sleep_unless(done, interval_s)
-            if done.is_set():
-                return
-            try:
-                if not await self.consumer.keep_claim(delivery):
-                    reporter.stop(CLAIM_LOST)
-                    return
-            except REDIS_UNAVAILABLE:
-                continue
-
-    async def _interrupted(self, spec: JobSpec, delivery: Delivery, reason: str) -> None:
-        if reason == CLAIM_LOST:
-            log.warning("job.claim_lost", stage="render")
-        elif reason == DEADLINE_EXCEEDED:
-            await self._fail(spec, delivery, DEADLINE_EXCEEDED)
-        else:
-            log.info("job.canceled")
-            await self.consumer.ack(delivery)
-
-    async def _fail(self, spec: JobSpec, delivery: Delivery, error: str) -> None:
-        await self._jobs.emit(
-            spec.job_id, status=JobStatus.FAILED, message="Generation failed", error=error
-        )
-        log.info("job.failed", error=error)
-        await self.consumer.ack(delivery)
-
-    async def _retry_later(self, spec: JobSpec, delivery: Delivery, exc: Exception) -> None:
-        """Leave the entry pending: after the stream's claim idle time a worker (perhaps this
-        one) takes it again, until its deliveries run out and it goes to the dead stream."""
-        policy = self.consumer.policy(delivery.stream)
-        log.exception("job.render_failed", retry=True, max_deliveries=policy.max_deliveries)
-        if delivery.attempt >= policy.max_deliveries:
-            await self._fail(
-                spec, delivery, f"Model inference error after {delivery.attempt} attempts: {exc}"
-            )
-            return
-        await self._jobs.emit(
-            spec.job_id,
-            message=f"Render failed (attempt {delivery.attempt} of {policy.max_deliveries}); "
-            f"retrying in {policy.claim_idle_ms // 1000}s",
-            fields={"last_error": str(exc)},
+        JOBS.labels(job.spec.model, "rendered").inc()
+        log.info(
+            "job.rendered",
+            duration_ms=round((time.perf_counter() - job.started_at) * 1000),
+            outputs=len(outputs),
+            batch=batch,
         )
 
-    async def _on_dead(self, delivery: Delivery) -> None:
-        """An entry that ran out of deliveries: its workers kept dying or stalling."""
-        spec = JobSpec.model_validate_json(delivery.fields["job"])
-        await self._jobs.emit(
-            spec.job_id,
-            status=JobStatus.FAILED,
-            message="Generation failed",
-            error=f"Gave up after {delivery.attempt - 1} attempts: the worker stopped responding",
-        )
-
-    async def _render(self, spec: JobSpec, progress: ProgressReporter) -> list[Encoded]:
-        pipelines = await asyncio.to_thread(self._registry.pipelines, spec.model)
-        render = family(self._registry.routes[spec.model].family).render
-        image = None
-        if spec.input_blob is not None:
-            data = await self._blobs.get(spec.input_blob)
-            if data is None:
-                raise ValueError("the input image expired before the job started")
-            image = await asyncio.to_thread(decode_image, data)
-        async with progress:
-            artifacts = await asyncio.to_thread(render, pipelines, spec, image, progress.on_step)
-        return [await asyncio.to_thread(encode, artifact) for artifact in artifacts]
-
-    async def _hand_off(self, spec: JobSpec, delivery: Delivery, outputs: list[Encoded]) -> bool:
+    async def _hand_off(self, job: Job, outputs: list[Encoded]) -> bool:
         """Output bytes to blobs, then, atomically and only if the job is still this worker's,
         the ``rendered`` entry and the ack. Blob keys derive from the job id, so a worker that
         lost its claim at most rewrites the same bytes."""
+        spec = job.spec
         blobs = [
             OutputBlob(
                 key=self._keys.blob(spec.job_id, f"output:{i}"),
@@ -258,5 +430,83 @@ class Worker:
                 pipe.set(blob.key, output.data, ex=self._blob_ttl_s)
             await pipe.execute()
         return await self.consumer.forward(
-            delivery, self._keys.rendered, "rendered", rendered.model_dump_json()
+            job.delivery, self._keys.rendered, "rendered", rendered.model_dump_json()
         )
+
+    # -- endings other than success -------------------------------------------------------
+
+    async def _interrupted(self, job: Job, reason: str) -> None:
+        with job.log:
+            if reason == CLAIM_LOST:
+                log.warning("job.claim_lost", stage="render")
+            elif reason == DEADLINE_EXCEEDED:
+                await self._fail(job, DEADLINE_EXCEEDED)
+            elif reason == SHUTTING_DOWN:
+                await self._release(job)
+            else:
+                log.info("job.canceled")
+                JOBS.labels(job.spec.model, "canceled").inc()
+                await self.consumer.ack(job.delivery)
+
+    async def _fail(self, job: Job, error: str) -> None:
+        await self._jobs.emit(
+            job.spec.job_id, status=JobStatus.FAILED, message="Generation failed", error=error
+        )
+        log.info("job.failed", error=error)
+        JOBS.labels(job.spec.model, "failed").inc()
+        await self.consumer.ack(job.delivery)
+
+    async def _retry_later(self, job: Job, exc: Exception) -> None:
+        """Leave the entry pending: after the stream's claim idle time a worker (perhaps this
+        one) takes it again, until its deliveries run out and it goes to the dead stream."""
+        delivery = job.delivery
+        policy = self.consumer.policy(delivery.stream)
+        log.error(
+            "job.render_failed", retry=True, max_deliveries=policy.max_deliveries, exc_info=exc
+        )
+        if delivery.attempt >= policy.max_deliveries:
+            await self._fail(job, f"Model inference error after {delivery.attempt} attempts: {exc}")
+            return
+        self.consumer.leave_pending(delivery)
+        await self._jobs.emit(
+            job.spec.job_id,
+            message=f"Render failed (attempt {delivery.attempt} of {policy.max_deliveries}); "
+            f"retrying in {policy.claim_idle_ms // 1000}s",
+            fields={"last_error": str(exc)},
+        )
+
+    async def _release(self, job: Job) -> None:
+        """Give a job this worker will not finish back to the group, for another worker now."""
+        with job.log:
+            try:
+                await self.consumer.release(job.delivery)
+                log.info("job.released")
+            except REDIS_UNAVAILABLE:
+                self.consumer.leave_pending(job.delivery)  # taken over after the idle time
+
+    async def _claim_lost(self, delivery: Delivery) -> None:
+        """Another worker took the entry over (this one stalled): stop rendering it."""
+        job = self._rendering.get(delivery.msg_id)
+        if job is not None and job.reporter is not None:
+            job.reporter.stop(CLAIM_LOST)
+
+    async def _on_dead(self, delivery: Delivery) -> None:
+        """An entry that ran out of deliveries: its workers kept dying or stalling."""
+        try:
+            spec = JobSpec.model_validate_json(delivery.fields["job"])
+        except (KeyError, ValidationError):
+            return  # unreadable: there is no job record to mark
+        await self._jobs.emit(
+            spec.job_id,
+            status=JobStatus.FAILED,
+            message="Generation failed",
+            error=f"Gave up after {delivery.attempt - 1} attempts: the worker stopped responding",
+        )
+
+    async def _on_render_thread(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._render_thread, functools.partial(fn, *args))
+
+
+def _stop_reason(job: Job) -> str | None:
+    return job.reporter.stop_reason if job.reporter is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.health import health_server
 from common.jobs import JobStore
 from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
@@ -26,7 +27,8 @@ async def run(settings: UploaderSettings) -> None:
         claim_idle_ms=settings.claim_idle_ms,
     )
     try:
-        await uploader.run(stop)
+        async with health_server(settings.health_port, uploader.readiness):
+            await uploader.run(stop)
     finally:
         await storage.aclose()
         await redis.aclose()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 from pydantic import Field, model_validator
 
-from common.settings import CommonSettings, seed_alias
+from common.settings import ConsumerSettings, seed_alias
 
 
-class UploaderSettings(CommonSettings):
+class UploaderSettings(ConsumerSettings):
     aws_access_key_id: str | None = Field(
         default=None, validation_alias=seed_alias("AWS_ACCESS_KEY_ID")
     )
@@ -31,8 +28,6 @@ class UploaderSettings(CommonSettings):
     s3_public_base_url: str | None = None
     s3_create_bucket: bool = False
 
-    consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    block_ms: int = Field(default=2000, ge=1)
     claim_idle_ms: int = Field(default=30_000, ge=1000)
 
     @model_validator(mode="after")

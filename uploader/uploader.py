@@ -17,6 +17,7 @@ from common.consumer import RECONNECT_BACKOFF_S, Delivery, StreamConsumer, Strea
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.logging import get_logger
+from common.redis import REDIS_UNAVAILABLE
 from common.schemas import JobStatus, RenderedJob
 from uploader.settings import UploaderSettings
 from uploader.storage import LocalStorage, S3Storage, Storage, StorageError, result_key
@@ -68,6 +69,7 @@ class Uploader:
         block_ms: int,
         claim_idle_ms: int,
     ) -> None:
+        self._redis = redis
         self._blobs = blobs
         self._jobs = jobs
         self._storage = storage
@@ -84,14 +86,23 @@ class Uploader:
             on_dead=self._on_dead,
         )
 
+    async def readiness(self) -> tuple[bool, str]:
+        try:
+            await self._redis.ping()
+        except REDIS_UNAVAILABLE as exc:
+            return False, f"redis unavailable: {exc}"
+        return True, ""
+
     async def run(self, stop: asyncio.Event) -> None:
         log.info("uploader.ready", storage=type(self._storage).__name__)
-        await self.consumer.run(stop)
+        async with self.consumer.claims_kept():
+            await self.consumer.run(stop)
 
-    async def handle(self, delivery: Delivery) -> None:
-        rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
-        with structlog.contextvars.bound_contextvars(job_id=rendered.job_id):
-            await self._handle(rendered, delivery)
+    async def handle(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
+            with structlog.contextvars.bound_contextvars(job_id=rendered.job_id):
+                await self._handle(rendered, delivery)
 
     async def _handle(self, rendered: RenderedJob, delivery: Delivery) -> None:
         urls: list[str] = []

@@ -1,12 +1,14 @@
 """Pipeline families: how each kind of model is loaded and called.
 
-A family module has two functions:
+A family module has two functions, and a third if it can batch:
 
 - ``load(route, dtype, device) -> dict[Task, DiffusionPipeline]``: one pipeline per task the
   route serves, sharing one copy of the weights (``from_pipe``).
 - ``render(pipelines, spec, image, on_step) -> list[Artifact]``: one job's outputs (blocking;
-  the worker calls it in a thread). ``on_step(done, total)`` is called after every denoising step
-  of the whole job, so a job of several renders reports one rising progress.
+  the worker calls it on its render thread). ``on_step(done, total)`` is called after every
+  denoising step of the whole job, so a job of several renders reports one rising progress.
+- ``render_batch(pipelines, specs, images, on_step) -> list[list[Artifact]]``: compatible jobs in
+  one pipeline call, each with its own generator; the outputs of each job, in order.
 """
 
 from __future__ import annotations
@@ -47,6 +49,29 @@ class Family(Protocol):
     def render(
         self, pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
     ) -> list[Artifact]: ...
+
+
+class BatchFamily(Family, Protocol):
+    def render_batch(
+        self,
+        pipelines: Pipelines,
+        specs: list[JobSpec],
+        images: list[Image.Image | None],
+        on_step: StepCallback,
+    ) -> list[list[Artifact]]: ...
+
+
+def batch_family(name: str) -> BatchFamily | None:
+    """The family, if it renders batches."""
+    module = family(name)
+    return module if hasattr(module, "render_batch") else None  # type: ignore[return-value]
+
+
+def input_image(image: Image.Image | None, size: tuple[int, int]) -> Image.Image:
+    """An image-to-image job's input, as RGB at the render size."""
+    if image is None:
+        raise ValueError("an image-to-image job needs its input image")
+    return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
 
 
 def generator(seed: int) -> torch.Generator:

@@ -22,6 +22,7 @@ from gpu_worker.families import (
     Pipelines,
     StepCallback,
     generator,
+    input_image,
     load_with_variant,
     step_end,
 )
@@ -41,13 +42,23 @@ def load(
 def render(
     pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
 ) -> list[Artifact]:
-    params = spec.params
-    pipe: Any = pipelines[spec.task]  # a FluxPipeline or FluxImg2ImgPipeline
+    return render_batch(pipelines, [spec], [image], on_step)[0]
+
+
+def render_batch(
+    pipelines: Pipelines,
+    specs: list[JobSpec],
+    images: list[Image.Image | None],
+    on_step: StepCallback,
+) -> list[list[Artifact]]:
+    """Compatible jobs in one pipeline call, each with its own prompt and generator."""
+    params, task = specs[0].params, specs[0].task
+    pipe: Any = pipelines[task]  # a FluxPipeline or FluxImg2ImgPipeline
     kwargs: dict[str, Any] = {
-        "prompt": params.prompt,
+        "prompt": [spec.params.prompt for spec in specs],
         "num_inference_steps": params.num_inference_steps,
         "guidance_scale": params.guidance_scale,
-        "generator": generator(params.seed),
+        "generator": [generator(spec.params.seed) for spec in specs],
         "callback_on_step_end": step_end(on_step),
         # T5 pads every prompt to this length and the transformer attends over all of it; a
         # checkpoint whose tokenizer is shorter (the tiny one) would otherwise be over-padded.
@@ -57,12 +68,10 @@ def render(
         "width": params.width,
         "height": params.height,
     }
-    if spec.task == Task.I2I:
-        if image is None:
-            raise ValueError("an image-to-image job needs its input image")
+    if task == Task.I2I:
         size = (params.width, params.height)
-        kwargs["image"] = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        kwargs["image"] = [input_image(image, size) for image in images]
         kwargs["strength"] = params.strength
     with torch.inference_mode():
-        images: list[Image.Image] = pipe(**kwargs).images
-    return [Artifact(image=im) for im in images]
+        outputs: list[Image.Image] = pipe(**kwargs).images
+    return [[Artifact(image=im)] for im in outputs]

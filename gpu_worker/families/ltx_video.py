@@ -19,6 +19,7 @@ from gpu_worker.families import (
     Pipelines,
     StepCallback,
     generator,
+    input_image,
     load_with_variant,
     step_end,
 )
@@ -71,12 +72,9 @@ def render(
         kwargs["decode_timestep"] = DECODE_TIMESTEP
         kwargs["decode_noise_scale"] = DECODE_NOISE_SCALE
     if spec.task == Task.I2V:
-        if image is None:
-            raise ValueError("an image-to-video job needs its input image")
         # The pipeline would resize too; doing it here makes the conditioning frame explicit and
         # drops an alpha channel (uploads may be RGBA PNGs).
-        size = (params.width, params.height)
-        kwargs["image"] = image.convert("RGB").resize(size, Image.LANCZOS)
+        kwargs["image"] = input_image(image, (params.width, params.height))
     with torch.inference_mode():
         videos: list[list[Image.Image]] = pipe(**kwargs).frames
     return [Artifact(frames=list(video), fps=params.fps) for video in videos]

@@ -15,6 +15,7 @@ from gpu_worker.families import (
     Pipelines,
     StepCallback,
     generator,
+    input_image,
     load_with_variant,
     step_end,
 )
@@ -35,22 +36,33 @@ def load(
 def render(
     pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
 ) -> list[Artifact]:
-    params = spec.params
+    return render_batch(pipelines, [spec], [image], on_step)[0]
+
+
+def render_batch(
+    pipelines: Pipelines,
+    specs: list[JobSpec],
+    images: list[Image.Image | None],
+    on_step: StepCallback,
+) -> list[list[Artifact]]:
+    """Compatible jobs (same task, size, steps, guidance, strength) in one pipeline call, each
+    with its own prompt and generator: a seed gives the same image batched or alone."""
+    params, task = specs[0].params, specs[0].task
     kwargs: dict[str, Any] = {
-        "prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
+        "prompt": [spec.params.prompt for spec in specs],
+        # "" is what the pipeline uses for a missing negative prompt.
+        "negative_prompt": [spec.params.negative_prompt or "" for spec in specs],
         "num_inference_steps": params.num_inference_steps,
         "guidance_scale": params.guidance_scale,
-        "generator": generator(params.seed),
+        "generator": [generator(spec.params.seed) for spec in specs],
         "callback_on_step_end": step_end(on_step),
     }
-    if spec.task == Task.I2I:
-        if image is None:
-            raise ValueError("an image-to-image job needs its input image")
-        kwargs["image"] = image.convert("RGB").resize((params.width, params.height), Image.LANCZOS)
+    if task == Task.I2I:
+        size = (params.width, params.height)
+        kwargs["image"] = [input_image(image, size) for image in images]
         kwargs["strength"] = params.strength
     else:
         kwargs["width"], kwargs["height"] = params.width, params.height
     with torch.inference_mode():
-        images: list[Image.Image] = pipelines[spec.task](**kwargs).images
-    return [Artifact(image=im) for im in images]
+        outputs: list[Image.Image] = pipelines[task](**kwargs).images
+    return [[Artifact(image=im)] for im in outputs]

@@ -16,9 +16,10 @@ from tests.support.waiting import async_wait_for
 def consumer(
     redis: Redis, stream: str, name: str, seen: list[Delivery], **policy: int
 ) -> StreamConsumer:
-    async def handle(delivery: Delivery) -> None:
-        seen.append(delivery)
-        await c.ack(delivery)
+    async def handle(deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            seen.append(delivery)
+            await c.ack(delivery)
 
     c = StreamConsumer(
         redis=redis,
@@ -114,8 +115,9 @@ async def test_an_entry_that_keeps_failing_goes_to_the_dead_stream(
     attempts: list[int] = []
     buried: list[Delivery] = []
 
-    async def fail(delivery: Delivery) -> None:
-        attempts.append(delivery.attempt)  # never acked: as if the worker died each time
+    async def fail(deliveries: list[Delivery]) -> None:
+        # Never acked: as if the worker died each time.
+        attempts.extend(delivery.attempt for delivery in deliveries)
 
     async def on_dead(delivery: Delivery) -> None:
         buried.append(delivery)

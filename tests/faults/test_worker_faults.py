@@ -20,6 +20,8 @@ from tests.support.waiting import wait_for
 
 # A render of several seconds on the tiny checkpoint: long enough to be caught in the middle.
 LONG = {"prompt": "a long render", "width": 1536, "height": 1536, "num_inference_steps": 60}
+# Long enough to outlast a 1 s drain grace, short enough to render again quickly.
+MEDIUM = {"prompt": "a medium render", "width": 1024, "height": 1024, "num_inference_steps": 30}
 CLAIM_IDLE_MS = 3000
 
 
@@ -34,14 +36,19 @@ def stack(
         redis_server,
         models_file,
         tmp_path_factory,
-        extra={"DARKROOM_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS)},
+        extra={
+            "DARKROOM_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS),
+            "DARKROOM_ROUTES": "sd",
+            # A SIGTERMed worker finishes the render in hand however slow the machine is.
+            "DARKROOM_DRAIN_GRACE_S": "600",
+        },
     )
     yield stack
     stack.stop_all()
 
 
 def holder(stack: Stack, job_stream: str) -> str | None:
-    """The service (worker:a or worker:b) whose consumer holds the job's entry."""
+    """The running worker whose consumer holds the job's entry, if one does."""
     r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     try:
         pending = r.xpending_range(job_stream, "workers", min="-", max="+", count=1)
@@ -50,7 +57,7 @@ def holder(stack: Stack, job_stream: str) -> str | None:
     if not pending:
         return None
     pid = int(pending[0]["consumer"].rsplit("-", 1)[1])
-    return next(name for name, p in stack.processes.items() if p.pid == pid)
+    return next((name for name, p in stack.processes.items() if p.pid == pid), None)
 
 
 def results(stack: Stack, job_id: str) -> list[Path]:
@@ -94,10 +101,40 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(stack: Stack, ledge
         assert victim is not None
         assert stack.stop(victim, signal.SIGTERM, timeout_s=120) == 0
         ledger.fault("worker SIGTERM mid-render")
-        status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=60)
+        status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=120)
     ledger.outcome([status["status"]], [len(results(stack, job_id))])
     assert status["status"] == "completed"
     assert len(results(stack, job_id)) == 1
     r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     assert r.hget(f"{stack.prefix}job:{job_id}", "attempts") == "1"  # never handed over
+    r.close()
+
+
+def test_sigterm_past_the_drain_grace_gives_the_job_to_another_worker(
+    stack: Stack, ledger: Ledger
+) -> None:
+    """A render that outlasts the drain grace stops; its job goes back to the group at once,
+    without spending one of its attempts, and another worker renders it."""
+    for service in [s for s in stack.processes if s.startswith("worker")]:
+        stack.stop(service)
+    stack.start("worker:c", env={"DARKROOM_DRAIN_GRACE_S": "1"})
+    r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        job_id = client.post("/api/sd/t2i", json=MEDIUM).raise_for_status().json()["session_id"]
+        wait_for(lambda: rendering(client, job_id), timeout_s=120, what="the render to start")
+        stack.start("worker:a")
+        assert holder(stack, f"{stack.prefix}jobs:sd") == "worker:c"
+        assert stack.stop("worker:c", signal.SIGTERM, timeout_s=30) == 0
+        ledger.fault("worker SIGTERM past the drain grace")
+        assert '"job.released"' in stack.log("worker:c")
+        wait_for(
+            lambda: holder(stack, f"{stack.prefix}jobs:sd") == "worker:a",
+            timeout_s=CLAIM_IDLE_MS / 1000,  # sooner than a silent worker's job is taken over
+            what="worker:a to take the released job",
+        )
+        status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=300)
+    ledger.outcome([status["status"]], [len(results(stack, job_id))])
+    assert status["status"] == "completed", status
+    assert len(results(stack, job_id)) == 1
+    assert r.hget(f"{stack.prefix}job:{job_id}", "attempts") == "1"
     r.close()

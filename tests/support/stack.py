@@ -28,6 +28,8 @@ class Stack:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Where each service's current run starts in its log (a restarted service appends).
+    _log_starts: dict[str, int] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -37,15 +39,17 @@ class Stack:
     def prefix(self) -> str:
         return self.env["DARKROOM_KEY_PREFIX"]
 
-    def start(self, *services: str) -> None:
-        """Start services by command name; ``worker:b`` starts a second ``worker`` named b."""
+    def start(self, *services: str, env: dict[str, str] | None = None) -> None:
+        """Start services by command name; ``worker:b`` starts a second ``worker`` named b.
+        ``env`` adds to the stack's environment for these processes only."""
         for service in services:
             command = service.split(":")[0]
             log = (self.workdir / f"{service.replace(':', '-')}.log").open("ab")
+            self._log_starts[service] = log.tell()
             self.processes[service] = subprocess.Popen(
                 [sys.executable, "-m", "common.cli", command],
                 cwd=self.workdir,
-                env=self.env,
+                env=self.env | (env or {}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -83,7 +87,9 @@ class Stack:
 
     def _ready(self, service: str, marker: str) -> bool:
         self._check_alive()
-        return marker in self.log(service)
+        path = self.workdir / f"{service.replace(':', '-')}.log"
+        run = path.read_bytes()[self._log_starts.get(service, 0) :] if path.exists() else b""
+        return marker.encode() in run
 
     def _check_alive(self) -> None:
         for service, process in self.processes.items():

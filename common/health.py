@@ -1,0 +1,67 @@
+"""Probes and metrics for the consumer services (worker, uploader), which serve no HTTP API.
+
+``GET /livez`` answers while the event loop runs; ``GET /readyz`` answers 200 only while the
+service's readiness check passes (Redis reachable, models warm…), 503 otherwise; ``GET /metrics``
+is Prometheus text. Kubernetes points its probes here (``DARKROOM_HEALTH_PORT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import prometheus_client
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+# (ready, reason when not)
+ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+def health_app(ready: ReadinessCheck) -> Starlette:
+    async def livez(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        ok, reason = await ready()
+        body = {"status": "ready"} if ok else {"status": "not ready", "reason": reason}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(
+            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
+
+    return Starlette(
+        routes=[Route("/livez", livez), Route("/readyz", readyz), Route("/metrics", metrics)]
+    )
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a service that owns its signals: SIGTERM means drain, not stop probing."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def health_server(port: int | None, ready: ReadinessCheck) -> AsyncIterator[None]:
+    """Serve the probes on ``port`` (all interfaces) while the block runs; ``None``: no server."""
+    if port is None:
+        yield
+        return
+    config = uvicorn.Config(
+        health_app(ready), host="0.0.0.0", port=port, log_config=None, access_log=False
+    )
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(), name="health-server")
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task

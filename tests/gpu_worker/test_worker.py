@@ -1,0 +1,213 @@
+"""The worker in process, on a real Redis and the tiny SD checkpoint: micro-batching, per-job
+progress and outcomes inside a batch, and the probes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from common.catalog import demo_catalog
+from common.health import health_server
+from common.jobs import JobStore
+from common.keys import Keys
+from common.redis_server import RedisServer, free_port
+from common.schemas import JobSpec, JobStatus, RenderedJob, RenderParams, Task
+from gpu_worker.families import family
+from gpu_worker.registry import ModelRegistry
+from gpu_worker.worker import Worker
+from tests.support.waiting import async_wait_for
+
+SIZE = {"width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models: Path) -> ModelRegistry:
+    catalog = demo_catalog(tiny_models)
+    sd = catalog.routes["sd"]
+    # One attempt: a failed render fails the job at once instead of waiting for a retry.
+    route = sd.model_copy(
+        update={"max_attempts": 1, "gpu": sd.gpu.model_copy(update={"max_batch": 4})}
+    )
+    catalog = catalog.model_copy(update={"routes": {"sd": route}, "v1_route": "sd"})
+    registry = ModelRegistry(catalog, ["sd"], torch.device("cpu"))
+    registry.load_all()
+    return registry
+
+
+class Deployment:
+    """One worker on its own key prefix, and what a test needs to look at its results."""
+
+    def __init__(self, redis: Redis, blobs: Redis, registry: ModelRegistry) -> None:
+        self.keys = Keys(f"worker-test-{uuid.uuid4().hex[:8]}:")
+        self.redis, self.blobs = redis, blobs
+        self.jobs = JobStore(redis, self.keys, task_ttl_s=600)
+        self.worker = Worker(
+            redis=redis, blobs=blobs, keys=self.keys, jobs=self.jobs, registry=registry,
+            consumer_name="w", blob_ttl_s=600, block_ms=100, claim_idle_ms=5000,
+        )  # fmt: skip
+
+    async def submit(self, prompt: str, seed: int) -> JobSpec:
+        spec = JobSpec(
+            job_id=str(uuid.uuid4()),
+            model="sd",
+            task=Task.T2I,
+            params=RenderParams(prompt=prompt, seed=seed, **SIZE),
+            created_at=datetime.now(UTC),
+        )
+        await self.jobs.submit(spec, message="Queued")
+        return spec
+
+    async def run_until_settled(self, specs: list[JobSpec]) -> None:
+        """Run the worker until every job is handed on or has failed."""
+
+        async def settled() -> bool:
+            records = [await self.jobs.get(spec.job_id) for spec in specs]
+            handed_on = {r.job_id for r in await self.rendered()}
+            return all(
+                rec is not None and (rec.job_id in handed_on or rec.status == JobStatus.FAILED)
+                for rec in records
+            )
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.worker.run(stop))
+        try:
+            await async_wait_for(settled, timeout_s=120, what="every job settled")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=60)
+
+    async def rendered(self) -> list[RenderedJob]:
+        entries = await self.redis.xrange(self.keys.rendered)
+        return [RenderedJob.model_validate_json(fields["rendered"]) for _, fields in entries]
+
+    async def image(self, job_id: str) -> np.ndarray:
+        (rendered,) = [r for r in await self.rendered() if r.job_id == job_id]
+        data = await self.blobs.get(rendered.outputs[0].key)
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture
+async def deployment(
+    redis_server: RedisServer, registry: ModelRegistry
+) -> AsyncIterator[Deployment]:
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    blobs = Redis.from_url(redis_server.url)
+    yield Deployment(redis, blobs, registry)
+    await redis.aclose()
+    await blobs.aclose()
+
+
+def batch_calls() -> tuple[float, float]:
+    """(pipeline calls, jobs in them) so far for the sd route."""
+    labels = {"model": "sd"}
+    count = REGISTRY.get_sample_value("darkroom_batch_size_count", labels) or 0.0
+    total = REGISTRY.get_sample_value("darkroom_batch_size_sum", labels) or 0.0
+    return count, total
+
+
+def alone(registry: ModelRegistry, spec: JobSpec) -> np.ndarray:
+    (artifact,) = family("stable-diffusion").render(
+        registry.pipelines("sd"), spec, None, lambda done, total: None
+    )
+    assert artifact.image is not None
+    return np.asarray(artifact.image.convert("RGB"), dtype=np.int16)
+
+
+async def test_compatible_jobs_render_in_one_call_and_each_seed_gives_its_own_image(
+    deployment: Deployment, registry: ModelRegistry
+) -> None:
+    specs = [
+        await deployment.submit("a red fox", seed=1),
+        await deployment.submit("a blue whale", seed=2),
+        await deployment.submit("a red fox", seed=3),
+    ]
+    calls_before, jobs_before = batch_calls()
+    await deployment.run_until_settled(specs)
+    calls, jobs = batch_calls()
+    assert (calls - calls_before, jobs - jobs_before) == (1, 3)  # one pipeline call, three jobs
+
+    for spec in specs:
+        batched = await deployment.image(spec.job_id)
+        # The same seed batched or alone: the same image (batched matmuls may differ in the
+        # last bit of a float, which can move a pixel value by one).
+        assert np.abs(batched - alone(registry, spec)).max() <= 1
+    first, _, third = [await deployment.image(spec.job_id) for spec in specs]
+    assert np.abs(first - third).mean() > 5  # same prompt, other seed: another image
+
+
+async def test_each_job_in_a_batch_reports_its_own_progress(deployment: Deployment) -> None:
+    specs = [await deployment.submit(f"prompt {i}", seed=i) for i in range(3)]
+    await deployment.run_until_settled(specs)
+    for spec in specs:
+        events = await deployment.jobs.events_after(spec.job_id, 0)
+        steps = [e.message for e in events if "step" in e.message]
+        assert steps and steps[-1].endswith(f"step {SIZE['num_inference_steps']}/4"), steps
+        assert all(e.job_id == spec.job_id for e in events)
+
+
+async def test_one_bad_job_does_not_fail_the_others_in_its_batch(deployment: Deployment) -> None:
+    good = await deployment.submit("fine", seed=7)
+    # A seed no generator takes: invalid input that slipped past the gateway.
+    bad = await deployment.submit("poison", seed=2**70)
+    also_good = await deployment.submit("also fine", seed=8)
+    await deployment.run_until_settled([good, bad, also_good])
+
+    assert {r.job_id for r in await deployment.rendered()} == {good.job_id, also_good.job_id}
+    record = await deployment.jobs.get(bad.job_id)
+    assert record is not None and record.status == JobStatus.FAILED
+    assert record.error is not None and "Overflow" in record.error
+
+
+async def test_probes_say_ready_only_after_the_models_are_warm(
+    deployment: Deployment, registry: ModelRegistry
+) -> None:
+    port = free_port()
+    worker = Worker(
+        redis=deployment.redis, blobs=deployment.blobs, keys=deployment.keys,
+        jobs=deployment.jobs, registry=registry, consumer_name="probe", blob_ttl_s=600,
+        block_ms=100, claim_idle_ms=5000,
+    )  # fmt: skip
+    async with health_server(port, worker.readiness), httpx.AsyncClient() as client:
+        base = f"http://127.0.0.1:{port}"
+        await async_wait_for(
+            lambda: _answers(client, base + "/livez"), timeout_s=10, what="the probe server"
+        )
+        assert (await client.get(base + "/livez")).status_code == 200
+        not_ready = await client.get(base + "/readyz")
+        assert not_ready.status_code == 503 and not_ready.json()["reason"] == "loading models"
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await async_wait_for(
+                lambda: _ready(client, base), timeout_s=60, what="the worker to be ready"
+            )
+            metrics = (await client.get(base + "/metrics")).text
+            assert "darkroom_pipeline_seconds_total" in metrics
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+
+
+async def _answers(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        await client.get(url)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+async def _ready(client: httpx.AsyncClient, base: str) -> bool:
+    return (await client.get(base + "/readyz")).status_code == 200
