@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +77,21 @@ class QueueFull(Exception):
         self.depth = depth
 
 
+@dataclass(frozen=True)
+class KeyClaim:
+    """A key the submit holds (an ``Idempotency-Key`` record): the job is written only while the
+    key still reads ``held``, and the key becomes ``final`` in the same transaction."""
+
+    key: str
+    held: str
+    final: str
+    ttl_s: int
+
+
+class ClaimExpired(Exception):
+    """The submit's ``KeyClaim`` no longer holds: nothing was written."""
+
+
 class JobStore:
     def __init__(self, redis: Redis, keys: Keys, *, task_ttl_s: int) -> None:
         self._redis = redis
@@ -91,10 +107,13 @@ class JobStore:
         input_bytes: bytes | None = None,
         blob_ttl_s: int = 3600,
         max_queue: int | None = None,
+        claim: KeyClaim | None = None,
     ) -> None:
         """Write the record, its first event and the stream entry in one transaction; with
-        ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``).
-        The stream is WATCHed, so the check and the append are one atomic step."""
+        ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``);
+        with ``claim``, only while the claim holds (else ``ClaimExpired``), finalising it too.
+        The stream and the claimed key are WATCHed, so the checks and the writes are one atomic
+        step."""
         keys, now = self._keys, time.time()
         first = JobEvent(
             seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0, message=message, ts=now
@@ -116,11 +135,17 @@ class JobStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
+                    watched = ([stream] if max_queue is not None else []) + (
+                        [claim.key] if claim is not None else []
+                    )
+                    if watched:
+                        await pipe.watch(*watched)
                     if max_queue is not None:
-                        await pipe.watch(stream)
                         depth = await pipe.xlen(stream)
                         if depth >= max_queue:
                             raise QueueFull(depth)
+                    if claim is not None and await pipe.get(claim.key) != claim.held:
+                        raise ClaimExpired(claim.key)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     if input_bytes is not None and spec.input_blob is not None:
                         pipe.set(spec.input_blob, input_bytes, ex=blob_ttl_s)
@@ -135,6 +160,8 @@ class JobStore:
                     pipe.expire(keys.job(spec.job_id), UNFINISHED_TTL_S)
                     pipe.expire(keys.job_events(spec.job_id), UNFINISHED_TTL_S)
                     pipe.xadd(stream, {"job": spec.model_dump_json()})
+                    if claim is not None:
+                        pipe.set(claim.key, claim.final, ex=claim.ttl_s)
                     await pipe.execute()
                     return
                 except WatchError:

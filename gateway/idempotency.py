@@ -1,9 +1,12 @@
 """``Idempotency-Key``: a retried submit gets the job the first attempt made, never a second one.
 
 The record lives in Redis (``keys.idempotency``), so it holds across gateway replicas. A submit
-first *claims* the key with ``SET NX`` (short TTL, state ``pending``), enqueues, then *commits* it
-(full TTL). A concurrent submit with the same key loses the ``SET NX`` and waits, with a deadline,
-for the winner to commit or give the key back, so one key makes one job.
+first *claims* the key with ``SET NX`` (short TTL, state ``pending``); the job is then written in
+one transaction with the key's *committed* record (full TTL), and only while the claim still holds
+(``JobStore.submit(claim=...)``). So a key either made its job and says so, or made nothing: a
+gateway dying at any point leaves no job without its key nor a key without its job. A concurrent
+submit with the same key loses the ``SET NX`` and waits, with a deadline, for the winner to
+commit or give the key back, so one key makes one job.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from common.catalog import ModelRoute
+from common.jobs import KeyClaim
 from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import Task
@@ -42,12 +46,7 @@ IN_FLIGHT_WAIT_S = 5.0
 IN_FLIGHT_POLL_S = 0.02
 IN_FLIGHT_RETRY_AFTER_S = 1
 
-# Compare-and-set on the whole record: only the claim's owner may commit or release it.
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
+# Compare-and-delete on the whole record: only the claim's owner may release it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
@@ -100,12 +99,10 @@ class Idempotency:
 
     def __init__(self, redis: Redis, keys: Keys, key: str, *, ttl_s: int) -> None:
         self._redis = redis
-        self._keys = keys
         self._name = keys.idempotency(key)
         self._key = key
         self._ttl_s = ttl_s
         self._held: IdempotencyRecord | None = None
-        self._commit = redis.register_script(_COMMIT)
         self._release = redis.register_script(_RELEASE)
 
     async def claim(self, fingerprint: str, job_id: str) -> str | None:
@@ -131,10 +128,8 @@ class Idempotency:
                         f"{HEADER} {self._key!r} was already used for a different request; "
                         "send a new key for a new request.",
                     )
-                # A pending claim whose job exists was queued; only its commit is still to come.
-                if found.state == ClaimState.COMMITTED or await self._redis.exists(
-                    self._keys.job(found.job_id)
-                ):
+                # Committed means queued (one transaction); pending means not queued yet.
+                if found.state == ClaimState.COMMITTED:
                     return found.job_id
             if time.monotonic() > deadline:
                 raise ApiError(
@@ -146,23 +141,31 @@ class Idempotency:
                 )
             await asyncio.sleep(IN_FLIGHT_POLL_S)
 
-    async def commit(self) -> None:
-        """The claimed job is queued: keep the key for the full TTL."""
-        held = self._take()
+    def commit_with_job(self) -> KeyClaim:
+        """The claim, for the job's write to check and commit in the same transaction."""
+        held = self._holding()
         done = held.model_copy(update={"state": ClaimState.COMMITTED})
-        args: list[str | int] = [held.model_dump_json(), done.model_dump_json(), self._ttl_s]
-        if not await self._commit(keys=[self._name], args=args):
-            # The claim expired before the job was queued (a very slow submit); the job stands,
-            # but a retry with this key may now make a second one.
-            log.warning("idempotency.claim_lost", key=self._key, job_id=held.job_id)
+        return KeyClaim(self._name, held.model_dump_json(), done.model_dump_json(), self._ttl_s)
 
     async def release(self) -> None:
-        """Nothing was queued: free the key for the next attempt."""
-        held = self._take()
+        """Nothing was queued: free the key for the next attempt (if it is still ours)."""
+        held = self._holding()
+        self._held = None
         await self._release(keys=[self._name], args=[held.model_dump_json()])
 
-    def _take(self) -> IdempotencyRecord:
+    def expired(self) -> ApiError:
+        """The claim ran out before the job could be written (a submit slower than
+        ``CLAIM_TTL_S``): nothing was queued; the client should retry."""
+        log.warning("idempotency.claim_expired", key=self._key)
+        return ApiError(
+            409,
+            "idempotency_key_in_flight",
+            f"The request with {HEADER} {self._key!r} took too long and was not queued; "
+            f"retry in {IN_FLIGHT_RETRY_AFTER_S} s.",
+            headers={"Retry-After": str(IN_FLIGHT_RETRY_AFTER_S)},
+        )
+
+    def _holding(self) -> IdempotencyRecord:
         if self._held is None:
-            raise RuntimeError("commit or release without a claim")
-        held, self._held = self._held, None
-        return held
+            raise RuntimeError("no claim held")
+        return self._held

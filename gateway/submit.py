@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from common.catalog import Catalog, ModelRoute
-from common.jobs import JobStore, QueueFull
+from common.jobs import ClaimExpired, JobStore, KeyClaim, QueueFull
 from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import (
@@ -218,21 +218,23 @@ class Submitter:
         """``request`` is what the client sent, validated; ``params`` adds the defaults and seed."""
         _check_limits(route, params)
         job_id = str(uuid.uuid4())
-        once = admission.idempotency
+        once, claim = admission.idempotency, None
         if once is not None:
             earlier = await once.claim(fingerprint(route, task, request, image), job_id)
             if earlier is not None:
                 structlog.contextvars.bind_contextvars(job_id=earlier)
                 log.info("job.replayed", model=route.name, task=task.value)
                 return Submitted(earlier, replayed=True)
+            claim = once.commit_with_job()
         try:
-            await self._submit(route, task, params, job_id, image, admission.deadline_at)
+            await self._submit(route, task, params, job_id, image, admission.deadline_at, claim)
+        except ClaimExpired:
+            assert once is not None
+            raise once.expired() from None
         except BaseException:
             if once is not None:
                 await once.release()
             raise
-        if once is not None:
-            await once.commit()
         return Submitted(job_id)
 
     async def _submit(
@@ -243,6 +245,7 @@ class Submitter:
         job_id: str,
         image: bytes | None,
         deadline_at: float | None,
+        claim: KeyClaim | None,
     ) -> None:
         spec = JobSpec(
             job_id=job_id,
@@ -261,6 +264,7 @@ class Submitter:
                 input_bytes=image,
                 blob_ttl_s=self._blob_ttl_s,
                 max_queue=route.max_queue,
+                claim=claim,
             )
         except QueueFull as full:
             log.warning(

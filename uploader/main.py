@@ -6,7 +6,7 @@ from common.health import health_server
 from common.jobs import JobStore
 from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
-from common.redis import connect
+from common.redis import REDIS_UNAVAILABLE, connect
 from uploader.settings import UploaderSettings
 from uploader.uploader import Uploader, open_storage
 
@@ -15,21 +15,37 @@ async def run(settings: UploaderSettings) -> None:
     stop = stop_event_on_signals()
     keys = Keys(settings.key_prefix)
     redis, blobs = connect(settings), connect(settings, decode=False)
-    storage = await open_storage(settings)
-    uploader = Uploader(
-        redis=redis,
-        blobs=blobs,
-        keys=keys,
-        storage=storage,
-        jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s),
-        consumer_name=settings.consumer_name,
-        block_ms=settings.block_ms,
-        claim_idle_ms=settings.claim_idle_ms,
-    )
+    uploader: Uploader | None = None
+
+    async def readiness() -> tuple[bool, str]:
+        if uploader is None:
+            return False, "waiting for storage"
+        try:
+            await redis.ping()
+        except REDIS_UNAVAILABLE as exc:
+            return False, f"redis unavailable: {exc}"
+        return True, ""
+
+    # Probes answer from the start: a storage outage at start-up is "not ready", not "dead".
     try:
-        async with health_server(settings.health_port, uploader.readiness):
-            await uploader.run(stop)
+        async with health_server(settings.health_port, readiness):
+            storage = await open_storage(settings, stop)
+            if storage is None:
+                return
+            uploader = Uploader(
+                redis=redis,
+                blobs=blobs,
+                keys=keys,
+                storage=storage,
+                jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s),
+                consumer_name=settings.consumer_name,
+                block_ms=settings.block_ms,
+                claim_idle_ms=settings.claim_idle_ms,
+            )
+            try:
+                await uploader.run(stop)
+            finally:
+                await storage.aclose()
     finally:
-        await storage.aclose()
         await redis.aclose()
         await blobs.aclose()

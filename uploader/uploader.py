@@ -13,11 +13,16 @@ import random
 import structlog
 from redis.asyncio import Redis
 
-from common.consumer import RECONNECT_BACKOFF_S, Delivery, StreamConsumer, StreamPolicy
+from common.consumer import (
+    RECONNECT_BACKOFF_S,
+    Delivery,
+    StreamConsumer,
+    StreamPolicy,
+    sleep_unless,
+)
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.logging import get_logger
-from common.redis import REDIS_UNAVAILABLE
 from common.schemas import JobStatus, RenderedJob
 from uploader.settings import UploaderSettings
 from uploader.storage import LocalStorage, S3Storage, Storage, StorageError, result_key
@@ -30,7 +35,8 @@ UPLOAD_BACKOFF_CAP_S = 10.0
 COMPLETED_MESSAGE = "Generation completed successfully"
 
 
-async def open_storage(settings: UploaderSettings) -> Storage:
+async def open_storage(settings: UploaderSettings, stop: asyncio.Event) -> Storage | None:
+    """The configured storage; ``None`` if told to stop while waiting for it."""
     if settings.storage == "local":
         return LocalStorage(settings.output_dir, settings.public_base_url)
     storage = await S3Storage.open(
@@ -52,7 +58,10 @@ async def open_storage(settings: UploaderSettings) -> Storage:
             except StorageError as exc:
                 delay_s = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
                 log.warning("storage.unavailable", error=str(exc), retry_in_s=delay_s)
-                await asyncio.sleep(delay_s)
+                await sleep_unless(stop, delay_s)
+                if stop.is_set():
+                    await storage.aclose()
+                    return None
     return storage
 
 
@@ -69,7 +78,6 @@ class Uploader:
         block_ms: int,
         claim_idle_ms: int,
     ) -> None:
-        self._redis = redis
         self._blobs = blobs
         self._jobs = jobs
         self._storage = storage
@@ -85,13 +93,6 @@ class Uploader:
             policies={keys.rendered: StreamPolicy(claim_idle_ms=claim_idle_ms, max_deliveries=10)},
             on_dead=self._on_dead,
         )
-
-    async def readiness(self) -> tuple[bool, str]:
-        try:
-            await self._redis.ping()
-        except REDIS_UNAVAILABLE as exc:
-            return False, f"redis unavailable: {exc}"
-        return True, ""
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("uploader.ready", storage=type(self._storage).__name__)

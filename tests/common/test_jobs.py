@@ -7,7 +7,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from common.jobs import UNFINISHED_TTL_S, JobStore
+from common.jobs import UNFINISHED_TTL_S, ClaimExpired, JobStore, KeyClaim
 from common.keys import Keys
 from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
 
@@ -93,3 +93,27 @@ async def test_terminal_state_is_final_and_expires(store: JobStore, redis: Redis
 async def test_unknown_job(store: JobStore) -> None:
     assert await store.get("missing") is None
     assert await store.emit("missing", progress=5) is None
+
+
+async def test_a_claimed_key_is_finalised_with_the_job_or_nothing_is_written(
+    store: JobStore, redis: Redis
+) -> None:
+    """An Idempotency-Key's record and its job are one write: a claim that no longer holds
+    (expired, taken by another request) writes neither."""
+    key = KEYS.idempotency(str(uuid.uuid4()))
+    spec = await submit(store)  # something already queued on the stream
+    depth = await redis.xlen(KEYS.job_stream("sd"))
+
+    await redis.set(key, "someone else's claim")
+    lost = KeyClaim(key, held="my claim", final="committed", ttl_s=60)
+    other = spec.model_copy(update={"job_id": str(uuid.uuid4())})
+    with pytest.raises(ClaimExpired):
+        await store.submit(other, message="queued", claim=lost)
+    assert await store.get(other.job_id) is None
+    assert await redis.xlen(KEYS.job_stream("sd")) == depth
+    assert await redis.get(key) == "someone else's claim"
+
+    await redis.set(key, "my claim")
+    await store.submit(other, message="queued", claim=lost, max_queue=1000)
+    assert await store.get(other.job_id) is not None
+    assert await redis.get(key) == "committed" and 0 < await redis.ttl(key) <= 60

@@ -138,3 +138,47 @@ def test_sigterm_past_the_drain_grace_gives_the_job_to_another_worker(
     assert len(results(stack, job_id)) == 1
     assert r.hget(f"{stack.prefix}job:{job_id}", "attempts") == "1"
     r.close()
+
+
+def test_a_job_that_kills_every_worker_goes_to_the_dead_stream(
+    stack: Stack, ledger: Ledger
+) -> None:
+    """A poison job: each worker that takes it dies. After the route's attempts it is failed with
+    a readable error and parked in the dead stream; it never loops, and the workers go on."""
+    r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    stream = f"{stack.prefix}jobs:sd"
+    if not any(s.startswith("worker") for s in stack.processes):
+        stack.start("worker:a")
+    dead_before = r.xlen(f"{stack.prefix}dead")
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        job_id = client.post("/api/sd/t2i", json=LONG).raise_for_status().json()["session_id"]
+        for attempt in (1, 2, 3):
+
+            def rendering_attempt(n: int = attempt) -> bool:
+                attempts = r.hget(f"{stack.prefix}job:{job_id}", "attempts")
+                return attempts == str(n) and rendering(client, job_id)
+
+            wait_for(rendering_attempt, timeout_s=120, what=f"attempt {attempt} to render")
+            victim = holder(stack, stream)
+            assert victim is not None
+            stack.stop(victim, signal.SIGKILL)
+            ledger.fault("worker SIGKILL by a poison job")
+            stack.start(victim)
+        status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=120)
+        assert status["status"] == "failed"
+        assert "Gave up after 3 attempts" in status["error"]
+
+        # The workers are fine: the next job renders.
+        small = {"prompt": "after the poison", "width": 64, "height": 64}
+        after = client.post("/api/sd/t2i", json=small).raise_for_status().json()["session_id"]
+        after_status = wait_terminal(client, f"/api/{after}/status", timeout_s=120)["status"]
+    ledger.submitted += 1
+    ledger.failed_as_intended += status["status"] == "failed"
+    ledger.duplicated += len(results(stack, job_id)) > 0
+    ledger.outcome([after_status], [len(results(stack, after))])
+    assert after_status == "completed"
+    assert r.xlen(f"{stack.prefix}dead") == dead_before + 1
+    ((_, entry),) = r.xrange(f"{stack.prefix}dead", count=1, min="-", max="+")[-1:]
+    assert entry["stream"] == stream and entry["attempts"] == "3"
+    assert len(results(stack, job_id)) == 0
+    r.close()
