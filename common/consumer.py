@@ -118,6 +118,12 @@ class StreamConsumer:
     _held: dict[tuple[str, str], Delivery] = field(default_factory=dict)
     _retained: set[tuple[str, str]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        # EVALSHA, loading the script again after a Redis restart.
+        self._keep_claim = self.redis.register_script(_KEEP_CLAIM)
+        self._forward = self.redis.register_script(_FORWARD)
+        self._release = self.redis.register_script(_RELEASE)
+
     def policy(self, stream: str) -> StreamPolicy:
         return self.policies.get(stream, StreamPolicy())
 
@@ -154,10 +160,10 @@ class StreamConsumer:
         """Give the entry back to the group now, without counting this delivery: a member
         shutting down releases what it read but will not finish."""
         self._settle(delivery)
-        await self.redis.eval(
-            _RELEASE, 1, delivery.stream,
-            self.group, self.consumer, delivery.msg_id, RELEASED_IDLE_MS,
-        )  # fmt: skip
+        await self._release(
+            keys=[delivery.stream],
+            args=[self.group, self.consumer, delivery.msg_id, RELEASED_IDLE_MS],
+        )
 
     def _settle(self, delivery: Delivery) -> None:
         self._held.pop(_key(delivery), None)
@@ -171,17 +177,17 @@ class StreamConsumer:
     async def forward(self, delivery: Delivery, target: str, name: str, value: str) -> bool:
         """Append ``{name: value}`` to ``target`` and ack, atomically and only if the entry is
         still this member's. ``False``: another member took it over; publish nothing."""
-        done: int = await self.redis.eval(
-            _FORWARD, 2, delivery.stream, target,
-            self.group, self.consumer, delivery.msg_id, name, value,
-        )  # fmt: skip
-        self._settle(delivery)
+        self._settle(delivery)  # before the call: the claim keeper must not see it acked
+        done = await self._forward(
+            keys=[delivery.stream, target],
+            args=[self.group, self.consumer, delivery.msg_id, name, value],
+        )
         return bool(done)
 
     async def keep_claim(self, delivery: Delivery) -> bool:
         """Reset the entry's idle time so a long job is not taken over; ``False`` if lost."""
-        kept = await self.redis.eval(
-            _KEEP_CLAIM, 1, delivery.stream, self.group, self.consumer, delivery.msg_id
+        kept = await self._keep_claim(
+            keys=[delivery.stream], args=[self.group, self.consumer, delivery.msg_id]
         )
         return bool(kept)
 

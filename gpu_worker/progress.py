@@ -5,7 +5,7 @@ next denoising step.
 The diffusers callback only records the latest step and reads the stop reason (thread-safe,
 constant time); a task on the loop publishes progress. Steps that arrive faster than Redis takes
 them are coalesced: the newest wins. When publishing finds the job already terminal (canceled),
-the render is told to stop.
+the render is told to stop. Events go out at most every ``PROGRESS_MIN_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from common.consumer import sleep_unless
 from common.jobs import JobStore
 from common.redis import REDIS_UNAVAILABLE
 from common.schemas import JobStatus
 
+# At most one progress event per job this often: a client sees smooth progress, and Redis is not
+# asked for an event log entry and a PUBLISH on every one of a fast GPU's steps.
+PROGRESS_MIN_INTERVAL_S = 0.1
 # Render progress spans this share of the job; storage and completion take the rest.
 RENDER_START_PCT = 5
 RENDER_END_PCT = 90
@@ -53,7 +57,7 @@ class ProgressReporter:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.stop_reason: str | None = None
-        self._closing = False
+        self._closing = asyncio.Event()
 
     def stop(self, reason: str) -> None:
         """Ask the render to end at its next step (from any thread)."""
@@ -78,7 +82,7 @@ class ProgressReporter:
         # The publisher is asked to finish, never cancelled: a Redis call cancelled half-way can
         # leave its connection wedged.
         assert self._task is not None
-        self._closing = True
+        self._closing.set()
         self._changed.set()
         await self._task
 
@@ -88,8 +92,9 @@ class ProgressReporter:
             self._changed.clear()
             if self.stop_reason is None:
                 await self._flush()
-            if self._closing:
+            if self._closing.is_set():
                 return
+            await sleep_unless(self._closing, PROGRESS_MIN_INTERVAL_S)
 
     async def _flush(self) -> None:
         latest, self._latest = self._latest, None
