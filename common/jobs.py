@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from common.keys import Keys
@@ -71,6 +70,29 @@ return payload
 """
 
 
+# KEYS: stream, job, job events, then the input blob and the claimed key when there are.
+# ARGV: max queue (0: none), has blob, has claim, unfinished TTL, event log maxlen, first event,
+# spec, blob bytes, blob TTL, claim held, claim final, claim TTL, then the record's fields.
+_SUBMIT = """
+local stream, job, log = KEYS[1], KEYS[2], KEYS[3]
+local max_queue, has_blob, has_claim = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1'
+local claim = KEYS[#KEYS]
+if max_queue > 0 then
+  local depth = redis.call('XLEN', stream)
+  if depth >= max_queue then return {'queue_full', depth} end
+end
+if has_claim and redis.call('GET', claim) ~= ARGV[10] then return {'claim_expired', 0} end
+if has_blob then redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[9]) end
+redis.call('HSET', job, unpack(ARGV, 13))
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '1-0', 'event', ARGV[6])
+redis.call('EXPIRE', job, ARGV[4])
+redis.call('EXPIRE', log, ARGV[4])
+redis.call('XADD', stream, '*', 'job', ARGV[7])
+if has_claim then redis.call('SET', claim, ARGV[11], 'EX', ARGV[12]) end
+return {'ok', 0}
+"""
+
+
 class QueueFull(Exception):
     def __init__(self, depth: int) -> None:
         super().__init__(f"{depth} jobs queued")
@@ -98,6 +120,7 @@ class JobStore:
         self._keys = keys
         self._task_ttl_s = task_ttl_s
         self._emit = redis.register_script(_EMIT)
+        self._submit = redis.register_script(_SUBMIT)
 
     async def submit(
         self,
@@ -112,8 +135,7 @@ class JobStore:
         """Write the record, its first event and the stream entry in one transaction; with
         ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``);
         with ``claim``, only while the claim holds (else ``ClaimExpired``), finalising it too.
-        The stream and the claimed key are WATCHed, so the checks and the writes are one atomic
-        step."""
+        One script: the checks and the writes are one atomic step and one round trip."""
         keys, now = self._keys, time.time()
         first = JobEvent(
             seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0, message=message, ts=now
@@ -131,41 +153,31 @@ class JobStore:
             "created_at": spec.created_at.isoformat(),
             "updated_at": now,
         }
-        stream = keys.job_stream(spec.model)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    watched = ([stream] if max_queue is not None else []) + (
-                        [claim.key] if claim is not None else []
-                    )
-                    if watched:
-                        await pipe.watch(*watched)
-                    if max_queue is not None:
-                        depth = await pipe.xlen(stream)
-                        if depth >= max_queue:
-                            raise QueueFull(depth)
-                    if claim is not None and await pipe.get(claim.key) != claim.held:
-                        raise ClaimExpired(claim.key)
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    if input_bytes is not None and spec.input_blob is not None:
-                        pipe.set(spec.input_blob, input_bytes, ex=blob_ttl_s)
-                    pipe.hset(keys.job(spec.job_id), mapping=record)
-                    pipe.xadd(
-                        keys.job_events(spec.job_id),
-                        {"event": first.model_dump_json()},
-                        id="1-0",
-                        maxlen=JOB_EVENT_LOG_MAXLEN,
-                        approximate=True,
-                    )
-                    pipe.expire(keys.job(spec.job_id), UNFINISHED_TTL_S)
-                    pipe.expire(keys.job_events(spec.job_id), UNFINISHED_TTL_S)
-                    pipe.xadd(stream, {"job": spec.model_dump_json()})
-                    if claim is not None:
-                        pipe.set(claim.key, claim.final, ex=claim.ttl_s)
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue  # the stream moved between the check and the append: look again
+        blob = input_bytes is not None and spec.input_blob is not None
+        script_keys = [keys.job_stream(spec.model), keys.job(spec.job_id)]
+        script_keys += [keys.job_events(spec.job_id)]
+        script_keys += [spec.input_blob] if blob and spec.input_blob else []
+        script_keys += [claim.key] if claim is not None else []
+        args: list[EncodableT] = [
+            max_queue or 0,
+            int(blob),
+            int(claim is not None),
+            UNFINISHED_TTL_S,
+            JOB_EVENT_LOG_MAXLEN,
+            first.model_dump_json(),
+            spec.model_dump_json(),
+            input_bytes if blob and input_bytes is not None else b"",
+            blob_ttl_s,
+            claim.held if claim else "",
+            claim.final if claim else "",
+            claim.ttl_s if claim else 0,
+        ]
+        args += [item for pair in record.items() for item in pair]
+        outcome, depth = await self._submit(keys=script_keys, args=args)
+        if outcome == "queue_full":
+            raise QueueFull(int(depth))
+        if outcome == "claim_expired":
+            raise ClaimExpired(claim.key if claim else "")
 
     async def emit(
         self,
