@@ -19,6 +19,8 @@ from tests.support.ledger import LEDGER_ENV
 
 TESTS = [
     "tests/faults",
+    "tests/scale",
+    "tests/gpu_worker/test_worker.py",
     "tests/e2e/test_cancel.py",
     "tests/e2e/test_deadlines.py",
     "tests/common/test_consumer.py",

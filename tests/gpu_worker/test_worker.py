@@ -27,6 +27,7 @@ from common.schemas import JobSpec, JobStatus, RenderedJob, RenderParams, Task
 from gpu_worker.families import family
 from gpu_worker.registry import ModelRegistry
 from gpu_worker.worker import Worker
+from tests.support.ledger import Ledger
 from tests.support.waiting import async_wait_for
 
 SIZE = {"width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}
@@ -157,14 +158,23 @@ async def test_each_job_in_a_batch_reports_its_own_progress(deployment: Deployme
         assert all(e.job_id == spec.job_id for e in events)
 
 
-async def test_one_bad_job_does_not_fail_the_others_in_its_batch(deployment: Deployment) -> None:
+async def test_one_bad_job_does_not_fail_the_others_in_its_batch(
+    deployment: Deployment, ledger: Ledger
+) -> None:
     good = await deployment.submit("fine", seed=7)
     # A seed no generator takes: invalid input that slipped past the gateway.
     bad = await deployment.submit("poison", seed=2**70)
     also_good = await deployment.submit("also fine", seed=8)
     await deployment.run_until_settled([good, bad, also_good])
 
-    assert {r.job_id for r in await deployment.rendered()} == {good.job_id, also_good.job_id}
+    handed_on = {r.job_id for r in await deployment.rendered()}
+    ledger.fault("bad job inside a batch")
+    ledger.submitted += 1
+    ledger.failed_as_intended += bad.job_id not in handed_on
+    ledger.outcome(
+        ["completed" if j in handed_on else "lost" for j in (good.job_id, also_good.job_id)], [1, 1]
+    )
+    assert handed_on == {good.job_id, also_good.job_id}
     record = await deployment.jobs.get(bad.job_id)
     assert record is not None and record.status == JobStatus.FAILED
     assert record.error is not None and "Overflow" in record.error
