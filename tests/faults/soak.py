@@ -1,0 +1,223 @@
+"""A randomized fault soak: jobs keep arriving while faults strike at random; then every job is
+checked for exactly one stored result.
+
+    uv run python -m tests.faults.soak [--duration-s 300] [--seed 7]
+
+Two workers, an uploader and a gateway run as subprocesses on a Redis with an append-only file
+and a SeaweedFS S3 server. A client submits a job every few hundred milliseconds, some small,
+some long enough to be caught mid-render. Every few seconds one fault strikes, chosen at random:
+a worker SIGKILLed or SIGTERMed (and started again), the uploader SIGKILLed (and started again),
+S3 down for a while, Redis restarted. A submit that meets an outage is retried with the same
+``Idempotency-Key``, as a careful client would, so a retry never makes a second job. When the
+time is up the faults stop, and every job must complete with exactly one object in the bucket.
+``tests/faults/test_soak.py`` runs a short soak in the suite; this command runs a long one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import redis
+
+from common.catalog import demo_catalog, write_catalog
+from common.redis_server import RedisServer, free_port
+from tests.support.fleet import UUID_RE, wait_all_terminal
+from tests.support.ledger import Ledger
+from tests.support.s3_server import S3Server, start_s3_server
+from tests.support.stack import Stack, stack_env
+
+BUCKET = "soak"
+SMALL = {"prompt": "soak", "width": 64, "height": 64, "num_inference_steps": 2}
+# Long enough on the tiny checkpoint for a kill to land mid-render.
+LONG = {"prompt": "soak, long", "width": 512, "height": 512, "num_inference_steps": 20}
+SUBMIT_RETRY_S = 120.0
+
+
+class Soak:
+    def __init__(self, root: Path, models_file: Path, s3: S3Server, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.s3 = s3
+        root.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(root / "redis", appendonly=True)
+        self.redis.start()
+        port = free_port()
+        env = stack_env(
+            redis_url=self.redis.url,
+            prefix="soak:",
+            models_file=models_file,
+            workdir=root,
+            port=port,
+            extra={
+                "DARKROOM_STORAGE": "s3",
+                "AWS_ACCESS_KEY_ID": s3.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                "AWS_REGION": s3.region,
+                "S3_ENDPOINT_URL": s3.endpoint_url,
+                "S3_BUCKET_NAME": BUCKET,
+                "DARKROOM_S3_CREATE_BUCKET": "true",
+                "DARKROOM_ROUTES": "sd",
+                "DARKROOM_CLAIM_IDLE_MS": "2000",
+                "DARKROOM_DRAIN_GRACE_S": "3",
+                "DARKROOM_TORCH_THREADS": "1",
+            },
+        )
+        self.stack = Stack(name="soak", workdir=root, env=env, port=port)
+        self.ledger = Ledger(test="tests/faults/soak.py")
+        self.job_ids: list[str] = []
+        self._stop_submitting = threading.Event()
+
+    @property
+    def faults(self) -> dict[str, Callable[[], None]]:
+        return {
+            "worker SIGKILL (random moment)": lambda: self._restart_worker(signal.SIGKILL),
+            "worker SIGTERM (random moment)": lambda: self._restart_worker(signal.SIGTERM),
+            "uploader SIGKILL (random moment)": self._restart_uploader,
+            "S3 outage (random length)": self._s3_outage,
+            "redis restart (AOF)": self._redis_restart,
+        }
+
+    def run(self, duration_s: float) -> Ledger:
+        self.stack.start("worker:a", "worker:b", "uploader", "gateway")
+        submitter = threading.Thread(target=self._submit_until_stopped, name="soak-submitter")
+        submitter.start()
+        try:
+            deadline, kinds = time.monotonic() + duration_s, []
+            while time.monotonic() < deadline:
+                time.sleep(self.rng.uniform(2.0, 6.0))
+                # Every kind once, in a random order, then again: a short soak sees variety.
+                kinds = kinds or self.rng.sample(sorted(self.faults), len(self.faults))
+                kind = kinds.pop()
+                print(f"soak: {kind}", flush=True)
+                self.faults[kind]()
+                self.ledger.fault(kind)
+        finally:
+            self._stop_submitting.set()
+            submitter.join()
+        self._check()
+        return self.ledger
+
+    def close(self) -> None:
+        self.stack.stop_all()
+        self.redis.stop(kill=True)
+
+    # -- the client ---------------------------------------------------------------------------
+
+    def _submit_until_stopped(self) -> None:
+        with httpx.Client(base_url=self.stack.base_url, timeout=30) as client:
+            while not self._stop_submitting.is_set():
+                body = LONG if self.rng.random() < 0.2 else SMALL
+                self.job_ids.append(self._submit(client, body))
+                time.sleep(self.rng.uniform(0.1, 0.5))
+
+    def _submit(self, client: httpx.Client, body: dict[str, object]) -> str:
+        """Submit once, retrying through outages with the same key: one job whatever happens."""
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        deadline = time.monotonic() + SUBMIT_RETRY_S
+        while True:
+            try:
+                answer = client.post("/api/sd/t2i", json=body, headers=headers)
+                if answer.status_code == 200:
+                    return str(answer.json()["session_id"])
+                if answer.status_code >= 500 and answer.status_code != 503:
+                    self.ledger.server_errors += 1
+                reason = f"{answer.status_code} {answer.text[:200]}"
+            except httpx.TransportError as exc:
+                reason = repr(exc)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"submit kept failing: {reason}")
+            time.sleep(0.2)
+
+    # -- the faults ---------------------------------------------------------------------------
+
+    def _restart_worker(self, sig: signal.Signals) -> None:
+        victim = self.rng.choice(sorted(s for s in self.stack.processes if s.startswith("worker")))
+        self.stack.stop(victim, sig, timeout_s=60)
+        self.stack.start(victim)
+
+    def _restart_uploader(self) -> None:
+        self.stack.stop("uploader", signal.SIGKILL)
+        self.stack.start("uploader")
+
+    def _s3_outage(self) -> None:
+        self.s3.stop()
+        time.sleep(self.rng.uniform(1.0, 5.0))
+        self.s3.start()
+
+    def _redis_restart(self) -> None:
+        self.redis.stop()  # a clean stop: the AOF holds every acknowledged write
+        time.sleep(self.rng.uniform(0.5, 2.0))
+        self.redis.start()
+
+    # -- the verdict --------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        r = redis.Redis.from_url(self.redis.url, decode_responses=True)
+        try:
+            records = wait_all_terminal(self.stack, r, self.job_ids, timeout_s=300)
+        finally:
+            r.close()
+        stored = self._stored()
+        statuses = [rec.status.value if rec else "missing" for rec in records.values()]
+        self.ledger.outcome(statuses, [stored[job_id] for job_id in records])
+        self.ledger.duplicated += len(set(stored) - set(records))  # objects of no known job
+
+    def _stored(self) -> Counter[str]:
+        found: Counter[str] = Counter()
+        pages = self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                match = UUID_RE.search(obj["Key"])
+                found[match.group(0) if match else obj["Key"]] += 1
+        return found
+
+
+def soak(root: Path, models_file: Path, s3: S3Server, *, duration_s: float, seed: int) -> Ledger:
+    run = Soak(root, models_file, s3, seed)
+    try:
+        return run.run(duration_s)
+    finally:
+        run.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration-s", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    args = parser.parse_args()
+    from gpu_worker.tiny import make_all
+
+    with tempfile.TemporaryDirectory(prefix="darkroom-soak-") as tmp:
+        root = Path(tmp)
+        make_all(root / "models")
+        models_file = root / "models.toml"
+        write_catalog(demo_catalog(root / "models"), models_file)
+        s3 = start_s3_server(root / "s3")
+        try:
+            ledger = soak(
+                root / "stack", models_file, s3, duration_s=args.duration_s, seed=args.seed
+            )
+        finally:
+            s3.stop()
+    print(f"seed {args.seed}, {args.duration_s:.0f} s")
+    for kind, times in sorted(ledger.faults.items()):
+        print(f"  {kind:<36}{times:>5}")
+    print(
+        f"jobs submitted {ledger.submitted}, completed {ledger.completed}, "
+        f"lost {ledger.lost}, duplicated {ledger.duplicated}, 5xx {ledger.server_errors}"
+    )
+    if ledger.lost or ledger.duplicated or ledger.server_errors:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""A short randomized fault soak in the suite (``python -m tests.faults.soak`` runs long ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.faults.soak import soak
+from tests.support.ledger import Ledger
+from tests.support.s3_server import S3Server
+
+SEED = 20261121
+DURATION_S = 45.0
+
+
+def test_a_randomized_soak_loses_and_duplicates_nothing(
+    models_file: Path, s3_server: S3Server, tmp_path: Path, ledger: Ledger
+) -> None:
+    result = soak(tmp_path, models_file, s3_server, duration_s=DURATION_S, seed=SEED)
+    ledger.faults.update(result.faults)
+    for name in ("submitted", "completed", "lost", "duplicated", "server_errors"):
+        setattr(ledger, name, getattr(ledger, name) + getattr(result, name))
+    assert result.submitted > 20 and len(result.faults) >= 3
+    assert (result.lost, result.duplicated, result.server_errors) == (0, 0, 0)
+    assert result.completed == result.submitted
