@@ -1,6 +1,6 @@
 """Plot the latest benchmark figures (bench/results/*.json) into bench/results/latest.png.
 
-    uv run python -m bench.plot
+uv run python -m bench.plot
 """
 
 from __future__ import annotations
@@ -64,10 +64,9 @@ def _scaling(ax: Any, figures: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    drawers = (("stack_overhead", _overhead), ("sse_fanout", _sse), ("scaling", _scaling))
     panels = [
-        (name, draw, figures)
-        for name, draw in (("stack_overhead", _overhead), ("sse_fanout", _sse), ("scaling", _scaling))
-        if (figures := _load(name)) is not None
+        (name, draw, figures) for name, draw in drawers if (figures := _load(name)) is not None
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (_, draw, figures) in zip(axes[0], panels, strict=True):

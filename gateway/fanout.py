@@ -1,7 +1,8 @@
 """One Redis pub/sub connection per process, fanning each job's live events out to its SSE feeds.
 
-Pub/sub loses messages across a disconnect, so after a reconnect (or when a slow feed's queue
-overflows) every affected feed gets a ``RESYNC`` marker and re-reads the job's event log.
+Each event is parsed and encoded as an SSE frame once, however many feeds watch its job. Pub/sub
+loses messages across a disconnect, so after a reconnect (or when a slow feed's queue overflows)
+every affected feed gets a ``RESYNC`` marker and re-reads the job's event log.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -25,11 +27,31 @@ RESYNC = None  # queued instead of an event: "you may have missed some, read the
 FEED_QUEUE_SIZE = 256
 
 
+@dataclass(frozen=True)
+class LiveEvent:
+    """A published event, with its SSE frame ready to send."""
+
+    seq: int
+    terminal: bool
+    frame: bytes
+
+    @classmethod
+    def of(cls, event: JobEvent) -> LiveEvent:
+        return cls(event.seq, event.terminal, sse_frame(event))
+
+
+def sse_frame(event: JobEvent) -> bytes:
+    return f"id: {event.seq}\r\ndata: {event.model_dump_json()}\r\n\r\n".encode()
+
+
+FeedQueue = asyncio.Queue[LiveEvent | None]
+
+
 class EventFanout:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._feeds: dict[str, set[asyncio.Queue[JobEvent | None]]] = defaultdict(set)
+        self._feeds: dict[str, set[FeedQueue]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -47,8 +69,8 @@ class EventFanout:
         return sum(len(queues) for queues in self._feeds.values())
 
     @contextlib.contextmanager
-    def subscribe(self, job_id: str) -> Iterator[asyncio.Queue[JobEvent | None]]:
-        queue: asyncio.Queue[JobEvent | None] = asyncio.Queue(FEED_QUEUE_SIZE)
+    def subscribe(self, job_id: str) -> Iterator[FeedQueue]:
+        queue: FeedQueue = asyncio.Queue(FEED_QUEUE_SIZE)
         self._feeds[job_id].add(queue)
         try:
             yield queue
@@ -57,14 +79,15 @@ class EventFanout:
             if not self._feeds[job_id]:
                 del self._feeds[job_id]
 
-    def _deliver(self, job_id: str, event: JobEvent | None) -> None:
+    def _deliver(self, job_id: str, event: LiveEvent | None) -> None:
         for queue in self._feeds.get(job_id, ()):
             if queue.full():
                 # A feed that cannot keep up drops its backlog and re-reads the log instead.
                 while not queue.empty():
                     queue.get_nowait()
-                event = RESYNC
-            queue.put_nowait(event)
+                queue.put_nowait(RESYNC)
+            else:
+                queue.put_nowait(event)
 
     async def _run(self) -> None:
         failures = 0
@@ -82,7 +105,8 @@ class EventFanout:
                         continue
                     job_id = self._keys.job_id_from_channel(message["channel"])
                     if job_id in self._feeds:
-                        self._deliver(job_id, JobEvent.model_validate_json(message["data"]))
+                        event = JobEvent.model_validate_json(message["data"])
+                        self._deliver(job_id, LiveEvent.of(event))
             except REDIS_UNAVAILABLE as exc:
                 self.subscribed.clear()
                 delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]

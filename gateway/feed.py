@@ -1,7 +1,9 @@
 """A job's SSE feed: its current state, then every later event, ending after the terminal one.
 
 The per-job event log is the source of truth; pub/sub only says "something new, now". A client
-that reconnects with ``Last-Event-ID`` gets exactly the events after that id from the log.
+that reconnects with ``Last-Event-ID`` gets exactly the events after that id from the log. A
+quiet feed sends a comment every ``ping_s`` (proxies close idle connections) and re-reads the log
+every ``resync_s`` (the job may have expired, or a message gone missing).
 """
 
 from __future__ import annotations
@@ -9,20 +11,65 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from sse_starlette import ServerSentEvent
+from starlette.responses import StreamingResponse
 
 from common.jobs import JobStore
-from common.schemas import JobEvent
-from gateway.fanout import RESYNC, EventFanout
+from common.logging import get_logger
+from common.redis import REDIS_UNAVAILABLE
+from gateway.fanout import RESYNC, EventFanout, FeedQueue, LiveEvent, sse_frame
+
+log = get_logger(__name__)
+
+PING = b": ping\r\n\r\n"
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx and its kin: pass each frame on at once.
+    "X-Accel-Buffering": "no",
+}
 
 
-def to_sse(event: JobEvent) -> ServerSentEvent:
-    return ServerSentEvent(data=event.model_dump_json(), id=str(event.seq))
+class _Quiet:
+    """``_next`` found nothing within its timeout."""
+
+
+_QUIET = _Quiet()
+
+
+class EventStream(StreamingResponse):
+    """``text/event-stream`` from an iterator of ready SSE frames: no per-event work here."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, frames: AsyncIterator[bytes]) -> None:
+        super().__init__(frames, headers=SSE_HEADERS)
 
 
 async def job_feed(
-    job_id: str, last_event_id: int | None, jobs: JobStore, fanout: EventFanout, *, resync_s: float
-) -> AsyncIterator[ServerSentEvent]:
+    job_id: str,
+    last_event_id: int | None,
+    jobs: JobStore,
+    fanout: EventFanout,
+    *,
+    ping_s: float,
+    resync_s: float,
+) -> AsyncIterator[bytes]:
+    try:
+        async for frame in _frames(job_id, last_event_id, jobs, fanout, ping_s, resync_s):
+            yield frame
+    except REDIS_UNAVAILABLE as exc:
+        # The client reconnects with Last-Event-ID and misses nothing.
+        log.warning("feed.redis_unavailable", job_id=job_id, error=str(exc))
+
+
+async def _frames(
+    job_id: str,
+    last_event_id: int | None,
+    jobs: JobStore,
+    fanout: EventFanout,
+    ping_s: float,
+    resync_s: float,
+) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
     # Subscribe before reading Redis so nothing published in between is missed.
     with fanout.subscribe(job_id) as live:
         last_seq = 0 if last_event_id is None else last_event_id
@@ -31,31 +78,51 @@ async def job_feed(
             if record is None:
                 return
             snapshot = record.snapshot()
-            yield to_sse(snapshot)
+            yield sse_frame(snapshot)
             if snapshot.terminal:
                 return
             last_seq = snapshot.seq
 
         catch_up = True
+        next_ping = next_resync = 0.0
         while True:
+            now = loop.time()
             if catch_up:
                 for event in await jobs.events_after(job_id, last_seq):
-                    yield to_sse(event)
+                    yield sse_frame(event)
                     last_seq = event.seq
                     if event.terminal:
                         return
                 catch_up = False
-            try:
-                live_event = await asyncio.wait_for(live.get(), timeout=resync_s)
-            except TimeoutError:
-                live_event = RESYNC
-            if live_event is RESYNC or live_event.seq > last_seq + 1:
-                # A gap or a quiet spell: the log has whatever pub/sub did not bring.
-                if await jobs.get(job_id) is None:
-                    return  # expired while we watched
-                catch_up = True
-            elif live_event.seq == last_seq + 1:
-                yield to_sse(live_event)
-                last_seq = live_event.seq
-                if live_event.terminal:
+                next_ping, next_resync = now + ping_s, now + resync_s
+            item = await _next(live, min(next_ping, next_resync) - now)
+            if isinstance(item, _Quiet):
+                if loop.time() >= next_resync:
+                    if await jobs.get(job_id) is None:
+                        return  # expired while we watched
+                    catch_up = True
+                else:
+                    yield PING
+                    next_ping = loop.time() + ping_s
+                continue
+            if item is RESYNC or item.seq > last_seq + 1:
+                catch_up = True  # a gap: the log has whatever pub/sub did not bring
+            elif item.seq == last_seq + 1:
+                yield item.frame
+                last_seq = item.seq
+                if item.terminal:
                     return
+                next_ping = loop.time() + ping_s
+
+
+async def _next(live: FeedQueue, timeout_s: float) -> LiveEvent | None | _Quiet:
+    """The next queued item, or ``_QUIET`` after ``timeout_s``; no task made per event."""
+    try:
+        return live.get_nowait()
+    except asyncio.QueueEmpty:
+        pass
+    try:
+        async with asyncio.timeout(max(timeout_s, 0)):
+            return await live.get()
+    except TimeoutError:
+        return _QUIET

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -13,7 +12,7 @@ from starlette.routing import Route
 from common.redis import REDIS_UNAVAILABLE
 from common.schemas import Health, JobRecord, JobStatusResponse, SessionStatus
 from gateway.errors import field_error, not_found
-from gateway.feed import job_feed
+from gateway.feed import EventStream, job_feed
 from gateway.openapi import operation
 from gateway.services import services
 
@@ -84,7 +83,7 @@ def _last_event_id(request: Request) -> int | None:
     return int(raw)
 
 
-async def _feed(request: Request, param: str) -> EventSourceResponse:
+async def _feed(request: Request, param: str) -> EventStream:
     record = await _record(request, param)
     svc = services(request)
     events = job_feed(
@@ -92,9 +91,10 @@ async def _feed(request: Request, param: str) -> EventSourceResponse:
         _last_event_id(request),
         svc.jobs,
         svc.fanout,
+        ping_s=svc.settings.sse_ping_s,
         resync_s=svc.settings.sse_resync_s,
     )
-    return EventSourceResponse(events, ping=svc.settings.sse_ping_s)
+    return EventStream(events)
 
 
 @operation(
@@ -103,7 +103,7 @@ async def _feed(request: Request, param: str) -> EventSourceResponse:
     sse=True,
     headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
 )
-async def session_events(request: Request) -> EventSourceResponse:
+async def session_events(request: Request) -> EventStream:
     return await _feed(request, "session_id")
 
 
@@ -113,7 +113,7 @@ async def session_events(request: Request) -> EventSourceResponse:
     sse=True,
     headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
 )
-async def v1_job_events(request: Request) -> EventSourceResponse:
+async def v1_job_events(request: Request) -> EventStream:
     return await _feed(request, "job_id")
 
 

@@ -17,7 +17,8 @@ class GatewaySettings(CommonSettings):
     max_json_bytes: int = Field(default=256 * 1024, ge=1024)
     # SSE: comment lines at this interval keep proxies from closing idle feeds.
     sse_ping_s: float = Field(default=15.0, gt=0)
-    # How often an SSE feed re-reads the event log when pub/sub is quiet (covers lost messages).
-    sse_resync_s: float = Field(default=5.0, gt=0)
+    # How often a quiet SSE feed re-reads the event log (an expired job, a lost message; a pub/sub
+    # reconnect or a gap in sequence numbers makes it re-read at once anyway).
+    sse_resync_s: float = Field(default=30.0, gt=0)
     # How long an Idempotency-Key is remembered: a retry within it gets the original job.
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)

@@ -1,0 +1,283 @@
+"""Benchmark 1: what the serving stack adds to each job, measured against the raw pipeline.
+
+Starts the whole stack on loopback as separate processes (redis-server, SeaweedFS S3, the gateway,
+a status service, a worker and an uploader), then, on the tiny SD checkpoint at the smallest size:
+
+- raw: the pipeline call alone, in a loop, in this process (the same loader, the same weights);
+- sequential: jobs one at a time through both seed APIs, each watched to completion over SSE on
+  the status service; per-job overhead = end-to-end time - the raw time of one call;
+- saturated: N jobs at concurrency C; jobs/s, and the worker's duty cycle (the share of wall
+  time it spent inside pipeline calls, from its /metrics).
+
+    uv run python -m bench.stack_overhead [--jobs 200] [--concurrency 16]
+
+Prints the figures and writes bench/results/stack_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from httpx_sse import aconnect_sse
+
+from common.catalog import demo_catalog, write_catalog
+from common.redis_server import RedisServer, free_port
+from common.schemas import JobSpec, RenderParams, Task
+from gpu_worker.families import family
+from gpu_worker.registry import ModelRegistry
+from gpu_worker.tiny import make_all
+from tests.support.s3_server import start_s3_server
+from tests.support.stack import Stack, stack_env
+from tests.support.waiting import wait_for
+
+RESULTS = Path(__file__).parent / "results" / "stack_overhead.json"
+# The smallest render the tiny SD checkpoint makes: what is left is the stack's own cost.
+PARAMS = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 7.5}
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def summary_ms(values_s: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(percentile(values_s, 50) * 1000, 2),
+        "p99_ms": round(percentile(values_s, 99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(values_s) * 1000, 2),
+    }
+
+
+def raw_loop(models_file: Path, jobs: int) -> list[float]:
+    """Seconds per pipeline call, the pipeline loaded (and warmed) exactly as the worker does."""
+    from common.catalog import Catalog
+
+    registry = ModelRegistry(Catalog.load(models_file), ["sd"], torch.device("cpu"))
+    registry.load_all()
+    pipelines = registry.pipelines("sd")
+    render = family("stable-diffusion").render
+    times = []
+    for i in range(jobs):
+        spec = JobSpec(
+            job_id=f"raw-{i}",
+            model="sd",
+            task=Task.T2I,
+            params=RenderParams(prompt=f"raw {i}", seed=i, **PARAMS),
+            created_at=datetime.now(UTC),
+        )
+        began = time.perf_counter()
+        render(pipelines, spec, None, lambda done, total: None)
+        times.append(time.perf_counter() - began)
+    return times
+
+
+class Driver:
+    """Submits through the gateway and watches each job to its end on the status service."""
+
+    def __init__(self, gateway: str, status: str) -> None:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        self.gateway = httpx.AsyncClient(base_url=gateway, timeout=60, limits=limits)
+        self.status = httpx.AsyncClient(base_url=status, timeout=60, limits=limits)
+
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
+        await self.status.aclose()
+
+    async def one(self, i: int) -> tuple[float, float]:
+        """(submit latency, submit-to-completed latency) of one job; even jobs use seed 1's API,
+        odd ones seed 2's."""
+        began = time.perf_counter()
+        if i % 2 == 0:
+            body = {"prompt": f"job {i}", **PARAMS}
+            answer = await self.gateway.post("/api/sd/t2i", json=body)
+            events = f"/api/{answer.raise_for_status().json()['session_id']}/events"
+        else:
+            body = {"prompt": f"job {i}", "seed": i, **PARAMS}
+            answer = await self.gateway.post("/v1/generate", json=body)
+            events = f"/v1/jobs/{answer.raise_for_status().json()['job_id']}/events"
+        submitted = time.perf_counter()
+        last: dict[str, Any] = {}
+        async with aconnect_sse(self.status, "GET", events) as source:
+            async for sse in source.aiter_sse():
+                last = json.loads(sse.data)
+        if last.get("status") != "completed":
+            raise RuntimeError(f"job {i} ended {last}")
+        return submitted - began, time.perf_counter() - began
+
+    async def run(self, jobs: int, concurrency: int) -> tuple[list[float], list[float], float]:
+        queue = iter(range(jobs))
+        submits: list[float] = []
+        totals: list[float] = []
+
+        async def client() -> None:
+            for i in queue:
+                submit_s, total_s = await self.one(i)
+                submits.append(submit_s)
+                totals.append(total_s)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return submits, totals, time.perf_counter() - began
+
+
+def pipeline_seconds(metrics_url: str) -> float:
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("darkroom_pipeline_seconds_total{")
+    )
+
+
+def start_stack(root: Path, models_file: Path) -> tuple[Stack, str, str, Callable[[], None]]:
+    redis = RedisServer(root / "redis")
+    redis.start()
+    s3 = start_s3_server(root / "s3")
+    port, status_port, health_port = free_port(), free_port(), free_port()
+    env = stack_env(
+        redis_url=redis.url,
+        prefix="bench:",
+        models_file=models_file,
+        workdir=root,
+        port=port,
+        extra={
+            "DARKROOM_STORAGE": "s3",
+            "AWS_ACCESS_KEY_ID": s3.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+            "AWS_REGION": s3.region,
+            "S3_ENDPOINT_URL": s3.endpoint_url,
+            "S3_BUCKET_NAME": "bench",
+            "DARKROOM_S3_CREATE_BUCKET": "true",
+            "DARKROOM_LOG_LEVEL": "WARNING",
+        },
+    )
+    stack = Stack(name="bench", workdir=root, env=env, port=port)
+    stack.start("worker", env={"DARKROOM_ROUTES": "sd", "DARKROOM_HEALTH_PORT": str(health_port)})
+    stack.start("uploader")
+    stack.start("gateway")
+    stack.start("status", env={"DARKROOM_PORT": str(status_port)})
+    status_url = f"http://127.0.0.1:{status_port}"
+    wait_for(lambda: _up(status_url), timeout_s=60, what="the status service")
+
+    def stop() -> None:
+        stack.stop_all()
+        s3.stop()
+        redis.stop(kill=True)
+
+    return stack, status_url, f"http://127.0.0.1:{health_port}/metrics", stop
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def drive(
+    gateway: str, status: str, metrics: str, jobs: int, concurrency: int
+) -> dict[str, Any]:
+    driver = Driver(gateway, status)
+    try:
+        await driver.run(8, 1)  # connections, caches and the first-call costs out of the way
+        seq_submits, seq_totals, _ = await driver.run(max(50, jobs // 4), 1)
+        busy_before = pipeline_seconds(metrics)
+        sat_submits, sat_totals, wall_s = await driver.run(jobs, concurrency)
+        busy_s = pipeline_seconds(metrics) - busy_before
+    finally:
+        await driver.aclose()
+    return {
+        "sequential": {"submit": seq_submits, "total": seq_totals},
+        "saturated": {
+            "submit": sat_submits,
+            "total": sat_totals,
+            "wall_s": wall_s,
+            "busy_s": busy_s,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="darkroom-bench-") as tmp:
+        root = Path(tmp)
+        make_all(root / "models")
+        models_file = root / "models.toml"
+        write_catalog(demo_catalog(root / "models"), models_file)
+        raw = raw_loop(models_file, max(50, args.jobs // 4))
+        stack, status_url, metrics_url, stop = start_stack(root, models_file)
+        try:
+            runs = asyncio.run(
+                drive(stack.base_url, status_url, metrics_url, args.jobs, args.concurrency)
+            )
+        finally:
+            stop()
+
+    raw_s = statistics.median(raw)
+    sequential, saturated = runs["sequential"], runs["saturated"]
+    overhead = [total - raw_s for total in sequential["total"]]
+    figures = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": "cpu",
+        },
+        "params": {"jobs": args.jobs, "concurrency": args.concurrency, "render": PARAMS},
+        "raw_pipeline_call": summary_ms(raw),
+        "sequential": {
+            "jobs": len(overhead),
+            "end_to_end": summary_ms(sequential["total"]),
+            "overhead_per_job": summary_ms(overhead),
+            "submit": summary_ms(sequential["submit"]),
+        },
+        "saturated": {
+            "jobs": args.jobs,
+            "concurrency": args.concurrency,
+            "jobs_per_s": round(args.jobs / saturated["wall_s"], 2),
+            "raw_jobs_per_s": round(1 / raw_s, 2),
+            "submit": summary_ms(saturated["submit"]),
+            "duty_cycle": round(saturated["busy_s"] / saturated["wall_s"], 4),
+        },
+        "goals": {"overhead_p50_ms": 5, "overhead_p99_ms": 20, "duty_cycle": 0.97},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    seq, sat = figures["sequential"], figures["saturated"]
+    print(f"raw pipeline call      p50 {figures['raw_pipeline_call']['p50_ms']} ms")
+    print(
+        f"overhead per job       p50 {seq['overhead_per_job']['p50_ms']} ms"
+        f"  p99 {seq['overhead_per_job']['p99_ms']} ms  (goal 5 / 20)"
+    )
+    print(
+        f"submit latency         p50 {seq['submit']['p50_ms']} ms  p99 {seq['submit']['p99_ms']} ms"
+    )
+    print(
+        f"saturated (C={args.concurrency})       {sat['jobs_per_s']} jobs/s "
+        f"(raw loop {sat['raw_jobs_per_s']}), submit p50 {sat['submit']['p50_ms']} ms "
+        f"p99 {sat['submit']['p99_ms']} ms"
+    )
+    print(f"worker duty cycle      {sat['duty_cycle']:.1%}  (goal 97%)")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
