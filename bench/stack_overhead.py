@@ -161,7 +161,6 @@ def start_stack(root: Path, models_file: Path) -> tuple[Stack, str, str, Callabl
             "S3_ENDPOINT_URL": s3.endpoint_url,
             "S3_BUCKET_NAME": "bench",
             "DARKROOM_S3_CREATE_BUCKET": "true",
-            "DARKROOM_LOG_LEVEL": "WARNING",
         },
     )
     stack = Stack(name="bench", workdir=root, env=env, port=port)
