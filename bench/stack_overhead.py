@@ -153,15 +153,7 @@ def start_stack(root: Path, models_file: Path) -> tuple[Stack, str, str, Callabl
         models_file=models_file,
         workdir=root,
         port=port,
-        extra={
-            "DARKROOM_STORAGE": "s3",
-            "AWS_ACCESS_KEY_ID": s3.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-            "AWS_REGION": s3.region,
-            "S3_ENDPOINT_URL": s3.endpoint_url,
-            "S3_BUCKET_NAME": "bench",
-            "DARKROOM_S3_CREATE_BUCKET": "true",
-        },
+        extra=s3.storage_env("bench"),
     )
     stack = Stack(name="bench", workdir=root, env=env, port=port)
     stack.start("worker", env={"DARKROOM_ROUTES": "sd", "DARKROOM_HEALTH_PORT": str(health_port)})

@@ -98,14 +98,8 @@ def s3_stack(
         models_file,
         tmp_path_factory,
         extra={
-            "DARKROOM_STORAGE": "s3",
-            "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-            "AWS_REGION": s3_server.region,
-            "S3_ENDPOINT_URL": s3_server.endpoint_url,
-            "S3_BUCKET_NAME": "darkroom-e2e",
+            **s3_server.storage_env("darkroom-e2e"),
             "DARKROOM_S3_PRESIGN": "true",
-            "DARKROOM_S3_CREATE_BUCKET": "true",
             # Load on first use, so the first job's feed shows the wait.
             "DARKROOM_PRELOAD": "false",
         },

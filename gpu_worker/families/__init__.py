@@ -61,6 +61,22 @@ class BatchFamily(Family, Protocol):
     ) -> list[list[Artifact]]: ...
 
 
+BatchRender = Callable[
+    [Pipelines, list[JobSpec], list[Image.Image | None], StepCallback], list[list[Artifact]]
+]
+
+
+def one_at_a_time(render_batch: BatchRender) -> Callable[..., list[Artifact]]:
+    """A family's ``render`` for one job, from its ``render_batch``."""
+
+    def render(
+        pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+    ) -> list[Artifact]:
+        return render_batch(pipelines, [spec], [image], on_step)[0]
+
+    return render
+
+
 def batch_family(name: str) -> BatchFamily | None:
     """The family, if it renders batches."""
     module = family(name)

@@ -24,6 +24,7 @@ from gpu_worker.families import (
     generator,
     input_image,
     load_with_variant,
+    one_at_a_time,
     step_end,
 )
 
@@ -37,12 +38,6 @@ def load(
     return load_with_variant(
         route, dtype, device, (Task.T2I, FluxPipeline), (Task.I2I, FluxImg2ImgPipeline)
     )
-
-
-def render(
-    pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
-) -> list[Artifact]:
-    return render_batch(pipelines, [spec], [image], on_step)[0]
 
 
 def render_batch(
@@ -75,3 +70,6 @@ def render_batch(
     with torch.inference_mode():
         outputs: list[Image.Image] = pipe(**kwargs).images
     return [[Artifact(image=im)] for im in outputs]
+
+
+render = one_at_a_time(render_batch)

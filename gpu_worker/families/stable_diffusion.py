@@ -17,6 +17,7 @@ from gpu_worker.families import (
     generator,
     input_image,
     load_with_variant,
+    one_at_a_time,
     step_end,
 )
 
@@ -31,12 +32,6 @@ def load(
         (Task.T2I, StableDiffusionPipeline),
         (Task.I2I, StableDiffusionImg2ImgPipeline),
     )
-
-
-def render(
-    pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
-) -> list[Artifact]:
-    return render_batch(pipelines, [spec], [image], on_step)[0]
 
 
 def render_batch(
@@ -66,3 +61,6 @@ def render_batch(
     with torch.inference_mode():
         outputs: list[Image.Image] = pipelines[task](**kwargs).images
     return [[Artifact(image=im)] for im in outputs]
+
+
+render = one_at_a_time(render_batch)

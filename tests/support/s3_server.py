@@ -142,6 +142,18 @@ class S3Server:
         finally:
             await self.astart()
 
+    def storage_env(self, bucket: str) -> dict[str, str]:
+        """The settings that point Darkroom's uploader at this server, creating ``bucket``."""
+        return {
+            "DARKROOM_STORAGE": "s3",
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_REGION": self.region,
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "S3_BUCKET_NAME": bucket,
+            "DARKROOM_S3_CREATE_BUCKET": "true",
+        }
+
     def client(self, **config: Any) -> Any:
         """A plain synchronous boto3 S3 client for assertions (``config`` goes to ``Config``)."""
         return boto3.client(
