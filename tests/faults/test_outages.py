@@ -109,7 +109,7 @@ def test_an_uploader_killed_mid_upload_is_replaced_and_nothing_is_lost(
             wait_for(waiting_on_storage, timeout_s=120, what="renders waiting on storage")
             s3_stack.stop("uploader", signal.SIGKILL)
             ledger.fault("uploader SIGKILL mid-upload")
-            s3_stack.start("uploader")
+            s3_stack.start("uploader", wait=False)  # it waits for storage to come back
         finished = [wait_terminal(client, f"/api/{j}/status", timeout_s=180) for j in jobs]
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="darkroom-e2e")["Contents"]]
     stored = [sum(job in key for key in keys) for job in jobs]

@@ -39,9 +39,12 @@ class Stack:
     def prefix(self) -> str:
         return self.env["DARKROOM_KEY_PREFIX"]
 
-    def start(self, *services: str, env: dict[str, str] | None = None) -> None:
+    def start(
+        self, *services: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
         """Start services by command name; ``worker:b`` starts a second ``worker`` named b.
-        ``env`` adds to the stack's environment for these processes only."""
+        ``env`` adds to the stack's environment for these processes only. ``wait=False``
+        returns without waiting for them to be ready (one that waits for storage, say)."""
         for service in services:
             command = service.split(":")[0]
             log = (self.workdir / f"{service.replace(':', '-')}.log").open("ab")
@@ -54,6 +57,8 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if not wait:
+            return
         for service in services:
             command = service.split(":")[0]
             if command in ("gateway", "status"):
