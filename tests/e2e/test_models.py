@@ -104,16 +104,22 @@ def test_same_seed_same_bytes(client: httpx.Client, model: str) -> None:
         if model == "qwen-multi-angle":
             body["angles"] = ["front", "back"]
 
-    def render() -> list[bytes]:
-        urls = finish(client, client.post(f"/api/{model}/{path}", json=body))["result_urls"]
+    def render_with(**change: object) -> list[bytes]:
+        sent = body | change
+        urls = finish(client, client.post(f"/api/{model}/{path}", json=sent))["result_urls"]
         return [fetch(url) for url in urls]  # type: ignore[union-attr]
+
+    def render() -> list[bytes]:
+        return render_with()
 
     first, again = render(), render()
     if model == "ltx":
-        # The frames are the same, but libx264's bitstream is not bit-exact from one encode to
-        # the next: compare what a player shows.
-        for a, b in zip(first, again, strict=True):
-            assert np.abs(video_pixels(a) - video_pixels(b)).max() <= 2
+        # The frames are the same (tests/gpu_worker/families/test_ltx_video.py), but libx264's
+        # bitstream is not bit-exact from one encode to the next, and on noise-like frames the
+        # decoded pixels move: the same seed must still be far closer than another seed.
+        other = render_with(seed=6)
+        (a,), (b,), (c,) = (map(video_pixels, r) for r in (first, again, other))
+        assert np.abs(a - b).mean() * 5 < np.abs(a - c).mean()
     else:
         assert [hashlib.sha256(x).hexdigest() for x in first] == [
             hashlib.sha256(x).hexdigest() for x in again

@@ -3,7 +3,7 @@
     uv run python -m tests.faults.report
     uv run python -m tests.faults.report --ledger FILE   # a ledger a test run already wrote
 
-Any test run writes the ledger when ``DARKROOM_FAULT_LEDGER`` names a file.
+Any test run writes the ledger when ``FAULT_LEDGER`` names a file.
 Exits non-zero if a test failed, or if any job was lost or duplicated, or any 5xx was seen.
 """
 

@@ -20,8 +20,6 @@ from tests.support.waiting import wait_for
 
 # A render of several seconds on the tiny checkpoint: long enough to be caught in the middle.
 LONG = {"prompt": "a long render", "width": 1536, "height": 1536, "num_inference_steps": 60}
-# Long enough to outlast a 1 s drain grace, short enough to render again quickly.
-MEDIUM = {"prompt": "a medium render", "width": 1024, "height": 1024, "num_inference_steps": 30}
 CLAIM_IDLE_MS = 3000
 
 
@@ -120,7 +118,7 @@ def test_sigterm_past_the_drain_grace_gives_the_job_to_another_worker(
     stack.start("worker:c", env={"DARKROOM_DRAIN_GRACE_S": "1"})
     r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        job_id = client.post("/api/sd/t2i", json=MEDIUM).raise_for_status().json()["session_id"]
+        job_id = client.post("/api/sd/t2i", json=LONG).raise_for_status().json()["session_id"]
         wait_for(lambda: rendering(client, job_id), timeout_s=120, what="the render to start")
         stack.start("worker:a")
         assert holder(stack, f"{stack.prefix}jobs:sd") == "worker:c"

@@ -1,7 +1,7 @@
 """What the fault and bad-input tests did and saw, summed up by ``python -m tests.faults.report``.
 
 Each test records the faults it injected and the fate of every job it submitted; the ledger is
-appended to the JSON-lines file named by ``DARKROOM_FAULT_LEDGER`` (when set), one line a test.
+appended to the JSON-lines file named by ``FAULT_LEDGER`` (when set), one line a test.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LEDGER_ENV = "DARKROOM_FAULT_LEDGER"
+LEDGER_ENV = "FAULT_LEDGER"
 
 
 @dataclass

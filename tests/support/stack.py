@@ -39,9 +39,7 @@ class Stack:
     def prefix(self) -> str:
         return self.env["DARKROOM_KEY_PREFIX"]
 
-    def start(
-        self, *services: str, env: dict[str, str] | None = None, wait: bool = True
-    ) -> None:
+    def start(self, *services: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
         """Start services by command name; ``worker:b`` starts a second ``worker`` named b.
         ``env`` adds to the stack's environment for these processes only. ``wait=False``
         returns without waiting for them to be ready (one that waits for storage, say)."""
