@@ -39,6 +39,7 @@ from common.jobs import JobStore
 from common.keys import Keys
 from common.redis_server import RedisServer, free_port
 from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
+from gateway.settings import GatewaySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_FILE = REPO_ROOT / "bench" / "results" / "sse_fanout.json"
@@ -686,7 +687,11 @@ async def bench(args: argparse.Namespace, watchers_n: int, workdir: Path) -> dic
             "deliveries_per_s": round(watchers_n * 1000 / args.interval_ms),
             "client_procs": args.client_procs,
             "probes": args.probes,
-            "status_settings": "defaults (sse_ping_s=15, sse_resync_s=5), log level INFO",
+            "status_settings": {
+                "sse_ping_s": GatewaySettings.model_fields["sse_ping_s"].default,
+                "sse_resync_s": GatewaySettings.model_fields["sse_resync_s"].default,
+                "log_level": "INFO",
+            },
         },
         # From the client processes' start (imports included) to every snapshot in; and the
         # slowest process's own connect phase.
