@@ -9,6 +9,11 @@ a status service, a worker and an uploader), then, on the tiny SD checkpoint at 
 - saturated: N jobs at concurrency C; jobs/s, and the worker's duty cycle (the share of wall
   time it spent inside pipeline calls, from its /metrics).
 
+The sequential jobs' own event logs (each event carries its Unix time) split the overhead into
+stages: submit, queue (submitted -> the worker marks it processing), render in the stack (from the
+worker's pipeline seconds), hand-off (render end -> 90 %: encode, blobs, ``rendered`` entry),
+upload (90 % -> completed: S3 PUT and the record) and notify (completed -> the client has it).
+
     uv run python -m bench.stack_overhead [--jobs 200] [--concurrency 16]
 
 Prints the figures and writes bench/results/stack_overhead.json.
@@ -25,6 +30,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,11 +38,15 @@ from typing import Any
 import httpx
 import torch
 from httpx_sse import aconnect_sse
+from redis.asyncio import Redis
 
 from common.catalog import demo_catalog, write_catalog
+from common.jobs import JobStore
+from common.keys import Keys
 from common.redis_server import RedisServer, free_port
-from common.schemas import JobSpec, RenderParams, Task
+from common.schemas import JobSpec, JobStatus, RenderParams, Task
 from gpu_worker.families import family
+from gpu_worker.progress import RENDER_END_PCT
 from gpu_worker.registry import ModelRegistry
 from gpu_worker.tiny import make_all
 from tests.support.s3_server import start_s3_server
@@ -84,6 +94,52 @@ def raw_loop(models_file: Path, jobs: int) -> list[float]:
     return times
 
 
+@dataclass(frozen=True)
+class Timed:
+    """One job as the client saw it, in Unix seconds (comparable with the events' ``ts``)."""
+
+    job_id: str
+    began: float
+    submitted: float
+    done: float
+
+    @property
+    def submit_s(self) -> float:
+        return self.submitted - self.began
+
+    @property
+    def total_s(self) -> float:
+        return self.done - self.began
+
+
+async def stages(redis_url: str, timed: list[Timed]) -> dict[str, list[float]]:
+    """Each job's end-to-end time cut at its logged events: where the overhead goes. The render
+    stage runs from "processing" to the last step's event, which the worker publishes as the
+    pipeline call returns (a job of two steps reports its second step then)."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    store = JobStore(redis, Keys("bench:"), task_ttl_s=3600)
+    out: dict[str, list[float]] = {name: [] for name in STAGES}
+    try:
+        for job in timed:
+            events = await store.events_after(job.job_id, 0)
+            processing = next(e.ts for e in events if e.status == JobStatus.PROCESSING)
+            handed_off = next(e.ts for e in events if e.progress == RENDER_END_PCT)
+            rendered = max(e.ts for e in events if e.ts < handed_off)
+            completed = next(e.ts for e in events if e.status == JobStatus.COMPLETED)
+            out["submit"].append(job.submit_s)
+            out["queue"].append(processing - job.submitted)
+            out["render"].append(rendered - processing)
+            out["hand_off"].append(handed_off - rendered)
+            out["upload"].append(completed - handed_off)
+            out["notify"].append(job.done - completed)
+    finally:
+        await redis.aclose()
+    return out
+
+
+STAGES = ("submit", "queue", "render", "hand_off", "upload", "notify")
+
+
 class Driver:
     """Submits through the gateway and watches each job to its end on the status service."""
 
@@ -96,41 +152,40 @@ class Driver:
         await self.gateway.aclose()
         await self.status.aclose()
 
-    async def one(self, i: int) -> tuple[float, float]:
-        """(submit latency, submit-to-completed latency) of one job; even jobs use seed 1's API,
-        odd ones seed 2's."""
-        began = time.perf_counter()
+    async def one(self, i: int) -> Timed:
+        """One job, submitted and watched to its end; even jobs use seed 1's API, odd ones
+        seed 2's."""
+        began = time.time()
         if i % 2 == 0:
             body = {"prompt": f"job {i}", **PARAMS}
             answer = await self.gateway.post("/api/sd/t2i", json=body)
-            events = f"/api/{answer.raise_for_status().json()['session_id']}/events"
+            job_id = answer.raise_for_status().json()["session_id"]
+            events = f"/api/{job_id}/events"
         else:
             body = {"prompt": f"job {i}", "seed": i, **PARAMS}
             answer = await self.gateway.post("/v1/generate", json=body)
-            events = f"/v1/jobs/{answer.raise_for_status().json()['job_id']}/events"
-        submitted = time.perf_counter()
+            job_id = answer.raise_for_status().json()["job_id"]
+            events = f"/v1/jobs/{job_id}/events"
+        submitted = time.time()
         last: dict[str, Any] = {}
         async with aconnect_sse(self.status, "GET", events) as source:
             async for sse in source.aiter_sse():
                 last = json.loads(sse.data)
         if last.get("status") != "completed":
             raise RuntimeError(f"job {i} ended {last}")
-        return submitted - began, time.perf_counter() - began
+        return Timed(job_id, began, submitted, time.time())
 
-    async def run(self, jobs: int, concurrency: int) -> tuple[list[float], list[float], float]:
+    async def run(self, jobs: int, concurrency: int) -> tuple[list[Timed], float]:
         queue = iter(range(jobs))
-        submits: list[float] = []
-        totals: list[float] = []
+        timed: list[Timed] = []
 
         async def client() -> None:
             for i in queue:
-                submit_s, total_s = await self.one(i)
-                submits.append(submit_s)
-                totals.append(total_s)
+                timed.append(await self.one(i))
 
         began = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        return submits, totals, time.perf_counter() - began
+        return timed, time.perf_counter() - began
 
 
 def pipeline_seconds(metrics_url: str) -> float:
@@ -142,7 +197,18 @@ def pipeline_seconds(metrics_url: str) -> float:
     )
 
 
-def start_stack(root: Path, models_file: Path) -> tuple[Stack, str, str, Callable[[], None]]:
+@dataclass(frozen=True)
+class Running:
+    """The stack's addresses, and how to stop it."""
+
+    gateway: str
+    status: str
+    metrics: str
+    redis_url: str
+    stop: Callable[[], None]
+
+
+def start_stack(root: Path, models_file: Path) -> Running:
     redis = RedisServer(root / "redis")
     redis.start()
     s3 = start_s3_server(root / "s3")
@@ -168,7 +234,8 @@ def start_stack(root: Path, models_file: Path) -> tuple[Stack, str, str, Callabl
         s3.stop()
         redis.stop(kill=True)
 
-    return stack, status_url, f"http://127.0.0.1:{health_port}/metrics", stop
+    metrics_url = f"http://127.0.0.1:{health_port}/metrics"
+    return Running(stack.base_url, status_url, metrics_url, redis.url, stop)
 
 
 def _up(url: str) -> bool:
@@ -178,23 +245,24 @@ def _up(url: str) -> bool:
         return False
 
 
-async def drive(
-    gateway: str, status: str, metrics: str, jobs: int, concurrency: int
-) -> dict[str, Any]:
-    driver = Driver(gateway, status)
+async def drive(stack: Running, jobs: int, concurrency: int) -> dict[str, Any]:
+    driver, metrics = Driver(stack.gateway, stack.status), stack.metrics
     try:
         await driver.run(8, 1)  # connections, caches and the first-call costs out of the way
-        seq_submits, seq_totals, _ = await driver.run(max(50, jobs // 4), 1)
         busy_before = pipeline_seconds(metrics)
-        sat_submits, sat_totals, wall_s = await driver.run(jobs, concurrency)
+        sequential, _ = await driver.run(max(50, jobs // 4), 1)
+        render_s = (pipeline_seconds(metrics) - busy_before) / len(sequential)
+        busy_before = pipeline_seconds(metrics)
+        saturated, wall_s = await driver.run(jobs, concurrency)
         busy_s = pipeline_seconds(metrics) - busy_before
     finally:
         await driver.aclose()
     return {
-        "sequential": {"submit": seq_submits, "total": seq_totals},
+        "sequential": sequential,
+        "stages": await stages(stack.redis_url, sequential),
+        "render_in_stack_s": render_s,
         "saturated": {
-            "submit": sat_submits,
-            "total": sat_totals,
+            "submit": [t.submit_s for t in saturated],
             "wall_s": wall_s,
             "busy_s": busy_s,
         },
@@ -213,17 +281,15 @@ def main() -> None:
         models_file = root / "models.toml"
         write_catalog(demo_catalog(root / "models"), models_file)
         raw = raw_loop(models_file, max(50, args.jobs // 4))
-        stack, status_url, metrics_url, stop = start_stack(root, models_file)
+        stack = start_stack(root, models_file)
         try:
-            runs = asyncio.run(
-                drive(stack.base_url, status_url, metrics_url, args.jobs, args.concurrency)
-            )
+            runs = asyncio.run(drive(stack, args.jobs, args.concurrency))
         finally:
-            stop()
+            stack.stop()
 
     raw_s = statistics.median(raw)
     sequential, saturated = runs["sequential"], runs["saturated"]
-    overhead = [total - raw_s for total in sequential["total"]]
+    overhead = [t.total_s - raw_s for t in sequential]
     figures = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -236,9 +302,15 @@ def main() -> None:
         "raw_pipeline_call": summary_ms(raw),
         "sequential": {
             "jobs": len(overhead),
-            "end_to_end": summary_ms(sequential["total"]),
+            "end_to_end": summary_ms([t.total_s for t in sequential]),
             "overhead_per_job": summary_ms(overhead),
-            "submit": summary_ms(sequential["submit"]),
+            "submit": summary_ms([t.submit_s for t in sequential]),
+            # The worker's mean pipeline call in the stack, where the raw loop ran alone.
+            "render_in_stack_mean_ms": round(runs["render_in_stack_s"] * 1000, 2),
+            "stages_p50_ms": {
+                name: round(statistics.median(values) * 1000, 2)
+                for name, values in runs["stages"].items()
+            },
         },
         "saturated": {
             "jobs": args.jobs,
@@ -267,6 +339,11 @@ def main() -> None:
         f"p99 {sat['submit']['p99_ms']} ms"
     )
     print(f"worker duty cycle      {sat['duty_cycle']:.1%}  (goal 97%)")
+    print(f"render in the stack    mean {seq['render_in_stack_mean_ms']} ms")
+    print(
+        "stages (p50 ms)        "
+        + ", ".join(f"{name} {ms}" for name, ms in seq["stages_p50_ms"].items())
+    )
     print(f"wrote {RESULTS}")
 
 

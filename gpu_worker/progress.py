@@ -118,10 +118,21 @@ class ProgressReporter:
 class BatchProgress:
     """The step callback of one pipeline call: every job in the batch hears each step. The call
     is abandoned only when every job in it wants to stop; a job that stops alone has its share
-    of the output discarded, so one cancel does not cost the others their render."""
+    of the output discarded, so one cancel does not cost the others their render.
+
+    As a context manager it runs every job's reporter, and closes them together: the batch's
+    last progress events cost one round trip, not one per job."""
 
     def __init__(self, reporters: list[ProgressReporter]) -> None:
         self._reporters = reporters
+
+    async def __aenter__(self) -> BatchProgress:
+        for reporter in self._reporters:
+            await reporter.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(reporter.__aexit__(*exc) for reporter in self._reporters))
 
     def on_step(self, done: int, total: int) -> None:
         live = [reporter.step(done, total) for reporter in self._reporters]

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -274,20 +274,21 @@ class Worker:
                     self.consumer.leave_pending(job.delivery)
 
     async def _render(self, batch: list[Job]) -> None:
-        jobs = [job for job in batch if await self._start(job)]
+        # Each job's bookkeeping is its own round trip; together they cost one while the
+        # device waits.
+        started = await all_of(self._start(job) for job in batch)
+        jobs = [job for job, ok in zip(batch, started, strict=True) if ok]
         if not jobs:
             return
+        reporters = []
         for job in jobs:
             job.reporter = ProgressReporter(
                 self._jobs, job.spec.job_id, deadline_at=job.spec.deadline_at
             )
+            reporters.append(job.reporter)
             self._rendering[job.delivery.msg_id] = job
-        progress = BatchProgress([job.reporter for job in jobs if job.reporter])
         try:
-            async with contextlib.AsyncExitStack() as reporters:
-                for job in jobs:
-                    assert job.reporter is not None
-                    await reporters.enter_async_context(job.reporter)
+            async with BatchProgress(reporters) as progress:
                 outputs = await self._on_render_thread(self._pipeline_call, jobs, progress.on_step)
         except RenderInterrupted as exc:
             for job in jobs:
@@ -373,15 +374,18 @@ class Worker:
     # -- finish ---------------------------------------------------------------------------
 
     async def _finish(self, rendered: list[tuple[Job, list[Artifact]]]) -> None:
-        """Off the render thread, while the next batch renders: encode, hand off, ack."""
-        for job, artifacts in rendered:
-            with job.log:
-                try:
-                    await self._finish_one(job, artifacts, batch=len(rendered))
-                except REDIS_UNAVAILABLE as exc:
-                    # Left pending: after the claim idle time it is rendered again.
-                    log.warning("job.hand_off_failed", error=str(exc))
-                    self.consumer.leave_pending(job.delivery)
+        """Off the render thread, while the next batch renders: encode, hand off, ack; the
+        jobs of a batch side by side."""
+        await all_of(self._finish_job(job, artifacts, len(rendered)) for job, artifacts in rendered)
+
+    async def _finish_job(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
+        with job.log:
+            try:
+                await self._finish_one(job, artifacts, batch=batch)
+            except REDIS_UNAVAILABLE as exc:
+                # Left pending: after the claim idle time it is rendered again.
+                log.warning("job.hand_off_failed", error=str(exc))
+                self.consumer.leave_pending(job.delivery)
 
     async def _finish_one(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
         try:
@@ -506,6 +510,16 @@ class Worker:
     async def _on_render_thread(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._render_thread, functools.partial(fn, *args))
+
+
+async def all_of(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Run side by side; every one ends before the first error, if any, is raised (none is left
+    running on its own)."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes  # type: ignore[return-value]  # no exceptions left
 
 
 def _stop_reason(job: Job) -> str | None:
