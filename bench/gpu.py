@@ -7,7 +7,7 @@ with ``save_pretrained`` and loaded back by the worker's own loader (``ModelRegi
 settings applied, warm-up run), then:
 
 - raw: the family's ``render`` in a loop in this process (and ``render_batch`` at the route's
-  ``max_batch``, for SD1.5's batching gain);
+  ``max_batch``, for the batching gain of SD1.5 and SDXL, the routes that batch);
 - served: the same folder behind redis-server, the gateway, one worker and the uploader (local
   storage); N jobs at concurrency C through ``POST /api/<route>/t2i``, each watched to its end on
   the gateway's SSE; jobs/s over the wall time, the served/raw ratio, and the worker's duty cycle
@@ -311,7 +311,7 @@ MODELS = {
     ),
     "sdxl": Model(
         "sdxl", "stable-diffusion-xl", build_sdxl, "float16", 1024, 30, 5.0,
-        GpuSettings(channels_last=True), raw_jobs=8, served_jobs=8,
+        PRODUCTION["sdxl"].gpu, raw_jobs=8, served_jobs=16,
     ),
     "flux": Model(
         "flux", "flux", build_flux, "bfloat16", 1024, 28, 3.5,

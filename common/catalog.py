@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.schemas import Task
 
-Family = Literal["stable-diffusion", "flux", "qwen-image", "ltx-video"]
+Family = Literal["stable-diffusion", "stable-diffusion-xl", "flux", "qwen-image", "ltx-video"]
 
 
 class Lora(BaseModel):
@@ -193,6 +193,17 @@ def production_catalog() -> Catalog:
                 weights="stable-diffusion-v1-5/stable-diffusion-v1-5",
                 tasks=[Task.T2I, Task.I2I],
                 gpu=GpuSettings(channels_last=True, max_batch=8, batch_window_ms=5),
+            ),
+            "sdxl": ModelRoute(
+                name="sdxl",
+                family="stable-diffusion-xl",
+                weights="stabilityai/stable-diffusion-xl-base-1.0",
+                tasks=[Task.T2I, Task.I2I],
+                # 1024² is its native size; well past 1536 it repeats subjects.
+                max_width=1536,
+                max_height=1536,
+                # Four 1024² renders fill a GPU as eight of SD 1.5's 512² do.
+                gpu=GpuSettings(channels_last=True, max_batch=4, batch_window_ms=5),
             ),
             "flux": ModelRoute(
                 name="flux",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from common.catalog import demo_catalog, write_catalog
+from common.catalog import Catalog, demo_catalog, write_catalog
 from common.logging import get_logger
 from common.redis_server import RedisServer
 from common.settings import CommonSettings
@@ -40,15 +40,28 @@ def _redis_configured() -> bool:
     )
 
 
+def missing_checkpoints(catalog: Catalog) -> list[Path]:
+    """The catalogue's checkpoint folders that hold no complete checkpoint (``save_pretrained``
+    writes ``model_index.json`` last)."""
+    folders = [Path(w) for r in catalog.routes.values() for w in (r.weights, r.edit_weights) if w]
+    return [
+        folder for folder in dict.fromkeys(folders) if not (folder / "model_index.json").exists()
+    ]
+
+
 def _demo_models(settings: LocalSettings) -> Path:
     models_dir = (settings.state_dir / "models").resolve()
-    if not (models_dir / "stable-diffusion" / "model_index.json").exists():
-        log.info("demo.models.writing", dir=str(models_dir))
+    catalog = demo_catalog(models_dir)
+    missing = missing_checkpoints(catalog)
+    if missing:
+        # Writes only the checkpoints that are missing: a folder from an older version gains the
+        # new routes' models and keeps its own.
+        log.info("demo.models.writing", dir=str(models_dir), missing=[p.name for p in missing])
         subprocess.run(
             [sys.executable, "-m", "common.cli", "models", "make-tiny", str(models_dir)], check=True
         )
     catalog_file = settings.state_dir.resolve() / "models.toml"
-    write_catalog(demo_catalog(models_dir), catalog_file)
+    write_catalog(catalog, catalog_file)
     return catalog_file
 
 

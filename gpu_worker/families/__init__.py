@@ -13,13 +13,12 @@ A family module has two functions, and a third if it can batch:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import diffusers
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
@@ -106,6 +105,36 @@ def step_end(on_step: StepCallback, offset: int = 0, total: int | None = None) -
     return callback
 
 
+def render_images(
+    pipe: Any,
+    specs: list[JobSpec],
+    images: list[Image.Image | None],
+    on_step: StepCallback,
+    inputs: dict[str, Any],
+) -> list[list[Artifact]]:
+    """What the image families' ``render_batch`` share: compatible jobs (same task, size, steps,
+    guidance, strength) in one call of ``pipe``, each with its own generator, so a seed gives the
+    same image batched or alone. ``inputs`` holds what the family passes its own way: the prompts,
+    or their embeddings. Text-to-image renders at the jobs' size; image-to-image takes its size
+    from the input images, resized to it."""
+    params, task = specs[0].params, specs[0].task
+    kwargs: dict[str, Any] = {
+        "num_inference_steps": params.num_inference_steps,
+        "guidance_scale": params.guidance_scale,
+        "generator": [generator(spec.params.seed) for spec in specs],
+        "callback_on_step_end": step_end(on_step),
+    }
+    if task == Task.I2I:
+        size = (params.width, params.height)
+        kwargs["image"] = [input_image(image, size) for image in images]
+        kwargs["strength"] = params.strength
+    else:
+        kwargs["width"], kwargs["height"] = params.width, params.height
+    with torch.inference_mode():
+        outputs: list[Image.Image] = pipe(**(kwargs | inputs)).images
+    return [[Artifact(image=im)] for im in outputs]
+
+
 def load_with_variant(
     route: ModelRoute,
     dtype: torch.dtype,
@@ -121,8 +150,7 @@ def load_with_variant(
     apply_loras(pipe, route.loras)
     pipelines: dict[Task, DiffusionPipeline] = {base_task: pipe}
     if variant_task in route.tasks:
-        with quiet():
-            pipelines[variant_task] = variant_cls.from_pipe(pipe)
+        pipelines[variant_task] = variant_cls.from_pipe(pipe)
     return pipelines
 
 
@@ -140,20 +168,22 @@ def apply_loras(pipe: Any, loras: list[Lora]) -> None:
     )
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """``from_pipe`` always warns about float32 modules, listing none (a diffusers quirk)."""
-    level = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers.utils.logging.set_verbosity(level)
+class _NoEmptyFloat32Warning(logging.Filter):
+    """diffusers warns about "modules that should be kept in float32" on every dtype cast of a
+    model, listing none when there are none (a quirk): ``from_pipe`` casts each module, and
+    SDXL's image-to-image casts its VAE to float32 and back on every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFloat32Warning())
 
 
 # Catalogue family name -> module in this package (imported on first use).
 MODULES: dict[str, str] = {
     "stable-diffusion": "stable_diffusion",
+    "stable-diffusion-xl": "stable_diffusion_xl",
     "flux": "flux",
     "ltx-video": "ltx_video",
     "qwen-image": "qwen_image",

@@ -21,11 +21,9 @@ from gpu_worker.families import (
     Artifact,
     Pipelines,
     StepCallback,
-    generator,
-    input_image,
     load_with_variant,
     one_at_a_time,
-    step_end,
+    render_images,
 )
 
 # FluxPipeline refuses more than 512 T5 tokens (and defaults to 512).
@@ -49,12 +47,8 @@ def render_batch(
     """Compatible jobs in one pipeline call, each with its own prompt and generator."""
     params, task = specs[0].params, specs[0].task
     pipe: Any = pipelines[task]  # a FluxPipeline or FluxImg2ImgPipeline
-    kwargs: dict[str, Any] = {
+    inputs: dict[str, Any] = {
         "prompt": [spec.params.prompt for spec in specs],
-        "num_inference_steps": params.num_inference_steps,
-        "guidance_scale": params.guidance_scale,
-        "generator": [generator(spec.params.seed) for spec in specs],
-        "callback_on_step_end": step_end(on_step),
         # T5 pads every prompt to this length and the transformer attends over all of it; a
         # checkpoint whose tokenizer is shorter (the tiny one) would otherwise be over-padded.
         "max_sequence_length": min(MAX_SEQUENCE_LENGTH, pipe.tokenizer_2.model_max_length),
@@ -63,13 +57,7 @@ def render_batch(
         "width": params.width,
         "height": params.height,
     }
-    if task == Task.I2I:
-        size = (params.width, params.height)
-        kwargs["image"] = [input_image(image, size) for image in images]
-        kwargs["strength"] = params.strength
-    with torch.inference_mode():
-        outputs: list[Image.Image] = pipe(**kwargs).images
-    return [[Artifact(image=im)] for im in outputs]
+    return render_images(pipe, specs, images, on_step, inputs)
 
 
 render = one_at_a_time(render_batch)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
@@ -14,11 +12,9 @@ from gpu_worker.families import (
     Artifact,
     Pipelines,
     StepCallback,
-    generator,
-    input_image,
     load_with_variant,
     one_at_a_time,
-    step_end,
+    render_images,
 )
 
 
@@ -42,25 +38,12 @@ def render_batch(
 ) -> list[list[Artifact]]:
     """Compatible jobs (same task, size, steps, guidance, strength) in one pipeline call, each
     with its own prompt and generator: a seed gives the same image batched or alone."""
-    params, task = specs[0].params, specs[0].task
-    kwargs: dict[str, Any] = {
+    prompts = {
         "prompt": [spec.params.prompt for spec in specs],
         # "" is what the pipeline uses for a missing negative prompt.
         "negative_prompt": [spec.params.negative_prompt or "" for spec in specs],
-        "num_inference_steps": params.num_inference_steps,
-        "guidance_scale": params.guidance_scale,
-        "generator": [generator(spec.params.seed) for spec in specs],
-        "callback_on_step_end": step_end(on_step),
     }
-    if task == Task.I2I:
-        size = (params.width, params.height)
-        kwargs["image"] = [input_image(image, size) for image in images]
-        kwargs["strength"] = params.strength
-    else:
-        kwargs["width"], kwargs["height"] = params.width, params.height
-    with torch.inference_mode():
-        outputs: list[Image.Image] = pipelines[task](**kwargs).images
-    return [[Artifact(image=im)] for im in outputs]
+    return render_images(pipelines[specs[0].task], specs, images, on_step, prompts)
 
 
 render = one_at_a_time(render_batch)

@@ -16,6 +16,7 @@ import torch
 # Checkpoint name -> "module:function" building its pipeline (imported only when written).
 CHECKPOINTS: dict[str, str] = {
     "stable-diffusion": "gpu_worker.tiny.stable_diffusion:build",
+    "stable-diffusion-xl": "gpu_worker.tiny.stable_diffusion_xl:build",
     "flux": "gpu_worker.tiny.flux:build",
     "ltx-video": "gpu_worker.tiny.ltx_video:build",
     "qwen-image": "gpu_worker.tiny.qwen_image:build_base",
@@ -40,5 +41,11 @@ def make_tiny(name: str, out_dir: Path, *, seed: int = 0) -> Path:
 
 
 def make_all(root: Path) -> dict[str, Path]:
-    """Write every tiny checkpoint under ``root/<name>``."""
-    return {name: make_tiny(name, Path(root) / name) for name in CHECKPOINTS}
+    """Every tiny checkpoint under ``root/<name>``, writing those not there yet: a folder written
+    by an older version gains the checkpoints added since. A folder with a ``model_index.json``
+    is complete (``save_pretrained`` writes it last) and kept; delete it to write it again."""
+    folders = {name: Path(root) / name for name in CHECKPOINTS}
+    for name, folder in folders.items():
+        if not (folder / "model_index.json").exists():
+            make_tiny(name, folder)
+    return folders

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 MAX_TOKENS = 77  # CLIP's context length; the text encoder's position table must match it.
 TEXT_DIM = 32  # text encoder hidden size == the denoiser's cross-attention width
@@ -27,8 +27,8 @@ def tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
 
 
-def text_encoder(tokenizer: CLIPTokenizer, *, hidden_size: int = TEXT_DIM) -> CLIPTextModel:
-    config = CLIPTextConfig(
+def _config(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=64,
@@ -39,5 +39,17 @@ def text_encoder(tokenizer: CLIPTokenizer, *, hidden_size: int = TEXT_DIM) -> CL
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # The projected pooled output (SDXL's second encoder) has the hidden size too.
+        projection_dim=hidden_size,
     )
-    return CLIPTextModel(config)
+
+
+def text_encoder(tokenizer: CLIPTokenizer, *, hidden_size: int = TEXT_DIM) -> CLIPTextModel:
+    return CLIPTextModel(_config(tokenizer, hidden_size))
+
+
+def text_encoder_with_projection(
+    tokenizer: CLIPTokenizer, *, hidden_size: int = TEXT_DIM
+) -> CLIPTextModelWithProjection:
+    """The text tower with its projected pooled output (SDXL's second encoder, OpenCLIP bigG)."""
+    return CLIPTextModelWithProjection(_config(tokenizer, hidden_size))

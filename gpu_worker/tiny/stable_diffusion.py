@@ -43,7 +43,8 @@ def _unet() -> UNet2DConditionModel:
     )
 
 
-def _vae() -> AutoencoderKL:
+def vae(*, sample_size: int = 512, scaling_factor: float = 0.18215) -> AutoencoderKL:
+    """Also SDXL's: the same architecture, with its own latent scale."""
     return AutoencoderKL(
         block_out_channels=(8, 8, 16, 16),  # 4 blocks -> 3 downsamples -> scale factor 8
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -51,7 +52,8 @@ def _vae() -> AutoencoderKL:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=4,
-        sample_size=512,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
         mid_block_add_attention=False,
     )
 
@@ -72,7 +74,7 @@ def _scheduler() -> DDIMScheduler:
 def build() -> StableDiffusionPipeline:
     tokenizer = clip.tokenizer()
     return StableDiffusionPipeline(
-        vae=_vae(),
+        vae=vae(),
         text_encoder=clip.text_encoder(tokenizer),
         tokenizer=tokenizer,
         unet=_unet(),

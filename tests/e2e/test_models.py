@@ -51,7 +51,7 @@ def video_shape(data: bytes) -> tuple[str, int, int, int, float]:
         )
 
 
-@pytest.mark.parametrize("model", ["flux", "sd"])
+@pytest.mark.parametrize("model", ["flux", "sd", "sdxl"])
 def test_image_routes(client: httpx.Client, model: str) -> None:
     t2i = finish(
         client,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.catalog import demo_catalog
+from common.catalog import demo_catalog, production_catalog
 from common.schemas import Task
+from gpu_worker.families import family
 from gpu_worker.registry import ModelRegistry, pipelines_bytes
 
 
@@ -20,6 +21,29 @@ def test_pipelines_are_resident_and_img2img_shares_the_weights(tiny_models: Path
     assert type(i2i).__name__ == "StableDiffusionImg2ImgPipeline"
     assert i2i.unet is t2i.unet and i2i.vae is t2i.vae and i2i.text_encoder is t2i.text_encoder
     assert registry.pipeline("sd", Task.T2I) is t2i  # never a load per job
+
+
+def test_every_demo_route_has_a_family_and_a_checkpoint(tiny_models: Path) -> None:
+    catalog = demo_catalog(tiny_models)
+    # The registry refuses a batching route whose family renders one job at a time.
+    ModelRegistry(catalog, [], torch.device("cpu"))
+    for route in catalog.routes.values():
+        assert family(route.family) is not None, route.name
+        assert (Path(route.weights) / "model_index.json").is_file(), route.name
+
+
+def test_sdxl_loads_with_its_production_gpu_settings(tiny_models: Path) -> None:
+    catalog = demo_catalog(tiny_models)
+    # NHWC as on a GPU, and the warm-up render at the route's default size, 512².
+    route = catalog.routes["sdxl"].model_copy(
+        update={"gpu": production_catalog().routes["sdxl"].gpu}
+    )
+    catalog = catalog.model_copy(update={"routes": {"sdxl": route}, "v1_route": "sdxl"})
+    registry = ModelRegistry(catalog, ["sdxl"], torch.device("cpu"))
+    t2i, i2i = registry.pipeline("sdxl", Task.T2I), registry.pipeline("sdxl", Task.I2I)
+    assert type(i2i).__name__ == "StableDiffusionXLImg2ImgPipeline" and i2i.unet is t2i.unet
+    weight = t2i.unet.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_a_worker_serves_only_its_routes(tiny_models: Path) -> None:

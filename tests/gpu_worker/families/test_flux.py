@@ -8,14 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, Task
 from gpu_worker.families import Family, family
 from gpu_worker.tiny import make_tiny
-from tests.gpu_worker.families.support import job_spec, source_image
+from tests.gpu_worker.families.support import job_spec, load_on_cpu, source_image
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +37,7 @@ def pipelines(flux: Family, weights: Path) -> dict[Task, Any]:
         dtype="float32",
         size_multiple=16,
     )
-    loaded: dict[Task, DiffusionPipeline] = flux.load(route, torch.float32, torch.device("cpu"))
-    for pipe in loaded.values():
-        pipe.set_progress_bar_config(disable=True)
-    return loaded
+    return load_on_cpu(flux, route)
 
 
 def spec(task: Task = Task.T2I, **params: Any) -> JobSpec:

@@ -9,8 +9,6 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
@@ -18,7 +16,7 @@ from common.schemas import JobSpec, Task
 from gpu_worker.encoding import encode
 from gpu_worker.families import Artifact, Family, family
 from gpu_worker.tiny import make_tiny
-from tests.gpu_worker.families.support import job_spec, source_image
+from tests.gpu_worker.families.support import job_spec, load_on_cpu, source_image
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +34,7 @@ def pipelines(ltx: Family, tmp_path_factory: pytest.TempPathFactory) -> dict[Tas
         tasks=[Task.T2V, Task.I2V],
         dtype="float32",
     )
-    loaded: dict[Task, DiffusionPipeline] = ltx.load(route, torch.float32, torch.device("cpu"))
-    for pipe in loaded.values():
-        pipe.set_progress_bar_config(disable=True)
-    return loaded
+    return load_on_cpu(ltx, route)
 
 
 def spec(task: Task = Task.T2V, **params: Any) -> JobSpec:

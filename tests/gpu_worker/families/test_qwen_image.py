@@ -21,7 +21,7 @@ from common.schemas import JobSpec, Task
 from gpu_worker.families import Family, family
 from gpu_worker.families.qwen_image import angle_prompt
 from gpu_worker.tiny import make_tiny
-from tests.gpu_worker.families.support import job_spec, source_image
+from tests.gpu_worker.families.support import job_spec, load_on_cpu, source_image
 
 ANGLES = ["front", "left 45°", "top-down"]
 
@@ -64,12 +64,7 @@ def small_condition_image() -> Iterator[None]:
 def pipelines(
     qwen: Family, weights: dict[str, Path], small_condition_image: None
 ) -> dict[Task, Any]:
-    loaded: dict[Task, DiffusionPipeline] = qwen.load(
-        route(weights), torch.float32, torch.device("cpu")
-    )
-    for pipe in loaded.values():
-        pipe.set_progress_bar_config(disable=True)
-    return loaded
+    return load_on_cpu(qwen, route(weights))
 
 
 def spec(task: Task = Task.I2I, **params: Any) -> JobSpec:

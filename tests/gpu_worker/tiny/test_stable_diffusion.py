@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,16 @@ def test_make_all_writes_a_loadable_folder_per_family(checkpoints: dict[str, Pat
         assert (path / "model_index.json").is_file()
         assert (path / "tokenizer" / "tokenizer.json").is_file()
         assert (path / "tokenizer" / "tokenizer_config.json").is_file()
+
+
+def test_make_all_writes_only_the_checkpoints_a_folder_lacks(checkpoints: dict[str, Path]) -> None:
+    # A folder written before SDXL was added: the new checkpoint is written, the others kept.
+    shutil.rmtree(checkpoints["stable-diffusion-xl"])
+    kept = checkpoints["stable-diffusion"] / "unet" / "diffusion_pytorch_model.safetensors"
+    written_ns = kept.stat().st_mtime_ns
+    assert make_all(checkpoints["stable-diffusion"].parent) == checkpoints
+    assert (checkpoints["stable-diffusion-xl"] / "model_index.json").is_file()
+    assert kept.stat().st_mtime_ns == written_ns
 
 
 def test_saved_tokenizer_round_trips_any_text(checkpoints: dict[str, Path]) -> None:
