@@ -40,6 +40,13 @@ class RenderInterrupted(Exception):
 
 
 class ProgressReporter:
+    """One job's events while it renders: "processing" first, then its steps.
+
+    The first event is published beside the render, not before it, so the device never waits
+    for it; it carries ``fields`` onto the record. A job found canceled by then stops at its
+    next step.
+    """
+
     def __init__(
         self,
         jobs: JobStore,
@@ -47,11 +54,13 @@ class ProgressReporter:
         *,
         deadline_at: float | None = None,
         message: str = "Generating",
+        fields: dict[str, str | int | float] | None = None,
     ) -> None:
         self._jobs = jobs
         self._job_id = job_id
         self._deadline_at = deadline_at
         self._message = message
+        self._fields = fields
         self._loop = asyncio.get_running_loop()
         self._latest: tuple[int, int] | None = None
         self._changed = asyncio.Event()
@@ -87,6 +96,7 @@ class ProgressReporter:
         await self._task
 
     async def _publish(self) -> None:
+        await self._emit(progress=RENDER_START_PCT, message=self._message, fields=self._fields)
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -102,16 +112,25 @@ class ProgressReporter:
             return
         done, total = latest
         span = RENDER_END_PCT - RENDER_START_PCT
+        await self._emit(
+            progress=RENDER_START_PCT + span * done // max(total, 1),
+            message=f"{self._message}: step {done}/{total}",
+        )
+
+    async def _emit(
+        self, *, progress: int, message: str, fields: dict[str, str | int | float] | None = None
+    ) -> None:
         try:
             event = await self._jobs.emit(
                 self._job_id,
                 status=JobStatus.PROCESSING,
-                progress=RENDER_START_PCT + span * done // max(total, 1),
-                message=f"{self._message}: step {done}/{total}",
+                progress=progress,
+                message=message,
+                fields=fields,
             )
         except REDIS_UNAVAILABLE:
             return  # progress is best effort; the render goes on and the hand-off will retry
-        if event is None:  # the job is terminal already: canceled while it rendered
+        if event is None:  # the job is terminal already: canceled while it waited or rendered
             self.stop(CANCELED)
 
 
@@ -120,19 +139,23 @@ class BatchProgress:
     is abandoned only when every job in it wants to stop; a job that stops alone has its share
     of the output discarded, so one cancel does not cost the others their render.
 
-    As a context manager it runs every job's reporter, and closes them together: the batch's
-    last progress events cost one round trip, not one per job."""
+    ``start`` runs every job's reporter; ``close`` ends them together (the batch's last events
+    cost one round trip, not one per job), and may be awaited after the next batch has begun.
+    """
 
     def __init__(self, reporters: list[ProgressReporter]) -> None:
         self._reporters = reporters
+        self._closing: asyncio.Future[list[None]] | None = None
 
-    async def __aenter__(self) -> BatchProgress:
+    async def start(self) -> None:
         for reporter in self._reporters:
             await reporter.__aenter__()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(reporter.__aexit__(*exc) for reporter in self._reporters))
+    async def close(self) -> None:
+        """Wait until every reporter has published its last event (once, however often called)."""
+        if self._closing is None:
+            self._closing = asyncio.gather(*(r.__aexit__() for r in self._reporters))
+        await self._closing
 
     def on_step(self, done: int, total: int) -> None:
         live = [reporter.step(done, total) for reporter in self._reporters]

@@ -2,9 +2,11 @@
 
 Three stages keep the device busy:
 
-- intake (the consumer's handler): reads the next round, fetches and decodes input images, and
-  groups compatible jobs into batches; it runs one batch ahead of the render stage;
-- render: one pipeline call per batch, on a dedicated render thread, nothing else on it;
+- intake (the consumer's handler): reads the next round and fetches and decodes input images,
+  while the render stage works; up to a batch of jobs waits ready (``batching.WaitingJobs``);
+- render: as soon as the previous call returns, the waiting jobs that are compatible with the
+  oldest become one pipeline call, on a dedicated render thread with nothing else on it; their
+  "processing" and progress events go out beside it;
 - finish: PNG/MP4 encoding, blob writes, the hand-off to ``rendered`` and the ack, while the next
   batch renders.
 
@@ -36,6 +38,7 @@ from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
 from common.redis import REDIS_UNAVAILABLE
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
+from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
 from gpu_worker.families import Artifact, StepCallback, batch_family, family
 from gpu_worker.metrics import BATCH_SIZE, JOBS, PIPELINE_SECONDS
@@ -43,7 +46,6 @@ from gpu_worker.progress import (
     CLAIM_LOST,
     DEADLINE_EXCEEDED,
     RENDER_END_PCT,
-    RENDER_START_PCT,
     SHUTTING_DOWN,
     BatchProgress,
     ProgressReporter,
@@ -122,9 +124,12 @@ class Worker:
             on_dead=self._on_dead,
             on_claim_lost=self._claim_lost,
         )
-        # Intake hands batches to the render stage here; it waits until the batch is taken, so
-        # exactly one batch is read ahead of the one rendering.
-        self._slot: asyncio.Queue[list[Job] | None] = asyncio.Queue(maxsize=1)
+        # Jobs read and ready, waiting for the render stage: at most the largest batch.
+        self._waiting: WaitingJobs[Job] = WaitingJobs(
+            limit=max(route.gpu.max_batch for route in registry.routes.values()),
+            batch_key=self._batch_key,
+            max_batch=lambda job: self._registry.routes[job.spec.model].gpu.max_batch,
+        )
         self._rendering: dict[str, Job] = {}  # by msg_id
         self._finishing: asyncio.Task[None] | None = None
         self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
@@ -158,7 +163,7 @@ class Worker:
                 try:
                     await self.consumer.run(stop)
                 finally:
-                    await self._slot.put(None)  # the render stage ends after what it holds
+                    await self._waiting.close()  # the render stage ends after what it holds
                     await renderer
                     if self._finishing is not None:
                         await self._finishing
@@ -201,14 +206,13 @@ class Worker:
     # -- intake ---------------------------------------------------------------------------
 
     async def take(self, deliveries: list[Delivery]) -> None:
-        """The consumer's handler: admit a round, batch it, hand the batches to the render
-        stage one at a time."""
-        jobs = [job for delivery in deliveries if (job := await self._admit(delivery))]
-        for batch in self._batches(jobs):
-            for job in batch:
-                self.consumer.hold(job.delivery)
-            await self._slot.put(batch)
-            await self._slot.join()
+        """The consumer's handler: admit a round and leave it waiting for the render stage;
+        return when the intake may read again."""
+        admitted = await all_of(self._admit(delivery) for delivery in deliveries)
+        jobs = [job for job in admitted if job is not None]
+        for job in jobs:
+            self.consumer.hold(job.delivery)
+        await self._waiting.add(jobs)
 
     async def _admit(self, delivery: Delivery) -> Job | None:
         try:
@@ -235,34 +239,20 @@ class Worker:
                     return None
         return job
 
-    def _batches(self, jobs: list[Job]) -> list[list[Job]]:
-        """Jobs that may share a pipeline call (same route, task, size, steps, guidance…), in
-        order of arrival, cut to the route's batch size; every other job renders alone."""
-        groups: dict[str, list[Job]] = {}
-        for job in jobs:
-            route = self._registry.routes[job.spec.model]
-            if route.gpu.max_batch > 1:
-                shared = job.spec.params.model_dump(mode="json", exclude=PER_JOB_PARAMS)
-                key = json.dumps([job.spec.model, job.spec.task, shared], sort_keys=True)
-            else:
-                key = job.delivery.msg_id
-            groups.setdefault(key, []).append(job)
-        batches = []
-        for group in groups.values():
-            size = self._registry.routes[group[0].spec.model].gpu.max_batch
-            batches += [group[i : i + size] for i in range(0, len(group), size)]
-        return batches
+    def _batch_key(self, job: Job) -> str:
+        """Jobs with equal keys may share a pipeline call (same route, task, size, steps,
+        guidance…); on a route that does not batch, every job is alone."""
+        if self._registry.routes[job.spec.model].gpu.max_batch == 1:
+            return job.delivery.msg_id
+        shared = job.spec.params.model_dump(mode="json", exclude=PER_JOB_PARAMS)
+        return json.dumps([job.spec.model, job.spec.task, shared], sort_keys=True)
 
     # -- render ---------------------------------------------------------------------------
 
     async def _render_stage(self, stop: asyncio.Event) -> None:
-        while True:
-            batch = await self._slot.get()
-            self._slot.task_done()
-            if batch is None:
-                return
+        while (batch := await self._waiting.next_batch()) is not None:
             if stop.is_set():  # read but not started: another worker takes them at once
-                for job in batch:
+                for job in batch + await self._waiting.take_all():
                     await self._release(job)
                 continue
             try:
@@ -274,65 +264,52 @@ class Worker:
                     self.consumer.leave_pending(job.delivery)
 
     async def _render(self, batch: list[Job]) -> None:
-        # Each job's bookkeeping is its own round trip; together they cost one while the
-        # device waits.
-        started = await all_of(self._start(job) for job in batch)
-        jobs = [job for job, ok in zip(batch, started, strict=True) if ok]
+        jobs = [job for job in batch if await self._start(job)]
         if not jobs:
             return
-        reporters = []
+        # A first job on a route waits for its weights; say so on the job's feed.
+        loaded = self._registry.is_loaded(jobs[0].spec.model)
         for job in jobs:
             job.reporter = ProgressReporter(
-                self._jobs, job.spec.job_id, deadline_at=job.spec.deadline_at
+                self._jobs,
+                job.spec.job_id,
+                deadline_at=job.spec.deadline_at,
+                message="Generating" if loaded else "Loading model",
+                fields={"attempts": job.delivery.attempt},
             )
-            reporters.append(job.reporter)
             self._rendering[job.delivery.msg_id] = job
+        progress = BatchProgress([job.reporter for job in jobs if job.reporter is not None])
+        await progress.start()
         try:
-            async with BatchProgress(reporters) as progress:
-                outputs = await self._on_render_thread(self._pipeline_call, jobs, progress.on_step)
+            outputs = await self._on_render_thread(self._pipeline_call, jobs, progress.on_step)
         except RenderInterrupted as exc:
+            await progress.close()
             for job in jobs:
                 await self._interrupted(job, _stop_reason(job) or exc.reason)
             return
         except Exception as exc:  # an inference error must not kill the worker
+            await progress.close()
             await self._render_failed(jobs, exc)
             return
         finally:
             for job in jobs:
                 self._rendering.pop(job.delivery.msg_id, None)
-        rendered = []
-        for job, artifacts in zip(jobs, outputs, strict=True):
-            reason = _stop_reason(job)
-            if reason is not None:  # canceled, or out of time, while the others rendered on
-                await self._interrupted(job, reason)
-            else:
-                rendered.append((job, artifacts))
         if self._finishing is not None:
             await self._finishing
-        self._finishing = asyncio.create_task(self._finish(rendered), name="worker-finish")
+        rendered = list(zip(jobs, outputs, strict=True))
+        self._finishing = asyncio.create_task(
+            self._finish(progress, rendered), name="worker-finish"
+        )
 
     async def _start(self, job: Job) -> bool:
-        """Mark the job processing; ``False`` if it is no longer this worker's to render."""
+        """``False`` if the job is no longer this worker's to render, or out of time. Nothing
+        here waits on Redis unless the job ends: the device is idle meanwhile."""
         with job.log:
             if not self.consumer.holds(job.delivery):
                 log.warning("job.claim_lost", stage="queued")
                 return False
             if job.spec.deadline_at is not None and time.time() > job.spec.deadline_at:
                 await self._fail(job, DEADLINE_EXCEEDED)
-                return False
-            started = await self._jobs.emit(
-                job.spec.job_id,
-                status=JobStatus.PROCESSING,
-                progress=RENDER_START_PCT,
-                # A first job on a route waits for its weights; say so on the job's feed.
-                message="Generating"
-                if self._registry.is_loaded(job.spec.model)
-                else "Loading model",
-                fields={"attempts": job.delivery.attempt},
-            )
-            if started is None:  # canceled while it waited
-                log.info("job.skipped", reason="canceled")
-                await self.consumer.ack(job.delivery)
                 return False
             log.info("job.started", task=job.spec.task.value)
             job.started_at = time.perf_counter()
@@ -373,10 +350,20 @@ class Worker:
 
     # -- finish ---------------------------------------------------------------------------
 
-    async def _finish(self, rendered: list[tuple[Job, list[Artifact]]]) -> None:
-        """Off the render thread, while the next batch renders: encode, hand off, ack; the
-        jobs of a batch side by side."""
-        await all_of(self._finish_job(job, artifacts, len(rendered)) for job, artifacts in rendered)
+    async def _finish(
+        self, progress: BatchProgress, rendered: list[tuple[Job, list[Artifact]]]
+    ) -> None:
+        """Off the render thread, while the next batch renders: the last progress events, then
+        encode, hand off and ack, the jobs of a batch side by side."""
+        await progress.close()
+        finished = []
+        for job, artifacts in rendered:
+            reason = _stop_reason(job)
+            if reason is not None:  # canceled, or out of time, while the others rendered on
+                await self._interrupted(job, reason)
+            else:
+                finished.append((job, artifacts))
+        await all_of(self._finish_job(job, artifacts, len(finished)) for job, artifacts in finished)
 
     async def _finish_job(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
         with job.log:
@@ -399,6 +386,8 @@ class Worker:
             return
         await self._jobs.emit(
             job.spec.job_id,
+            # "processing" again: the render's first event is best effort
+            status=JobStatus.PROCESSING,
             progress=RENDER_END_PCT,
             message="Generation complete, uploading to storage...",
         )

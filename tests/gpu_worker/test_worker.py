@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from common.catalog import demo_catalog
 from common.health import health_server
 from common.jobs import JobStore
-from common.keys import Keys
+from common.keys import WORKERS_GROUP, Keys
 from common.redis_server import RedisServer, free_port
 from common.schemas import JobSpec, JobStatus, RenderedJob, RenderParams, Task
 from gpu_worker.families import family
@@ -31,6 +32,8 @@ from tests.support.ledger import Ledger
 from tests.support.waiting import async_wait_for
 
 SIZE = {"width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}
+# About 2 s of rendering at 1024x768 on 2 CPU cores: time for three rounds of reading.
+LONG_STEPS = {"num_inference_steps": 40}
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +62,22 @@ class Deployment:
             consumer_name="w", blob_ttl_s=600, block_ms=100, claim_idle_ms=5000,
         )  # fmt: skip
 
-    async def submit(self, prompt: str, seed: int) -> JobSpec:
+    async def submit(self, prompt: str, seed: int, **params: int) -> JobSpec:
         spec = JobSpec(
             job_id=str(uuid.uuid4()),
             model="sd",
             task=Task.T2I,
-            params=RenderParams(prompt=prompt, seed=seed, **SIZE),
+            params=RenderParams(prompt=prompt, seed=seed, **(SIZE | params)),
             created_at=datetime.now(UTC),
         )
         await self.jobs.submit(spec, message="Queued")
         return spec
 
-    async def run_until_settled(self, specs: list[JobSpec]) -> None:
-        """Run the worker until every job is handed on or has failed."""
+    async def run_until_settled(
+        self, specs: list[JobSpec], meanwhile: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Run the worker (and ``meanwhile`` beside it) until every job is handed on or has
+        failed."""
 
         async def settled() -> bool:
             records = [await self.jobs.get(spec.job_id) for spec in specs]
@@ -84,10 +90,24 @@ class Deployment:
         stop = asyncio.Event()
         task = asyncio.create_task(self.worker.run(stop))
         try:
+            if meanwhile is not None:
+                await meanwhile()
             await async_wait_for(settled, timeout_s=120, what="every job settled")
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=60)
+
+    async def wait_until_read(self, jobs: int) -> None:
+        """Until the worker holds this many jobs read and not yet handed on."""
+
+        async def read() -> bool:
+            try:
+                summary = await self.redis.xpending(self.keys.job_stream("sd"), WORKERS_GROUP)
+            except ResponseError:  # NOGROUP: the worker has not started reading yet
+                return False
+            return int(summary["pending"]) == jobs
+
+        await async_wait_for(read, timeout_s=30, what=f"{jobs} jobs read")
 
     async def rendered(self) -> list[RenderedJob]:
         entries = await self.redis.xrange(self.keys.rendered)
@@ -146,6 +166,28 @@ async def test_compatible_jobs_render_in_one_call_and_each_seed_gives_its_own_im
         assert np.abs(batched - alone(registry, spec)).max() <= 1
     first, _, third = [await deployment.image(spec.job_id) for spec in specs]
     assert np.abs(first - third).mean() > 5  # same prompt, other seed: another image
+
+
+async def test_jobs_arriving_one_by_one_while_the_device_is_busy_share_the_next_call(
+    deployment: Deployment,
+) -> None:
+    # A long render keeps the device busy while three clients submit one after the other,
+    # each read in its own round: they wait together and render in one call, not 1 + 2.
+    busy = await deployment.submit("a long one", seed=0, width=1024, height=768, **LONG_STEPS)
+    specs: list[JobSpec] = [busy]
+
+    async def one_by_one() -> None:
+        await deployment.wait_until_read(1)
+        for i in range(3):
+            specs.append(await deployment.submit(f"client {i}", seed=i))
+            await deployment.wait_until_read(len(specs))
+        record = await deployment.jobs.get(busy.job_id)
+        assert record is not None and record.progress < 90, "the long render ended too soon"
+
+    calls_before, jobs_before = batch_calls()
+    await deployment.run_until_settled(specs, meanwhile=one_by_one)
+    calls, jobs = batch_calls()
+    assert (calls - calls_before, jobs - jobs_before) == (2, 4)  # the long one, then the three
 
 
 async def test_each_job_in_a_batch_reports_its_own_progress(deployment: Deployment) -> None:

@@ -1,0 +1,71 @@
+"""The jobs a worker has read ahead of the render, and how they become batches.
+
+The intake adds jobs as it reads them; the render stage takes a batch only when it is free to
+render one. So a batch holds every compatible job that arrived while the previous one rendered,
+not only those that happened to be waiting when it was read (a batch fixed at read time left
+clients that resubmit as their results arrive in batches of 8, 7 and 1). Reading pauses while
+``limit`` jobs wait: a worker never holds back more than a batch from the other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+J = TypeVar("J")
+
+
+class WaitingJobs(Generic[J]):
+    def __init__(
+        self,
+        *,
+        limit: int,
+        batch_key: Callable[[J], Hashable],
+        max_batch: Callable[[J], int],
+    ) -> None:
+        self._limit = max(1, limit)
+        self._batch_key = batch_key
+        self._max_batch = max_batch
+        self._jobs: list[J] = []  # oldest first
+        self._closed = False
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    async def add(self, jobs: list[J]) -> None:
+        """Queue jobs for the render stage; returns once fewer than ``limit`` wait, which is
+        when the intake may read again."""
+        async with self._changed:
+            self._jobs += jobs
+            self._changed.notify_all()
+            await self._changed.wait_for(lambda: len(self._jobs) < self._limit)
+
+    async def next_batch(self) -> list[J] | None:
+        """The oldest job and the compatible ones that wait with it, up to its batch size, in
+        order of arrival; ``None`` once closed with nothing left."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._jobs) or self._closed)
+            if not self._jobs:
+                return None
+            first = self._jobs[0]
+            key, size = self._batch_key(first), self._max_batch(first)
+            batch = [job for job in self._jobs if self._batch_key(job) == key][:size]
+            taken = {id(job) for job in batch}
+            self._jobs = [job for job in self._jobs if id(job) not in taken]
+            self._changed.notify_all()
+            return batch
+
+    async def take_all(self) -> list[J]:
+        """Every waiting job, taken out (to give back on shutdown)."""
+        async with self._changed:
+            jobs, self._jobs = self._jobs, []
+            self._changed.notify_all()
+            return jobs
+
+    async def close(self) -> None:
+        """No more jobs will come: ``next_batch`` ends once the waiting ones are taken."""
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
