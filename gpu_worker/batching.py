@@ -3,8 +3,11 @@
 The intake adds jobs as it reads them; the render stage takes a batch only when it is free to
 render one. So a batch holds every compatible job that arrived while the previous one rendered,
 not only those that happened to be waiting when it was read (a batch fixed at read time left
-clients that resubmit as their results arrive in batches of 8, 7 and 1). Reading pauses while
-``limit`` jobs wait: a worker never holds back more than a batch from the other workers.
+clients that resubmit as their results arrive in batches of 8, 7 and 1).
+
+Reading pauses once the next batch is full (a route that renders one job at a time holds back
+one job), or once ``limit`` jobs wait: a worker never keeps from the other workers jobs it
+could not render next.
 """
 
 from __future__ import annotations
@@ -35,12 +38,21 @@ class WaitingJobs(Generic[J]):
         return len(self._jobs)
 
     async def add(self, jobs: list[J]) -> None:
-        """Queue jobs for the render stage; returns once fewer than ``limit`` wait, which is
-        when the intake may read again."""
+        """Queue jobs for the render stage; returns when the intake may read again."""
         async with self._changed:
             self._jobs += jobs
             self._changed.notify_all()
-            await self._changed.wait_for(lambda: len(self._jobs) < self._limit)
+            await self._changed.wait_for(self._room)
+
+    def _room(self) -> bool:
+        """Whether reading more could still add to the next batch."""
+        if len(self._jobs) >= self._limit:
+            return False
+        if not self._jobs:
+            return True
+        first = self._jobs[0]
+        key = self._batch_key(first)
+        return sum(self._batch_key(job) == key for job in self._jobs) < self._max_batch(first)
 
     async def next_batch(self) -> list[J] | None:
         """The oldest job and the compatible ones that wait with it, up to its batch size, in

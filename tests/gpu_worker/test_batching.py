@@ -40,17 +40,20 @@ async def test_the_oldest_job_decides_and_others_keep_their_turn() -> None:
 
 async def test_a_batch_never_exceeds_its_route_size() -> None:
     jobs = waiting(limit=8)
-    await jobs.add([Job(str(i), route_batch=3) for i in range(5)])
+    adding = asyncio.create_task(jobs.add([Job(str(i), route_batch=3) for i in range(5)]))
     assert [job.name for job in await jobs.next_batch() or []] == ["0", "1", "2"]
     assert [job.name for job in await jobs.next_batch() or []] == ["3", "4"]
+    await asyncio.wait_for(adding, timeout=1)
 
 
 async def test_a_route_that_does_not_batch_renders_one_at_a_time() -> None:
     jobs: WaitingJobs[Job] = WaitingJobs(
         limit=4, batch_key=lambda job: job.name, max_batch=lambda job: 1
     )
-    await jobs.add([Job("a"), Job("b")])
+    adding = asyncio.create_task(jobs.add([Job("a"), Job("b")]))
     assert [job.name for job in await jobs.next_batch() or []] == ["a"]
+    assert [job.name for job in await jobs.next_batch() or []] == ["b"]
+    await asyncio.wait_for(adding, timeout=1)
 
 
 async def test_reading_pauses_while_a_full_batch_waits() -> None:
@@ -59,6 +62,26 @@ async def test_reading_pauses_while_a_full_batch_waits() -> None:
     adding = asyncio.create_task(jobs.add([Job("b")]))
     await asyncio.sleep(0.05)
     assert not adding.done() and len(jobs) == 2  # queued, but the intake may not read on
+    await jobs.next_batch()
+    await asyncio.wait_for(adding, timeout=1)
+
+
+async def test_reading_pauses_once_the_next_batch_is_full() -> None:
+    jobs = waiting(limit=8)
+    adding = asyncio.create_task(jobs.add([Job(str(i), route_batch=2) for i in range(2)]))
+    await asyncio.sleep(0.05)
+    assert not adding.done()  # more could only wait for a later batch
+    await jobs.next_batch()
+    await asyncio.wait_for(adding, timeout=1)
+
+
+async def test_a_route_that_renders_alone_holds_back_one_job() -> None:
+    jobs: WaitingJobs[Job] = WaitingJobs(
+        limit=8, batch_key=lambda job: job.name, max_batch=lambda job: 1
+    )
+    adding = asyncio.create_task(jobs.add([Job("a")]))
+    await asyncio.sleep(0.05)
+    assert not adding.done()
     await jobs.next_batch()
     await asyncio.wait_for(adding, timeout=1)
 
