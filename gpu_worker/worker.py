@@ -356,21 +356,19 @@ class Worker:
         """Off the render thread, while the next batch renders: the last progress events, then
         encode, hand off and ack, the jobs of a batch side by side."""
         await progress.close()
-        finished = []
-        for job, artifacts in rendered:
-            reason = _stop_reason(job)
-            if reason is not None:  # canceled, or out of time, while the others rendered on
-                await self._interrupted(job, reason)
-            else:
-                finished.append((job, artifacts))
-        await all_of(self._finish_job(job, artifacts, len(finished)) for job, artifacts in finished)
+        batch = sum(_stop_reason(job) is None for job, _ in rendered)
+        await all_of(self._finish_job(job, artifacts, batch) for job, artifacts in rendered)
 
     async def _finish_job(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
         with job.log:
             try:
-                await self._finish_one(job, artifacts, batch=batch)
+                reason = _stop_reason(job)
+                if reason is not None:  # canceled, or out of time, while the others rendered on
+                    await self._interrupted(job, reason)
+                else:
+                    await self._finish_one(job, artifacts, batch=batch)
             except REDIS_UNAVAILABLE as exc:
-                # Left pending: after the claim idle time it is rendered again.
+                # Left pending: after the claim idle time it is delivered again.
                 log.warning("job.hand_off_failed", error=str(exc))
                 self.consumer.leave_pending(job.delivery)
 
