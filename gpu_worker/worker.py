@@ -382,19 +382,19 @@ class Worker:
         if not await self._hand_off(job, outputs):
             log.warning("job.claim_lost", stage="hand_off")
             return
-        await self._jobs.emit(
-            job.spec.job_id,
-            # "processing" again: the render's first event is best effort
-            status=JobStatus.PROCESSING,
-            progress=RENDER_END_PCT,
-            message="Generation complete, uploading to storage...",
-        )
         JOBS.labels(job.spec.model, "rendered").inc()
         log.info(
             "job.rendered",
             duration_ms=round((time.perf_counter() - job.started_at) * 1000),
             outputs=len(outputs),
             batch=batch,
+        )
+        await self._jobs.emit(
+            job.spec.job_id,
+            # "processing" again: the render's first event is best effort
+            status=JobStatus.PROCESSING,
+            progress=RENDER_END_PCT,
+            message="Generation complete, uploading to storage...",
         )
 
     async def _hand_off(self, job: Job, outputs: list[Encoded]) -> bool:

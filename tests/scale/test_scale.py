@@ -17,6 +17,7 @@ import pytest
 import redis
 from pytest import TempPathFactory
 
+from common.catalog import demo_catalog
 from common.keys import WORKERS_GROUP, Keys
 from common.redis_server import RedisServer
 from common.schemas import JobRecord
@@ -57,6 +58,8 @@ TORCH_THREADS = 1
 PHASE_TIMEOUT_S = 180.0
 DRAIN_TIMEOUT_S = 60.0
 WORKERS = ("worker:a", "worker:b", "worker:c")
+# The demo catalogue's `sd` batch: what a killed worker may have been finishing at once.
+SD_MAX_BATCH = demo_catalog(Path("models")).routes["sd"].gpu.max_batch
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ class Tally:
         records: dict[str, JobRecord | None],
         ledger: Ledger,
         *,
-        may_miss_a_log_line: bool = False,
+        may_miss_log_lines: int = 0,
     ) -> dict[str, Counter[str]]:
         """Every job completed, was handed off once, stored once and logged as rendered by
         exactly one worker, and no other object was stored. Returns each worker's log count
@@ -138,9 +141,10 @@ class Tally:
         )
         assert [j for j, n in stored.items() if n > 1] == [], "jobs stored twice"
         assert [j for j, n in logged.items() if n > 1] == [], "jobs rendered twice"
-        # A SIGKILLed worker can die between a hand-off and its log line; only then.
+        # A SIGKILLed worker can die between hand-offs and their log lines (a batch finishes
+        # side by side); only then.
         unlogged = job_ids - set(logged)
-        assert len(unlogged) <= (1 if may_miss_a_log_line else 0), f"not logged: {unlogged}"
+        assert len(unlogged) <= may_miss_log_lines, f"not logged: {unlogged}"
         return by_worker
 
 
@@ -194,7 +198,7 @@ def test_a_stopped_and_a_killed_worker_lose_nothing(
     assert draining.wait(timeout=DRAIN_TIMEOUT_S) == 0, stack.log("worker:b")[-3000:]
 
     records = wait_all_terminal(stack, r, job_ids, timeout_s=PHASE_TIMEOUT_S)
-    tally.check(records, ledger, may_miss_a_log_line=True)
+    tally.check(records, ledger, may_miss_log_lines=SD_MAX_BATCH)
     # What died with worker c was taken over by another worker, not lost with it.
     retaken = {j: rec.attempts if rec else None for j, rec in records.items() if j in orphaned}
     assert all(attempts and attempts >= 2 for attempts in retaken.values()), retaken
