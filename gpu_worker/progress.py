@@ -83,11 +83,12 @@ class ProgressReporter:
         self._loop.call_soon_threadsafe(self._changed.set)
         return True
 
-    async def __aenter__(self) -> ProgressReporter:
+    def start(self) -> None:
+        """Begin publishing: "processing" at once, then the steps as they come."""
         self._task = asyncio.create_task(self._publish())
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def close(self) -> None:
+        """Publish the latest step, if not yet out, and stop."""
         # The publisher is asked to finish, never cancelled: a Redis call cancelled half-way can
         # leave its connection wedged.
         assert self._task is not None
@@ -147,14 +148,14 @@ class BatchProgress:
         self._reporters = reporters
         self._closing: asyncio.Future[list[None]] | None = None
 
-    async def start(self) -> None:
+    def start(self) -> None:
         for reporter in self._reporters:
-            await reporter.__aenter__()
+            reporter.start()
 
     async def close(self) -> None:
         """Wait until every reporter has published its last event (once, however often called)."""
         if self._closing is None:
-            self._closing = asyncio.gather(*(r.__aexit__() for r in self._reporters))
+            self._closing = asyncio.gather(*(r.close() for r in self._reporters))
         await self._closing
 
     def on_step(self, done: int, total: int) -> None:

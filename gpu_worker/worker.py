@@ -279,7 +279,7 @@ class Worker:
             )
             self._rendering[job.delivery.msg_id] = job
         progress = BatchProgress([job.reporter for job in jobs if job.reporter is not None])
-        await progress.start()
+        progress.start()
         try:
             outputs = await self._on_render_thread(self._pipeline_call, jobs, progress.on_step)
         except RenderInterrupted as exc:
