@@ -30,7 +30,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from common.logging import get_logger
-from common.redis import REDIS_UNAVAILABLE
+from common.redis_errors import REDIS_TRANSIENT
 
 log = get_logger(__name__)
 
@@ -209,7 +209,7 @@ class StreamConsumer:
             for key, delivery in list(self._held.items()):
                 try:
                     kept = await self.keep_claim(delivery)
-                except REDIS_UNAVAILABLE:
+                except REDIS_TRANSIENT:
                     break  # the consumer loop reports the outage; try again next round
                 if not kept and self._held.pop(key, None) is not None:
                     log.warning(
@@ -230,7 +230,7 @@ class StreamConsumer:
                     groups_ready = True
                 deliveries = await self._claim_stale() or await self._read_new()
                 failures = 0
-            except REDIS_UNAVAILABLE as exc:
+            except REDIS_TRANSIENT as exc:
                 delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
                 log.warning(
@@ -243,7 +243,7 @@ class StreamConsumer:
                 continue
             try:
                 await self._deliver(deliveries)
-            except REDIS_UNAVAILABLE as exc:
+            except REDIS_TRANSIENT as exc:
                 # The entries stay pending: after their claim idle time they are delivered again.
                 failures += 1
                 log.warning("consumer.handler_redis_unavailable", error=str(exc))

@@ -8,10 +8,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import common.redis_errors  # noqa: F401  # registers the BUSY reply class before any client parses
 from common.settings import CommonSettings
-
-# Errors that mean "Redis is unreachable right now": loops back off and reconnect on these.
-REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_INTERVAL_S = 15

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from common.logging import get_logger
+from common.redis_errors import REDIS_TRANSIENT, describe
 from common.schemas import ErrorField, ErrorResponse
 
 log = get_logger(__name__)
@@ -73,10 +72,11 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
 
 
 async def handle_redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("http.redis_unavailable", path=request.url.path, error=str(exc))
+    log.warning("http.redis_unavailable", path=request.url.path, error=describe(exc))
     body = ErrorResponse(
         error="unavailable",
-        message="The job store is unreachable right now; nothing was changed. Retry shortly.",
+        message="The job store cannot take this request right now; nothing was changed. "
+        "Retry shortly.",
     )
     return _json(503, body, {"Retry-After": str(REDIS_RETRY_AFTER_S)})
 
@@ -95,7 +95,6 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 EXCEPTION_HANDLERS = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
-    RedisConnectionError: handle_redis_unavailable,
-    RedisTimeoutError: handle_redis_unavailable,
+    **{cls: handle_redis_unavailable for cls in REDIS_TRANSIENT if cls is not OSError},
     Exception: handle_unexpected,
 }

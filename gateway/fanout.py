@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from common.consumer import RECONNECT_BACKOFF_S
 from common.keys import Keys
 from common.logging import get_logger
-from common.redis import REDIS_UNAVAILABLE
+from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobEvent
 
 log = get_logger(__name__)
@@ -107,12 +107,12 @@ class EventFanout:
                     if job_id in self._feeds:
                         event = JobEvent.model_validate_json(message["data"])
                         self._deliver(job_id, LiveEvent.of(event))
-            except REDIS_UNAVAILABLE as exc:
+            except REDIS_TRANSIENT as exc:
                 self.subscribed.clear()
                 delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
                 log.warning("fanout.redis_unavailable", error=str(exc), retry_in_s=delay_s)
                 await asyncio.sleep(delay_s)
             finally:
-                with contextlib.suppress(*REDIS_UNAVAILABLE):
+                with contextlib.suppress(*REDIS_TRANSIENT):
                     await pubsub.aclose()

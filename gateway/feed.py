@@ -15,7 +15,7 @@ from starlette.responses import StreamingResponse
 
 from common.jobs import JobStore
 from common.logging import get_logger
-from common.redis import REDIS_UNAVAILABLE
+from common.redis_errors import REDIS_TRANSIENT
 from gateway.fanout import RESYNC, EventFanout, FeedQueue, LiveEvent, sse_frame
 
 log = get_logger(__name__)
@@ -56,7 +56,7 @@ async def job_feed(
     try:
         async for frame in _frames(job_id, last_event_id, jobs, fanout, ping_s, resync_s):
             yield frame
-    except REDIS_UNAVAILABLE as exc:
+    except REDIS_TRANSIENT as exc:
         # The client reconnects with Last-Event-ID and misses nothing.
         log.warning("feed.redis_unavailable", job_id=job_id, error=str(exc))
 

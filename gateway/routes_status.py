@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from common.redis import REDIS_UNAVAILABLE
+from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import Health, JobRecord, JobStatusResponse, SessionStatus
 from gateway.errors import field_error, not_found
 from gateway.feed import EventStream, job_feed
@@ -28,7 +28,7 @@ async def health(request: Request) -> JSONResponse:
     try:
         await services(request).redis.ping()
         redis_state = "connected"
-    except REDIS_UNAVAILABLE:
+    except REDIS_TRANSIENT:
         redis_state = "disconnected"
     body = Health(
         status="ok" if redis_state == "connected" else "degraded",

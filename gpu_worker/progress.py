@@ -15,7 +15,7 @@ import time
 
 from common.consumer import sleep_unless
 from common.jobs import JobStore
-from common.redis import REDIS_UNAVAILABLE
+from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobStatus
 
 # At most one progress event per job this often: a client sees smooth progress, and Redis is not
@@ -129,7 +129,7 @@ class ProgressReporter:
                 message=message,
                 fields=fields,
             )
-        except REDIS_UNAVAILABLE:
+        except REDIS_TRANSIENT:
             return  # progress is best effort; the render goes on and the hand-off will retry
         if event is None:  # the job is terminal already: canceled while it waited or rendered
             self.stop(CANCELED)

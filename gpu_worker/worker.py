@@ -36,7 +36,7 @@ from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
 from common.jobs import JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
-from common.redis import REDIS_UNAVAILABLE
+from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
 from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
@@ -141,7 +141,7 @@ class Worker:
             return False, "loading models"
         try:
             await self._redis.ping()
-        except REDIS_UNAVAILABLE as exc:
+        except REDIS_TRANSIENT as exc:
             return False, f"redis unavailable: {exc}"
         return True, ""
 
@@ -185,10 +185,10 @@ class Worker:
                 ts=time.time(),
             )
             # On an outage the consumer loop reports it, and the key expires on its own.
-            with contextlib.suppress(*REDIS_UNAVAILABLE):
+            with contextlib.suppress(*REDIS_TRANSIENT):
                 await self._redis.set(key, beat.model_dump_json(), ex=HEARTBEAT_TTL_S)
             await sleep_unless(done, HEARTBEAT_INTERVAL_S)
-        with contextlib.suppress(*REDIS_UNAVAILABLE):
+        with contextlib.suppress(*REDIS_TRANSIENT):
             await self._redis.delete(key)
 
     async def _drain_deadline(self, stop: asyncio.Event, done: asyncio.Event) -> None:
@@ -367,7 +367,7 @@ class Worker:
                     await self._interrupted(job, reason)
                 else:
                     await self._finish_one(job, artifacts, batch=batch)
-            except REDIS_UNAVAILABLE as exc:
+            except REDIS_TRANSIENT as exc:
                 # Left pending: after the claim idle time it is delivered again.
                 log.warning("job.hand_off_failed", error=str(exc))
                 self.consumer.leave_pending(job.delivery)
@@ -472,7 +472,7 @@ class Worker:
             try:
                 await self.consumer.release(job.delivery)
                 log.info("job.released")
-            except REDIS_UNAVAILABLE:
+            except REDIS_TRANSIENT:
                 self.consumer.leave_pending(job.delivery)  # taken over after the idle time
 
     async def _claim_lost(self, delivery: Delivery) -> None:

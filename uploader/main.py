@@ -6,7 +6,8 @@ from common.health import health_server
 from common.jobs import JobStore
 from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
-from common.redis import REDIS_UNAVAILABLE, connect
+from common.redis import connect
+from common.redis_errors import REDIS_TRANSIENT
 from uploader.settings import UploaderSettings
 from uploader.uploader import Uploader, open_storage
 
@@ -22,7 +23,7 @@ async def run(settings: UploaderSettings) -> None:
             return False, "waiting for storage"
         try:
             await redis.ping()
-        except REDIS_UNAVAILABLE as exc:
+        except REDIS_TRANSIENT as exc:
             return False, f"redis unavailable: {exc}"
         return True, ""
 
