@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "DARKROOM_"
 
@@ -61,15 +67,19 @@ class CommonSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
-    @model_validator(mode="after")
-    def _reject_unknown(self) -> CommonSettings:
-        unknown = unknown_prefixed_env(os.environ)
-        if unknown:
-            raise SettingsError(
-                f"unknown setting(s): {', '.join(sorted(unknown))}; "
-                f"known {ENV_PREFIX}* settings: {', '.join(sorted(known_prefixed_names()))}"
-            )
-        return self
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The sources have read the environment and the .env file(s) by now: a typo in either
+        # stops start-up here, before any value is used.
+        reject_unknown({"environment": _names(env_settings), ".env": _names(dotenv_settings)})
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @property
     def redis_dsn(self) -> str:
@@ -112,7 +122,26 @@ def known_prefixed_names() -> set[str]:
     return {name for name in names if name.startswith(ENV_PREFIX)}
 
 
-def unknown_prefixed_env(environ: os._Environ[str] | dict[str, str]) -> set[str]:
-    """``DARKROOM_*`` variables that no settings class reads: almost always a typo."""
-    known = known_prefixed_names()
-    return {name for name in environ if name.upper().startswith(ENV_PREFIX)} - known
+def unknown_prefixed(names: Iterable[str]) -> set[str]:
+    """``DARKROOM_*`` names that no settings class reads: almost always a typo."""
+    prefixed = {name.upper() for name in names if name.upper().startswith(ENV_PREFIX)}
+    return prefixed - known_prefixed_names()
+
+
+def reject_unknown(names_by_origin: dict[str, Iterable[str]]) -> None:
+    """Raise :class:`SettingsError` naming every unknown ``DARKROOM_*`` name and where it is."""
+    found = [
+        f"{name} (in {origin})"
+        for origin, names in names_by_origin.items()
+        for name in sorted(unknown_prefixed(names))
+    ]
+    if found:
+        raise SettingsError(
+            f"unknown setting(s): {', '.join(found)}; "
+            f"known {ENV_PREFIX}* settings: {', '.join(sorted(known_prefixed_names()))}"
+        )
+
+
+def _names(source: PydanticBaseSettingsSource) -> Iterable[str]:
+    # The env source holds os.environ, the dotenv source (a subclass) what its files define.
+    return source.env_vars.keys() if isinstance(source, EnvSettingsSource) else ()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-from pydantic import ValidationError
+from pathlib import Path
 
-from common.settings import CommonSettings
+import pytest
+
+from common.settings import CommonSettings, SettingsError
 
 
 def test_seed_one_redis_variables_build_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,8 +28,25 @@ def test_redis_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_misspelled_setting_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKROOM_STORAGEE", "s3")
-    with pytest.raises(ValidationError, match="unknown setting.*DARKROOM_STORAGEE"):
+    with pytest.raises(SettingsError, match=r"unknown.*DARKROOM_STORAGEE \(in environment\)"):
         CommonSettings()
+
+
+def test_a_misspelled_setting_in_dot_env_fails_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("REDIS_HOST=cache.internal\nDARKROOM_LOG_LEVLE=DEBUG\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=r"unknown setting.*DARKROOM_LOG_LEVLE \(in \.env\)"):
+        CommonSettings()
+
+
+def test_dot_env_settings_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("REDIS_HOST=cache.internal\ndarkroom_log_level=DEBUG\n")
+    monkeypatch.chdir(tmp_path)
+    settings = CommonSettings()
+    assert settings.redis_host == "cache.internal"
+    assert settings.log_level == "DEBUG"
 
 
 def test_another_services_setting_is_not_a_typo(monkeypatch: pytest.MonkeyPatch) -> None:
