@@ -3,13 +3,15 @@
 Each service subclasses ``CommonSettings`` with its own fields and builds it once at start-up.
 The seeds' variable names (``REDIS_URL``, ``REDIS_HOST``…, ``TASK_TTL``, ``AWS_*``,
 ``S3_BUCKET_NAME``) are accepted as written; Darkroom's own settings use the ``DARKROOM_`` prefix.
+Sources, strongest first: the environment, ``.env``, then files in the secrets directory (a mounted
+Kubernetes Secret), each file named like a variable (``REDIS_PASSWORD``, ``AWS_SECRET_ACCESS_KEY``).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -19,10 +21,13 @@ from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
 )
 
 ENV_PREFIX = "DARKROOM_"
+# Where the Kubernetes manifests mount the credentials Secret; skipped where it does not exist.
+DEFAULT_SECRETS_DIR = Path("/run/secrets/darkroom")
 
 
 class SettingsError(ValueError):
@@ -67,6 +72,9 @@ class CommonSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
+    # Files named like settings, one value each (read before the model is built: see below).
+    secrets_dir: Path = DEFAULT_SECRETS_DIR
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -76,10 +84,16 @@ class CommonSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The sources have read the environment and the .env file(s) by now: a typo in either
-        # stops start-up here, before any value is used.
-        reject_unknown({"environment": _names(env_settings), ".env": _names(dotenv_settings)})
-        return init_settings, env_settings, dotenv_settings, file_secret_settings
+        # The sources have read the environment and the .env file(s) by now: a typo in either,
+        # or in the name of a secret file, stops start-up here, before any value is used.
+        env, dotenv = _env_vars(env_settings), _env_vars(dotenv_settings)
+        secrets_dir = _secrets_dir(env, dotenv)
+        names: dict[str, Iterable[str]] = {"environment": env, ".env": dotenv}
+        if secrets_dir:
+            names[str(secrets_dir)] = [path.name for path in secrets_dir.iterdir()]
+        reject_unknown(names)
+        secrets = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
+        return init_settings, env_settings, dotenv_settings, secrets
 
     @property
     def redis_dsn(self) -> str:
@@ -142,6 +156,18 @@ def reject_unknown(names_by_origin: dict[str, Iterable[str]]) -> None:
         )
 
 
-def _names(source: PydanticBaseSettingsSource) -> Iterable[str]:
-    # The env source holds os.environ, the dotenv source (a subclass) what its files define.
-    return source.env_vars.keys() if isinstance(source, EnvSettingsSource) else ()
+def _env_vars(source: PydanticBaseSettingsSource) -> Mapping[str, str | None]:
+    # The env source holds os.environ, the dotenv source (a subclass) what its files define;
+    # both with lower-cased names (the settings are case-insensitive).
+    return source.env_vars if isinstance(source, EnvSettingsSource) else {}
+
+
+def _secrets_dir(*sources: Mapping[str, str | None]) -> Path | None:
+    """DARKROOM_SECRETS_DIR from the first source that sets it, else the default if it exists."""
+    for env_vars in sources:
+        value = env_vars.get(f"{ENV_PREFIX}secrets_dir".lower())
+        if value:
+            if not Path(value).is_dir():
+                raise SettingsError(f"{ENV_PREFIX}SECRETS_DIR={value} is not a directory")
+            return Path(value)
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None

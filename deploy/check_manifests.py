@@ -26,7 +26,7 @@ import gpu_worker.settings  # noqa: F401
 import uploader.settings  # noqa: F401
 from common.catalog import Catalog
 from common.keys import Keys
-from common.settings import ENV_PREFIX, known_prefixed_names
+from common.settings import DEFAULT_SECRETS_DIR, ENV_PREFIX, known_prefixed_names
 
 Doc = dict[str, Any]
 
@@ -82,7 +82,10 @@ def check_pod_specs(workloads: list[Doc], config_maps: dict[str, Doc], problems:
                     problems.add(
                         where(doc), f"{container['name']}: {name} is not a Darkroom setting"
                     )
-            if container in spec["containers"] and _role(container) in {"worker", "uploader"}:
+            if container not in spec["containers"]:
+                continue  # init containers (tiny-models) talk to no Redis
+            check_secrets_mount(doc, container, env, problems)
+            if _role(container) in {"worker", "uploader"}:
                 grace_s = float(env.get("DARKROOM_DRAIN_GRACE_S") or DEFAULT_DRAIN_GRACE_S)
                 termination_s = spec.get("terminationGracePeriodSeconds", 30)
                 if termination_s < grace_s + MIN_EXIT_MARGIN_S:
@@ -91,6 +94,20 @@ def check_pod_specs(workloads: list[Doc], config_maps: dict[str, Doc], problems:
                         f"terminationGracePeriodSeconds {termination_s} leaves less than "
                         f"{MIN_EXIT_MARGIN_S} s after the drain grace of {grace_s} s",
                     )
+
+
+def check_secrets_mount(
+    workload: Doc, container: Doc, env: dict[str, str | None], problems: Problems
+) -> None:
+    """Credentials reach the settings as files: a Secret mounted read-only at the secrets dir."""
+    secrets_dir = env.get("DARKROOM_SECRETS_DIR") or str(DEFAULT_SECRETS_DIR)
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        if mount["mountPath"] == secrets_dir and "secret" in volumes.get(mount["name"], {}):
+            if not mount.get("readOnly"):
+                problems.add(where(workload), f"{container['name']}: {secrets_dir} not read-only")
+            return
+    problems.add(where(workload), f"{container['name']}: no Secret mounted at {secrets_dir}")
 
 
 def _is_darkroom(container: Doc) -> bool:
