@@ -45,11 +45,13 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """
 
-# KEYS: stream, target; ARGV: group, consumer, msg_id, field, value.
-# Appends to the target stream and acks, only if the entry is still ours.
+# KEYS: stream, target, then blob keys; ARGV: group, consumer, msg_id, field, value, blob TTL,
+# then the blobs' bytes. Writes the blobs, appends to the target stream and acks, only if the
+# entry is still ours: a member that lost it writes nothing at all.
 _FORWARD = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 4], 'EX', ARGV[6]) end
 redis.call('XADD', KEYS[2], '*', ARGV[4], ARGV[5])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
@@ -174,14 +176,37 @@ class StreamConsumer:
             self.ack_in(pipe, delivery)
             await pipe.execute()
 
-    async def forward(self, delivery: Delivery, target: str, name: str, value: str) -> bool:
-        """Append ``{name: value}`` to ``target`` and ack, atomically and only if the entry is
-        still this member's. ``False``: another member took it over; publish nothing."""
+    async def forward(
+        self,
+        delivery: Delivery,
+        target: str,
+        name: str,
+        value: str,
+        *,
+        blobs: Mapping[str, bytes] | None = None,
+        blob_ttl_s: int = 0,
+    ) -> bool:
+        """Write ``blobs`` (key → bytes, with a TTL), append ``{name: value}`` to ``target`` and
+        ack, atomically and only if the entry is still this member's. ``False``: another member
+        took it over, and nothing was written. On a Redis error the delivery stays held."""
+        blobs = blobs or {}
         self._settle(delivery)  # before the call: the claim keeper must not see it acked
-        done = await self._forward(
-            keys=[delivery.stream, target],
-            args=[self.group, self.consumer, delivery.msg_id, name, value],
-        )
+        try:
+            done = await self._forward(
+                keys=[delivery.stream, target, *blobs],
+                args=[
+                    self.group,
+                    self.consumer,
+                    delivery.msg_id,
+                    name,
+                    value,
+                    blob_ttl_s,
+                    *blobs.values(),
+                ],
+            )
+        except BaseException:
+            self._held[_key(delivery)] = delivery  # not handed on: still ours to keep
+            raise
         return bool(done)
 
     async def keep_claim(self, delivery: Delivery) -> bool:

@@ -13,13 +13,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import prometheus_client
 import uvicorn
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.redis_errors import REDIS_TRANSIENT, describe
+
 # (ready, reason when not)
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+# How long a readiness probe's key lives: longer than any probe period.
+PROBE_TTL_MS = 60_000
+
+
+async def redis_writable(redis: Redis, key: str) -> tuple[bool, str]:
+    """Ready only while Redis takes this service's writes: a ping passes while a full (OOM) or
+    demoted (READONLY) server refuses every change, so the probe writes a small key."""
+    try:
+        await redis.set(key, "1", px=PROBE_TTL_MS)
+    except REDIS_TRANSIENT as exc:
+        return False, f"redis refuses writes: {describe(exc)}"
+    return True, ""
 
 
 def health_app(ready: ReadinessCheck) -> Starlette:

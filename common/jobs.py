@@ -3,6 +3,10 @@
 A change is one Lua call, so the record, the per-job event log, the live pub/sub message and the
 terminal-event stream always agree: sequence numbers are strict, progress never goes backwards,
 and nothing changes a job once it is terminal (a late or stale writer is simply ignored).
+
+The change that ends a job also clears what it left waiting: its queue entry, its deadline and
+its input image (and that image's share of the input-bytes cap), so Redis holds nothing of a
+finished job but its record and event log, which expire.
 """
 
 from __future__ import annotations
@@ -16,23 +20,27 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
-from common.keys import Keys
+from common.keys import WORKERS_GROUP, Keys
 from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams, Task
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
 TERMINAL_EVENTS_MAXLEN = 100_000
+# The error of a job that passed its ``Cancel-After`` deadline, wherever it was.
+DEADLINE_EXCEEDED = "deadline exceeded"
 # Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
 UNFINISHED_TTL_S = 7 * 24 * 3600
 
 _EMIT = """
 local job, log, terminal_stream = KEYS[1], KEYS[2], KEYS[3]
+local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local patch = cjson.decode(ARGV[1])
 local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local log_maxlen, terminal_maxlen = ARGV[5], ARGV[6]
+local stream_prefix, group = ARGV[7], ARGV[8]
 
-local cur = redis.call('HMGET', job,
-  'job_id', 'status', 'progress', 'message', 'result_urls', 'error')
+local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls',
+  'error', 'model', 'entry_id', 'input_bytes')
 if not cur[1] then return false end
 local status = cur[2]
 if status == 'completed' or status == 'failed' or status == 'canceled' then return false end
@@ -64,30 +72,58 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
   redis.call('EXPIRE', job, ttl_s)
   redis.call('EXPIRE', log, ttl_s)
   redis.call('XADD', terminal_stream, 'MAXLEN', '~', terminal_maxlen, '*', 'event', payload)
+  -- Nothing of a finished job waits anywhere: its queue entry (a worker holding it finds its
+  -- claim gone and hands nothing on), its deadline, its input bytes.
+  if cur[7] and cur[8] then
+    local stream = stream_prefix .. cur[7]
+    redis.call('XACK', stream, group, cur[8])
+    redis.call('XDEL', stream, cur[8])
+  end
+  redis.call('ZREM', deadlines, cur[1])
+  if cur[9] then
+    redis.call('DEL', input_blob)
+    if redis.call('ZREM', inputs, cur[1] .. ':' .. cur[9]) == 1 then
+      redis.call('DECRBY', input_bytes, cur[9])
+    end
+  end
 end
 redis.call('PUBLISH', channel, payload)
 return payload
 """
 
 
-# KEYS: stream, job, job events, then the input blob and the claimed key when there are.
-# ARGV: max queue (0: none), has blob, has claim, unfinished TTL, event log maxlen, first event,
-# spec, blob bytes, blob TTL, claim held, claim final, claim TTL, then the record's fields.
+# KEYS: stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key ('' if
+# none). ARGV: max queue (0: none), has blob, has claim, unfinished TTL, event log maxlen, first
+# event, spec, blob bytes, blob TTL, claim held, claim final, claim TTL, deadline ('' if none),
+# max input bytes (0: none), now, job id, then the record's fields.
 _SUBMIT = """
-local stream, job, log = KEYS[1], KEYS[2], KEYS[3]
+local stream, job, log, blob = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local deadlines, inputs, input_bytes, claim = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local max_queue, has_blob, has_claim = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1'
-local claim = KEYS[#KEYS]
+local deadline, max_input_bytes, now = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
+local job_id, size = ARGV[16], string.len(ARGV[8])
 if max_queue > 0 then
   local depth = redis.call('XLEN', stream)
   if depth >= max_queue then return {'queue_full', depth} end
 end
+if has_blob and max_input_bytes > 0 then
+  local waiting = tonumber(redis.call('GET', input_bytes) or '0')
+  if waiting + size > max_input_bytes then return {'inputs_full', waiting} end
+end
 if has_claim and redis.call('GET', claim) ~= ARGV[10] then return {'claim_expired', 0} end
-if has_blob then redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[9]) end
-redis.call('HSET', job, unpack(ARGV, 13))
+redis.call('HSET', job, unpack(ARGV, 17))
+if has_blob then
+  redis.call('SET', blob, ARGV[8], 'EX', ARGV[9])
+  redis.call('HSET', job, 'input_bytes', size)
+  redis.call('ZADD', inputs, now + tonumber(ARGV[9]), job_id .. ':' .. size)
+  redis.call('INCRBY', input_bytes, size)
+end
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '1-0', 'event', ARGV[6])
 redis.call('EXPIRE', job, ARGV[4])
 redis.call('EXPIRE', log, ARGV[4])
-redis.call('XADD', stream, '*', 'job', ARGV[7])
+local entry = redis.call('XADD', stream, '*', 'job', ARGV[7])
+redis.call('HSET', job, 'entry_id', entry)
+if deadline ~= '' then redis.call('ZADD', deadlines, deadline, job_id) end
 if has_claim then redis.call('SET', claim, ARGV[11], 'EX', ARGV[12]) end
 return {'ok', 0}
 """
@@ -97,6 +133,14 @@ class QueueFull(Exception):
     def __init__(self, depth: int) -> None:
         super().__init__(f"{depth} jobs queued")
         self.depth = depth
+
+
+class InputsFull(Exception):
+    """The input images waiting in Redis already take their cap: nothing was written."""
+
+    def __init__(self, waiting_bytes: int) -> None:
+        super().__init__(f"{waiting_bytes} bytes of inputs waiting")
+        self.waiting_bytes = waiting_bytes
 
 
 @dataclass(frozen=True)
@@ -130,11 +174,14 @@ class JobStore:
         input_bytes: bytes | None = None,
         blob_ttl_s: int = 3600,
         max_queue: int | None = None,
+        max_input_bytes: int | None = None,
         claim: KeyClaim | None = None,
     ) -> None:
         """Write the record, its first event and the stream entry in one transaction; with
         ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``);
-        with ``claim``, only while the claim holds (else ``ClaimExpired``), finalising it too.
+        with ``max_input_bytes``, only while the input bytes waiting in Redis stay within it
+        (else ``InputsFull``); with ``claim``, only while the claim holds (else
+        ``ClaimExpired``), finalising it too. A deadline is registered for the sweeper.
         One script: the checks and the writes are one atomic step and one round trip."""
         keys, now = self._keys, time.time()
         first = JobEvent(
@@ -154,10 +201,16 @@ class JobStore:
             "updated_at": now,
         }
         blob = input_bytes is not None and spec.input_blob is not None
-        script_keys = [keys.job_stream(spec.model), keys.job(spec.job_id)]
-        script_keys += [keys.job_events(spec.job_id)]
-        script_keys += [spec.input_blob] if blob and spec.input_blob else []
-        script_keys += [claim.key] if claim is not None else []
+        script_keys = [
+            keys.job_stream(spec.model),
+            keys.job(spec.job_id),
+            keys.job_events(spec.job_id),
+            keys.input_blob(spec.job_id),
+            keys.deadlines,
+            keys.inputs,
+            keys.input_bytes,
+            claim.key if claim is not None else "",
+        ]
         args: list[EncodableT] = [
             max_queue or 0,
             int(blob),
@@ -171,11 +224,17 @@ class JobStore:
             claim.held if claim else "",
             claim.final if claim else "",
             claim.ttl_s if claim else 0,
+            repr(spec.deadline_at) if spec.deadline_at is not None else "",
+            max_input_bytes or 0,
+            repr(now),
+            spec.job_id,
         ]
         args += [item for pair in record.items() for item in pair]
         outcome, depth = await self._submit(keys=script_keys, args=args)
         if outcome == "queue_full":
             raise QueueFull(int(depth))
+        if outcome == "inputs_full":
+            raise InputsFull(int(depth))
         if outcome == "claim_expired":
             raise ClaimExpired(claim.key if claim else "")
 
@@ -206,7 +265,15 @@ class JobStore:
             patch["fields"] = {k: str(v) for k, v in fields.items()}
         keys = self._keys
         payload = await self._emit(
-            keys=[keys.job(job_id), keys.job_events(job_id), keys.events],
+            keys=[
+                keys.job(job_id),
+                keys.job_events(job_id),
+                keys.events,
+                keys.deadlines,
+                keys.inputs,
+                keys.input_bytes,
+                keys.input_blob(job_id),
+            ],
             args=[
                 json.dumps(patch),
                 repr(time.time()),
@@ -214,6 +281,8 @@ class JobStore:
                 keys.progress_channel(job_id),
                 JOB_EVENT_LOG_MAXLEN,
                 TERMINAL_EVENTS_MAXLEN,
+                keys.job_stream(""),
+                WORKERS_GROUP,
             ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)

@@ -41,6 +41,10 @@ class Keys:
         """String: input or output bytes in transit, with a TTL."""
         return f"{self.prefix}blob:{job_id}:{name}"
 
+    def input_blob(self, job_id: str) -> str:
+        """String: a job's input image, from submit until the job ends."""
+        return self.blob(job_id, "input")
+
     def progress_channel(self, job_id: str) -> str:
         """Pub/sub channel of live events for one job."""
         return f"{self.prefix}progress:{job_id}"
@@ -57,13 +61,37 @@ class Keys:
         """Capped stream of one job's events; entry id ``<seq>-0``, so a replay is a range."""
         return f"{self.prefix}jobevents:{job_id}"
 
-    def worker(self, consumer: str) -> str:
-        """String with a TTL: a live worker's heartbeat (its loaded routes and device)."""
-        return f"{self.prefix}worker:{consumer}"
+    @property
+    def workers(self) -> str:
+        """Hash: each live worker's latest heartbeat (its loaded routes and device), by consumer
+        name; read in one call, stale fields pruned by the sweeper."""
+        return f"{self.prefix}workers"
+
+    def probe(self, consumer: str) -> str:
+        """String with a short TTL: a service's readiness probe writes it to prove Redis takes
+        writes."""
+        return f"{self.prefix}probe:{consumer}"
 
     @property
-    def worker_pattern(self) -> str:
-        return f"{self.prefix}worker:*"
+    def deadlines(self) -> str:
+        """Sorted set: unfinished jobs with a ``Cancel-After`` deadline, scored by it."""
+        return f"{self.prefix}deadlines"
+
+    @property
+    def inputs(self) -> str:
+        """Sorted set: input blobs waiting in Redis, member ``<job_id>:<bytes>``, scored by the
+        time their TTL ends."""
+        return f"{self.prefix}inputs"
+
+    @property
+    def input_bytes(self) -> str:
+        """Integer: the bytes of every input blob in ``inputs``; submits past the cap wait."""
+        return f"{self.prefix}inputbytes"
+
+    @property
+    def sweeper_lock(self) -> str:
+        """Lock: the one sweeper replica that may act (deadlines, expired inputs, consumers)."""
+        return f"{self.prefix}lock:sweeper"
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}idem:{key}"

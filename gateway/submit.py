@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from common.catalog import Catalog, ModelRoute
-from common.jobs import ClaimExpired, JobStore, KeyClaim, QueueFull
+from common.jobs import ClaimExpired, InputsFull, JobStore, KeyClaim, QueueFull
 from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import (
@@ -100,11 +100,20 @@ class Submitted:
 
 
 class Submitter:
-    def __init__(self, jobs: JobStore, keys: Keys, catalog: Catalog, *, blob_ttl_s: int) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        keys: Keys,
+        catalog: Catalog,
+        *,
+        blob_ttl_s: int,
+        max_waiting_input_bytes: int | None = None,
+    ) -> None:
         self._jobs = jobs
         self._keys = keys
         self._catalog = catalog
         self._blob_ttl_s = blob_ttl_s
+        self._max_waiting_input_bytes = max_waiting_input_bytes
 
     def route(self, model: str, task: Task) -> ModelRoute:
         route = self._catalog.routes.get(model)
@@ -254,7 +263,7 @@ class Submitter:
             task=task,
             params=params,
             created_at=utcnow(),
-            input_blob=self._keys.blob(job_id, "input") if image is not None else None,
+            input_blob=self._keys.input_blob(job_id) if image is not None else None,
         )
         try:
             # Acked entries are deleted, so the stream's length is jobs waiting or in flight.
@@ -264,6 +273,7 @@ class Submitter:
                 input_bytes=image,
                 blob_ttl_s=self._blob_ttl_s,
                 max_queue=route.max_queue,
+                max_input_bytes=self._max_waiting_input_bytes,
                 claim=claim,
             )
         except QueueFull as full:
@@ -275,6 +285,16 @@ class Submitter:
                 "queue_full",
                 f"Model {route.name!r} has {full.depth} jobs waiting or rendering, its limit is "
                 f"{route.max_queue}; retry in {QUEUE_FULL_RETRY_AFTER_S} s.",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+            ) from None
+        except InputsFull as full:
+            log.warning("job.inputs_full", waiting_bytes=full.waiting_bytes)
+            raise ApiError(
+                503,
+                "inputs_full",
+                f"{full.waiting_bytes} bytes of input images already wait for workers, the "
+                f"limit is {self._max_waiting_input_bytes}; nothing was queued, retry in "
+                f"{QUEUE_FULL_RETRY_AFTER_S} s.",
                 headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
             ) from None
         structlog.contextvars.bind_contextvars(job_id=job_id)

@@ -14,7 +14,7 @@ import asyncio
 import time
 
 from common.consumer import sleep_unless
-from common.jobs import JobStore
+from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobStatus
 
@@ -26,7 +26,6 @@ RENDER_START_PCT = 5
 RENDER_END_PCT = 90
 
 CANCELED = "canceled"
-DEADLINE_EXCEEDED = "deadline exceeded"
 CLAIM_LOST = "claim lost"
 SHUTTING_DOWN = "shutting down"
 

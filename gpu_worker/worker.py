@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,11 +33,18 @@ from PIL import Image
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
-from common.jobs import JobStore
+from common.consumer import (
+    RECONNECT_BACKOFF_S,
+    Delivery,
+    StreamConsumer,
+    StreamPolicy,
+    sleep_unless,
+)
+from common.health import redis_writable
+from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
-from common.redis_errors import REDIS_TRANSIENT
+from common.redis_errors import REDIS_TRANSIENT, describe
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
 from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
@@ -44,7 +52,6 @@ from gpu_worker.families import Artifact, StepCallback, batch_family, family
 from gpu_worker.metrics import BATCH_SIZE, JOBS, PIPELINE_SECONDS
 from gpu_worker.progress import (
     CLAIM_LOST,
-    DEADLINE_EXCEEDED,
     RENDER_END_PCT,
     SHUTTING_DOWN,
     BatchProgress,
@@ -58,7 +65,9 @@ log = get_logger(__name__)
 # Failures a retry cannot fix: bad input that slipped through, weights that do not load.
 PERMANENT_ERRORS = (ValueError, TypeError, OSError)
 HEARTBEAT_INTERVAL_S = 5.0
-HEARTBEAT_TTL_S = 15
+# A hand-off Redis refuses (OOM, READONLY, gone) is tried again for this long, the rendered bytes
+# kept in hand; then the entry is released to the group, so the batch after it is never held up.
+HAND_OFF_RETRY_S = 30.0
 # Fields that may differ between jobs rendered in one pipeline call.
 PER_JOB_PARAMS = {"prompt", "negative_prompt", "seed"}
 
@@ -136,14 +145,10 @@ class Worker:
         self.models_ready = False
 
     async def readiness(self) -> tuple[bool, str]:
-        """Ready: models loaded and warmed up, and Redis reachable."""
+        """Ready: models loaded and warmed up, and Redis taking writes."""
         if not self.models_ready:
             return False, "loading models"
-        try:
-            await self._redis.ping()
-        except REDIS_TRANSIENT as exc:
-            return False, f"redis unavailable: {exc}"
-        return True, ""
+        return await redis_writable(self._redis, self._keys.probe(self.consumer.consumer))
 
     async def run(self, stop: asyncio.Event) -> None:
         if self._preload:
@@ -175,7 +180,7 @@ class Worker:
 
     async def _heartbeat(self, done: asyncio.Event) -> None:
         """Say every few seconds which routes are resident here (``GET /api/models``)."""
-        key = self._keys.worker(self.consumer.consumer)
+        name = self.consumer.consumer
         while not done.is_set():
             beat = WorkerHeartbeat(
                 consumer=self.consumer.consumer,
@@ -184,12 +189,12 @@ class Worker:
                 loaded=self._registry.loaded_route_names,
                 ts=time.time(),
             )
-            # On an outage the consumer loop reports it, and the key expires on its own.
+            # On an outage the consumer loop reports it; a silent worker is stale after a while.
             with contextlib.suppress(*REDIS_TRANSIENT):
-                await self._redis.set(key, beat.model_dump_json(), ex=HEARTBEAT_TTL_S)
+                await self._redis.hset(self._keys.workers, name, beat.model_dump_json())
             await sleep_unless(done, HEARTBEAT_INTERVAL_S)
         with contextlib.suppress(*REDIS_TRANSIENT):
-            await self._redis.delete(key)
+            await self._redis.hdel(self._keys.workers, name)
 
     async def _drain_deadline(self, stop: asyncio.Event, done: asyncio.Event) -> None:
         """After SIGTERM the render in hand gets the drain grace; then it stops at its next
@@ -257,9 +262,13 @@ class Worker:
                 continue
             try:
                 await self._render(batch)
-            except Exception as exc:  # Redis unavailable, most likely; the stage must go on
-                # The entries stay pending: after their claim idle time they are delivered again.
-                log.warning("batch.not_finished", error=repr(exc))
+            except REDIS_TRANSIENT as exc:  # the stage goes on; the batch goes back to the group
+                log.warning("batch.not_finished", error=describe(exc))
+                for job in batch:
+                    await self._release(job)
+            except Exception:  # a bug: each entry is delivered again after its idle time, and
+                # counted, so a job that keeps failing ends in the dead stream, not in a loop
+                log.exception("batch.not_finished")
                 for job in batch:
                     self.consumer.leave_pending(job.delivery)
 
@@ -354,10 +363,17 @@ class Worker:
         self, progress: BatchProgress, rendered: list[tuple[Job, list[Artifact]]]
     ) -> None:
         """Off the render thread, while the next batch renders: the last progress events, then
-        encode, hand off and ack, the jobs of a batch side by side."""
-        await progress.close()
+        encode, hand off and ack, the jobs of a batch side by side. Never raises: a job it
+        cannot finish goes back to the group, and the next batch's finish does not inherit
+        the failure."""
+        try:
+            await progress.close()
+        except Exception:  # progress is best effort; the outputs are what matter
+            log.exception("batch.progress_failed")
         batch = sum(_stop_reason(job) is None for job, _ in rendered)
-        await all_of(self._finish_job(job, artifacts, batch) for job, artifacts in rendered)
+        await asyncio.gather(
+            *(self._finish_job(job, artifacts, batch) for job, artifacts in rendered)
+        )
 
     async def _finish_job(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
         with job.log:
@@ -367,9 +383,11 @@ class Worker:
                     await self._interrupted(job, reason)
                 else:
                     await self._finish_one(job, artifacts, batch=batch)
-            except REDIS_TRANSIENT as exc:
-                # Left pending: after the claim idle time it is delivered again.
-                log.warning("job.hand_off_failed", error=str(exc))
+            except REDIS_TRANSIENT as exc:  # for another worker, or this one, once Redis is back
+                log.warning("job.not_finished", error=describe(exc))
+                await self._release(job)
+            except Exception:  # a bug: delivered again after its idle time, and counted
+                log.exception("job.not_finished")
                 self.consumer.leave_pending(job.delivery)
 
     async def _finish_one(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
@@ -379,7 +397,7 @@ class Worker:
             log.exception("job.encode_failed")
             await self._fail(job, f"Could not encode the output: {exc}")
             return
-        if not await self._hand_off(job, outputs):
+        if not await self._hand_off_retrying(job, outputs):
             log.warning("job.claim_lost", stage="hand_off")
             return
         JOBS.labels(job.spec.model, "rendered").inc()
@@ -397,10 +415,25 @@ class Worker:
             message="Generation complete, uploading to storage...",
         )
 
+    async def _hand_off_retrying(self, job: Job, outputs: list[Encoded]) -> bool:
+        """The hand-off, tried again with backoff while Redis refuses it (for up to
+        ``HAND_OFF_RETRY_S``) and the job is still this worker's; ``False`` once it is not."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + HAND_OFF_RETRY_S
+        for attempt in itertools.count():
+            try:
+                return await self._hand_off(job, outputs)
+            except REDIS_TRANSIENT as exc:
+                delay_s = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                if loop.time() + delay_s > give_up_at or not self.consumer.holds(job.delivery):
+                    raise
+                log.warning("job.hand_off_retry", error=describe(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+        raise AssertionError("unreachable")
+
     async def _hand_off(self, job: Job, outputs: list[Encoded]) -> bool:
-        """Output bytes to blobs, then, atomically and only if the job is still this worker's,
-        the ``rendered`` entry and the ack. Blob keys derive from the job id, so a worker that
-        lost its claim at most rewrites the same bytes."""
+        """Atomically and only if the job is still this worker's: the output bytes to blobs,
+        the ``rendered`` entry and the ack. A worker that lost its claim writes nothing."""
         spec = job.spec
         blobs = [
             OutputBlob(
@@ -416,12 +449,13 @@ class Worker:
             outputs=blobs,
             input_blob=spec.input_blob,
         )
-        async with self._blobs.pipeline(transaction=True) as pipe:
-            for blob, output in zip(blobs, outputs, strict=True):
-                pipe.set(blob.key, output.data, ex=self._blob_ttl_s)
-            await pipe.execute()
         return await self.consumer.forward(
-            job.delivery, self._keys.rendered, "rendered", rendered.model_dump_json()
+            job.delivery,
+            self._keys.rendered,
+            "rendered",
+            rendered.model_dump_json(),
+            blobs={blob.key: output.data for blob, output in zip(blobs, outputs, strict=True)},
+            blob_ttl_s=self._blob_ttl_s,
         )
 
     # -- endings other than success -------------------------------------------------------

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 from redis.asyncio import Redis
 
-from common.jobs import UNFINISHED_TTL_S, ClaimExpired, JobStore, KeyClaim
+from common.jobs import UNFINISHED_TTL_S, ClaimExpired, InputsFull, JobStore, KeyClaim
 from common.keys import Keys
 from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
 
@@ -19,7 +20,13 @@ def store(redis: Redis) -> JobStore:
     return JobStore(redis, KEYS, task_ttl_s=120)
 
 
-async def submit(store: JobStore, image: bytes | None = None) -> JobSpec:
+async def submit(
+    store: JobStore,
+    image: bytes | None = None,
+    *,
+    deadline_at: float | None = None,
+    max_input_bytes: int | None = None,
+) -> JobSpec:
     job_id = str(uuid.uuid4())
     spec = JobSpec(
         job_id=job_id,
@@ -35,9 +42,12 @@ async def submit(store: JobStore, image: bytes | None = None) -> JobSpec:
             seed=9,
             strength=0.5 if image else None,
         ),
-        input_blob=KEYS.blob(job_id, "input") if image else None,
+        input_blob=KEYS.input_blob(job_id) if image else None,
+        deadline_at=deadline_at,
     )
-    await store.submit(spec, message="queued", input_bytes=image, blob_ttl_s=60)
+    await store.submit(
+        spec, message="queued", input_bytes=image, blob_ttl_s=60, max_input_bytes=max_input_bytes
+    )
     return spec
 
 
@@ -117,3 +127,40 @@ async def test_a_claimed_key_is_finalised_with_the_job_or_nothing_is_written(
     await store.submit(other, message="queued", claim=lost, max_queue=1000)
     assert await store.get(other.job_id) is not None
     assert await redis.get(key) == "committed" and 0 < await redis.ttl(key) <= 60
+
+
+async def waiting_input_bytes(redis: Redis) -> int:
+    return int(await redis.get(KEYS.input_bytes) or 0)
+
+
+@pytest.mark.parametrize("ending", [JobStatus.CANCELED, JobStatus.FAILED, JobStatus.COMPLETED])
+async def test_a_job_that_ends_leaves_nothing_waiting(
+    store: JobStore, redis: Redis, ending: JobStatus
+) -> None:
+    before = await waiting_input_bytes(redis)
+    spec = await submit(store, image=b"x" * 1000, deadline_at=time.time() + 600)
+    assert await waiting_input_bytes(redis) == before + 1000
+    assert await redis.zscore(KEYS.deadlines, spec.job_id) is not None
+    queued = await redis.xlen(KEYS.job_stream("sd"))
+
+    assert await store.emit(spec.job_id, status=ending) is not None
+
+    assert not await redis.exists(KEYS.input_blob(spec.job_id))
+    assert await waiting_input_bytes(redis) == before
+    assert await redis.zscore(KEYS.deadlines, spec.job_id) is None
+    assert await redis.xlen(KEYS.job_stream("sd")) == queued - 1  # off the queue
+    assert await redis.zscore(KEYS.inputs, f"{spec.job_id}:1000") is None
+
+
+async def test_input_bytes_past_the_cap_queue_nothing(store: JobStore, redis: Redis) -> None:
+    room = await waiting_input_bytes(redis) + 2500
+    first = await submit(store, image=b"a" * 1000, max_input_bytes=room)
+    await submit(store, image=b"b" * 1000, max_input_bytes=room)
+    queued = await redis.xlen(KEYS.job_stream("sd"))
+    with pytest.raises(InputsFull):
+        await submit(store, image=b"c" * 1000, max_input_bytes=room)
+    assert await redis.xlen(KEYS.job_stream("sd")) == queued
+    await submit(store, max_input_bytes=room)  # a job without an image still goes in
+
+    await store.emit(first.job_id, status=JobStatus.CANCELED)  # its bytes make room
+    await submit(store, image=b"c" * 1000, max_input_bytes=room)

@@ -1,0 +1,149 @@
+"""The sweeper against a real Redis: overdue jobs fail wherever they wait, expired inputs give
+their bytes back, departed consumers leave their groups, and one replica acts at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from common.jobs import DEADLINE_EXCEEDED, JobStore
+from common.keys import WORKERS_GROUP, Keys
+from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
+from gateway.sweeper import Sweeper
+from tests.support.waiting import async_wait_for
+
+KEYS = Keys("sweeper-test:")
+STREAM = KEYS.job_stream("sd")
+
+
+@pytest.fixture
+def jobs(redis: Redis) -> JobStore:
+    return JobStore(redis, KEYS, task_ttl_s=120)
+
+
+def sweeper(redis: Redis, jobs: JobStore, *, consumer_idle_s: float = 900) -> Sweeper:
+    return Sweeper(
+        redis, KEYS, jobs, groups=[(STREAM, WORKERS_GROUP)], consumer_idle_s=consumer_idle_s
+    )
+
+
+async def submit(
+    jobs: JobStore, *, deadline_at: float | None = None, image: bytes | None = None, ttl_s: int = 60
+) -> str:
+    job_id = str(uuid.uuid4())
+    spec = JobSpec(
+        job_id=job_id,
+        model="sd",
+        task=Task.I2I if image else Task.T2I,
+        created_at=utcnow(),
+        params=RenderParams(
+            prompt="p",
+            width=64,
+            height=64,
+            num_inference_steps=2,
+            guidance_scale=1.0,
+            seed=1,
+            strength=0.5 if image else None,
+        ),
+        input_blob=KEYS.input_blob(job_id) if image else None,
+        deadline_at=deadline_at,
+    )
+    await jobs.submit(spec, message="queued", input_bytes=image, blob_ttl_s=ttl_s)
+    return job_id
+
+
+async def ensure_group(redis: Redis) -> None:
+    try:
+        await redis.xgroup_create(STREAM, WORKERS_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if not str(exc).startswith("BUSYGROUP"):
+            raise
+
+
+async def pending_ids(redis: Redis) -> set[str]:
+    pending = await redis.xpending_range(STREAM, WORKERS_GROUP, min="-", max="+", count=1000)
+    return {p["message_id"] for p in pending}
+
+
+async def queued_ids(redis: Redis) -> set[str]:
+    return {
+        JobSpec.model_validate_json(fields["job"]).job_id
+        for _, fields in await redis.xrange(STREAM)
+    }
+
+
+async def test_an_overdue_queued_job_fails_and_leaves_the_queue(
+    redis: Redis, jobs: JobStore
+) -> None:
+    overdue = await submit(jobs, deadline_at=time.time() - 1)
+    later = await submit(jobs, deadline_at=time.time() + 600)
+    assert await sweeper(redis, jobs).end_overdue_jobs() >= 1
+
+    record = await jobs.get(overdue)
+    assert record is not None
+    assert (record.status, record.error) == (JobStatus.FAILED, DEADLINE_EXCEEDED)
+    assert overdue not in await queued_ids(redis)
+    still = await jobs.get(later)
+    assert still is not None and still.status is JobStatus.PENDING
+    assert later in await queued_ids(redis)
+
+
+async def test_a_job_held_by_a_worker_is_taken_from_it(redis: Redis, jobs: JobStore) -> None:
+    """The worker's entry is acked under it: its hand-off finds the claim gone and writes
+    nothing (see ``StreamConsumer.forward``)."""
+    await ensure_group(redis)
+    job_id = await submit(jobs, deadline_at=time.time() + 0.2)
+    await redis.xreadgroup(WORKERS_GROUP, "w1", {STREAM: ">"}, count=100)
+    entry = await redis.hget(KEYS.job(job_id), "entry_id")
+    assert entry in await pending_ids(redis)
+    await async_wait_for(
+        lambda: sweeper(redis, jobs).end_overdue_jobs(), timeout_s=5, what="the deadline"
+    )
+    assert entry not in await pending_ids(redis)
+
+
+async def test_expired_inputs_give_their_bytes_back(redis: Redis, jobs: JobStore) -> None:
+    before = int(await redis.get(KEYS.input_bytes) or 0)
+    await submit(jobs, image=b"i" * 5000, ttl_s=1)
+    assert int(await redis.get(KEYS.input_bytes) or 0) == before + 5000
+    await asyncio.sleep(1.1)
+    assert await sweeper(redis, jobs).prune_expired_inputs() >= 1
+    assert int(await redis.get(KEYS.input_bytes) or 0) == before
+
+
+async def test_departed_consumers_leave_their_group(redis: Redis, jobs: JobStore) -> None:
+    await ensure_group(redis)
+    await submit(jobs)
+    await redis.xreadgroup(WORKERS_GROUP, "busy", {STREAM: ">"}, count=10_000)  # holds entries
+    await submit(jobs)
+    ((_, [(entry, _)]),) = await redis.xreadgroup(WORKERS_GROUP, "gone", {STREAM: ">"}, count=1)
+    await redis.xack(STREAM, WORKERS_GROUP, entry)  # done with its work, then the pod went away
+    await asyncio.sleep(0.2)
+    removed = await sweeper(redis, jobs, consumer_idle_s=0.1).remove_departed_consumers()
+    assert "gone" in removed and "busy" not in removed
+    names = {c["name"] for c in await redis.xinfo_consumers(STREAM, WORKERS_GROUP)}
+    assert "busy" in names and "gone" not in names
+
+
+async def test_one_replica_sweeps_at_a_time(redis: Redis, jobs: JobStore) -> None:
+    first, second = sweeper(redis, jobs), sweeper(redis, jobs)
+    stop = asyncio.Event()
+    running = asyncio.create_task(first.run(stop))
+    try:
+        overdue = await submit(jobs, deadline_at=time.time() + 0.3)
+
+        async def failed() -> bool:
+            record = await jobs.get(overdue)
+            return record is not None and record.status is JobStatus.FAILED
+
+        await async_wait_for(failed, timeout_s=5, what="the running sweeper to fail the job")
+        assert not await second._hold_lock()
+    finally:
+        stop.set()
+        await running
+    assert await second._hold_lock()  # released on stop: the next one takes over at once
