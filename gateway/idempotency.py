@@ -7,6 +7,11 @@ one transaction with the key's *committed* record (full TTL), and only while the
 gateway dying at any point leaves no job without its key nor a key without its job. A concurrent
 submit with the same key loses the ``SET NX`` and waits, with a deadline, for the winner to
 commit or give the key back, so one key makes one job.
+
+A key is remembered longer (``idempotency_ttl_s``, 24 h) than a finished job's record
+(``task_ttl_s``, 1 h): a replay whose job has expired answers 410 ``idempotency_job_expired``,
+naming the job, rather than an id that no status read can find. The key keeps that answer until
+it expires itself; a new request needs a new key.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ HEADER_DOCS = {
     HEADER: f"Up to {MAX_KEY_CHARS} characters (a UUID is typical). Sending the same key with "
     "the same request again returns the original job (same id and body, status 200, with an "
     f"`{REPLAYED_HEADER}: true` header) and queues nothing; the same key with a different "
-    "request is a 409 `idempotency_key_reused`. Keys are remembered for 24 hours by default."
+    "request is a 409 `idempotency_key_reused`. Keys are remembered for 24 hours by default; "
+    "a replay after the original job finished and expired (TASK_TTL) is a 410 "
+    "`idempotency_job_expired`."
 }
 # A claim lives this long unless committed, so a gateway that dies mid-submit frees its key.
 CLAIM_TTL_S = 60
@@ -99,6 +106,7 @@ class Idempotency:
 
     def __init__(self, redis: Redis, keys: Keys, key: str, *, ttl_s: int) -> None:
         self._redis = redis
+        self._keys = keys
         self._name = keys.idempotency(key)
         self._key = key
         self._ttl_s = ttl_s
@@ -110,7 +118,8 @@ class Idempotency:
         the id of the job an earlier request with the same key and fingerprint made.
 
         Raises 409 when the key was used for a different request, or when the request holding it
-        neither finished nor gave it back within ``IN_FLIGHT_WAIT_S``.
+        neither finished nor gave it back within ``IN_FLIGHT_WAIT_S``; 410 when the key's job
+        has expired.
         """
         mine = IdempotencyRecord(job_id=job_id, fingerprint=fingerprint, state=ClaimState.PENDING)
         deadline = time.monotonic() + IN_FLIGHT_WAIT_S
@@ -130,6 +139,8 @@ class Idempotency:
                     )
                 # Committed means queued (one transaction); pending means not queued yet.
                 if found.state == ClaimState.COMMITTED:
+                    if not await self._redis.exists(self._keys.job(found.job_id)):
+                        raise self._job_expired(found.job_id)
                     return found.job_id
             if time.monotonic() > deadline:
                 raise ApiError(
@@ -163,6 +174,16 @@ class Idempotency:
             f"The request with {HEADER} {self._key!r} took too long and was not queued; "
             f"retry in {IN_FLIGHT_RETRY_AFTER_S} s.",
             headers={"Retry-After": str(IN_FLIGHT_RETRY_AFTER_S)},
+        )
+
+    def _job_expired(self, job_id: str) -> ApiError:
+        log.info("idempotency.job_expired", key=self._key, job_id=job_id)
+        return ApiError(
+            410,
+            "idempotency_job_expired",
+            f"{HEADER} {self._key!r} made job {job_id}, which has since finished and expired: "
+            "its status and results are no longer kept. Nothing was queued; send a new key to "
+            "submit the request again.",
         )
 
     def _holding(self) -> IdempotencyRecord:

@@ -14,8 +14,9 @@ import pytest
 import redis
 
 from common.keys import Keys
-from tests.support.client import png_bytes
+from tests.support.client import png_bytes, wait_terminal
 from tests.support.stack import Stack
+from tests.support.waiting import wait_for
 
 T2I = {"prompt": "a lighthouse", "width": 128, "height": 128, "num_inference_steps": 2}
 I2I_FORM = {"prompt": "a lighthouse at dusk", "strength": "0.5", "num_inference_steps": "4"}
@@ -43,6 +44,10 @@ class Ledger:
         )
         jobs = sum(1 for _ in self._redis.scan_iter(self._keys.job("*"), count=1000))
         return Queued(jobs=jobs, added=added)
+
+    def expire_job(self, job_id: str) -> None:
+        """What ``task_ttl_s`` does to a finished job's record, only sooner."""
+        self._redis.pexpire(self._keys.job(job_id), 1)
 
     def close(self) -> None:
         self._redis.close()
@@ -159,6 +164,31 @@ def test_concurrent_submits_with_one_key_make_one_job(
     assert len({r.json()["session_id"] for r in responses}) == 1
     assert sum("idempotent-replayed" not in r.headers for r in responses) == 1
     assert ledger.now() == Queued(jobs=before.jobs + 1, added=before.added + 1)
+
+
+def test_a_replay_after_its_job_expired_says_so_and_queues_nothing(
+    client: httpx.Client, ledger: Ledger
+) -> None:
+    key = new_key()
+    first = client.post("/api/sd/t2i", json=T2I, headers=key)
+    job_id: str = first.raise_for_status().json()["session_id"]
+    wait_terminal(client, f"/api/{job_id}/status")
+    ledger.expire_job(job_id)
+    wait_for(
+        lambda: client.get(f"/api/{job_id}/status").status_code == 404,
+        timeout_s=10,
+        what="the finished job's record to expire",
+    )
+    before = ledger.now()
+
+    for _ in range(2):  # the key keeps its answer: no second job on a later retry either
+        body = assert_error(
+            client.post("/api/sd/t2i", json=T2I, headers=key), 410, "idempotency_job_expired"
+        )
+        assert job_id in body["message"] and "new key" in body["message"]
+    other = client.post("/api/sd/t2i", json={**T2I, "prompt": "a windmill"}, headers=key)
+    assert_error(other, 409, "idempotency_key_reused")
+    assert ledger.now() == before
 
 
 @pytest.mark.parametrize("bad_key", ["k" * 256, ""])
