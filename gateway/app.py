@@ -21,6 +21,7 @@ from gateway.body_limit import BodyLimitMiddleware
 from gateway.docs import docs_routes
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.fanout import EventFanout
+from gateway.feed import FeedLimit
 from gateway.openapi import build_openapi
 from gateway.services import Services
 from gateway.settings import GatewaySettings
@@ -60,6 +61,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             catalog=catalog,
             jobs=jobs,
             fanout=fanout,
+            feeds=FeedLimit(settings.sse_max_feeds),
             keys=keys,
             submitter=Submitter(jobs, keys, catalog, blob_ttl_s=settings.blob_ttl_s),
         )

@@ -3,19 +3,22 @@
 The per-job event log is the source of truth; pub/sub only says "something new, now". A client
 that reconnects with ``Last-Event-ID`` gets exactly the events after that id from the log. A
 quiet feed sends a comment every ``ping_s`` (proxies close idle connections) and re-reads the log
-every ``resync_s`` (the job may have expired, or a message gone missing).
+every ``resync_s`` (the job may have expired, or a message gone missing). ``FeedLimit`` caps how
+many feeds one process holds open.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from common.jobs import JobStore
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT
+from gateway.errors import ApiError
 from gateway.fanout import RESYNC, EventFanout, FeedQueue, LiveEvent, sse_frame
 
 log = get_logger(__name__)
@@ -26,6 +29,8 @@ SSE_HEADERS = {
     # nginx and its kin: pass each frame on at once.
     "X-Accel-Buffering": "no",
 }
+# Feeds close as jobs finish, so a slot is likely free again soon.
+FEED_RETRY_AFTER_S = 5
 
 
 class _Quiet:
@@ -36,12 +41,45 @@ _QUIET = _Quiet()
 
 
 class EventStream(StreamingResponse):
-    """``text/event-stream`` from an iterator of ready SSE frames: no per-event work here."""
+    """``text/event-stream`` from an iterator of ready SSE frames: no per-event work here.
+    ``on_close`` runs once the response is over, however it ended."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncIterator[bytes]) -> None:
+    def __init__(self, frames: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         super().__init__(frames, headers=SSE_HEADERS)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+class FeedLimit:
+    """The feeds this process holds open, at most ``max_feeds``. A slot is taken when the route
+    answers, before any frame is sent, so a burst of requests cannot overshoot the cap."""
+
+    def __init__(self, max_feeds: int) -> None:
+        self.max_feeds = max_feeds
+        self.open = 0
+
+    def stream(self, frames: AsyncIterator[bytes]) -> EventStream:
+        """The response for one feed, holding a slot until it ends; a 503 when none is free."""
+        if self.open >= self.max_feeds:
+            raise ApiError(
+                503,
+                "too_many_feeds",
+                f"This server already holds {self.max_feeds} open feeds. "
+                "Retry after the Retry-After header's seconds.",
+                headers={"Retry-After": str(FEED_RETRY_AFTER_S)},
+            )
+        self.open += 1
+        return EventStream(frames, on_close=self._release)
+
+    def _release(self) -> None:
+        self.open -= 1
 
 
 async def job_feed(

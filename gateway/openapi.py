@@ -144,16 +144,26 @@ def _operation(route: Route, op: Operation, path_values: dict[str, list[str]]) -
             "description": model.__doc__ or model.__name__,
             "content": {"application/json": {"schema": _ref(model)}},
         }
+    error = {"content": {"application/json": {"schema": _ref(ErrorResponse)}}}
     if op.sse:
         out["responses"]["200"] = {
             "description": "Server-Sent Events. Each event: `id:` the job's event sequence number, "
             "`data:` a JobEvent as JSON. The first is the job's current state (unless "
-            "Last-Event-ID "
-            "is sent: then exactly the events after it); the stream ends after the terminal event "
+            "Last-Event-ID is sent: then exactly the events after it, or the current state if the "
+            "id is past the job's last event); the stream ends after the terminal event "
             "(completed, failed, canceled). Comment lines are sent as heartbeats.",
             "content": {"text/event-stream": {"schema": _ref(JobEvent)}},
         }
-    error = {"content": {"application/json": {"schema": _ref(ErrorResponse)}}}
+        out["responses"]["204"] = {
+            "description": "Last-Event-ID is at or past the finished job's terminal event: "
+            "nothing more will come, and EventSource stops reconnecting."
+        }
+        out["responses"]["422"] = {"description": "Last-Event-ID is not an event id.", **error}
+        out["responses"]["503"] = {
+            "description": "This server holds as many open feeds as it may; retry after the "
+            "Retry-After header's seconds.",
+            **error,
+        }
     has_body = op.json_body is not None or op.form_body is not None
     statuses = ERROR_STATUSES_WITH_BODY if has_body else {}
     if route.param_convertors:

@@ -6,17 +6,19 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import Health, JobRecord, JobStatusResponse, SessionStatus
 from gateway.errors import field_error, not_found
-from gateway.feed import EventStream, job_feed
+from gateway.feed import job_feed
 from gateway.openapi import operation
 from gateway.services import services
 
 LAST_EVENT_ID_HELP = "Resume a feed: only events with a greater sequence number are sent."
+# Sequence numbers are Redis integers: signed 64-bit.
+MAX_EVENT_ID = 2**63 - 1
 
 
 @operation(
@@ -78,23 +80,34 @@ def _last_event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise field_error("Last-Event-ID", f"{raw!r} is not an event id (a non-negative integer)")
-    return int(raw)
+    # isdigit() alone takes '²' and '١٢'; and a longer string is past any id (and int() of a
+    # very long one raises).
+    if raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(MAX_EVENT_ID)):
+        value = int(raw)
+        if value <= MAX_EVENT_ID:
+            return value
+    raise field_error("Last-Event-ID", f"{raw!r} is not an event id (an integer from 0 to 2^63-1)")
 
 
-async def _feed(request: Request, param: str) -> EventStream:
+async def _feed(request: Request, param: str) -> Response:
+    last_event_id = _last_event_id(request)
     record = await _record(request, param)
+    if last_event_id is not None and last_event_id >= record.seq:
+        if record.status.terminal:
+            # Nothing will follow: 204 is what tells EventSource to stop reconnecting.
+            return Response(status_code=204)
+        if last_event_id > record.seq:
+            last_event_id = None  # an id this job never sent: start again from its state
     svc = services(request)
     events = job_feed(
         record.job_id,
-        _last_event_id(request),
+        last_event_id,
         svc.jobs,
         svc.fanout,
         ping_s=svc.settings.sse_ping_s,
         resync_s=svc.settings.sse_resync_s,
     )
-    return EventStream(events)
+    return svc.feeds.stream(events)
 
 
 @operation(
@@ -103,7 +116,7 @@ async def _feed(request: Request, param: str) -> EventStream:
     sse=True,
     headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
 )
-async def session_events(request: Request) -> EventStream:
+async def session_events(request: Request) -> Response:
     return await _feed(request, "session_id")
 
 
@@ -113,7 +126,7 @@ async def session_events(request: Request) -> EventStream:
     sse=True,
     headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
 )
-async def v1_job_events(request: Request) -> EventStream:
+async def v1_job_events(request: Request) -> Response:
     return await _feed(request, "job_id")
 
 

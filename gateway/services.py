@@ -11,6 +11,7 @@ from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
 from gateway.fanout import EventFanout
+from gateway.feed import FeedLimit
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
 
@@ -23,6 +24,7 @@ class Services:
     jobs: JobStore
     submitter: Submitter
     fanout: EventFanout
+    feeds: FeedLimit
     keys: Keys
 
 

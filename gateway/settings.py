@@ -20,5 +20,8 @@ class GatewaySettings(CommonSettings):
     # How often a quiet SSE feed re-reads the event log (an expired job, a lost message; a pub/sub
     # reconnect or a gap in sequence numbers makes it re-read at once anyway).
     sse_resync_s: float = Field(default=30.0, gt=0)
+    # Open SSE feeds per status process; past it a new feed gets 503 + Retry-After (scale out
+    # instead). bench/sse_fanout.py measures one process serving 3000.
+    sse_max_feeds: int = Field(default=5000, ge=1)
     # How long an Idempotency-Key is remembered: a retry within it gets the original job.
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)

@@ -118,6 +118,8 @@ def test_reconnect_with_last_event_id_gets_exactly_the_missed_events(client: htt
     assert everything[0].data["status"] == "pending"
     resumed = read_feed(client, f"/api/{job_id}/events", last_event_id=3)
     assert resumed == everything[3:]
+    # At the terminal event there is nothing more: a 204, so a browser stops reconnecting.
+    assert read_feed(client, f"/api/{job_id}/events", last_event_id=snapshot.id) == []
 
 
 def test_openapi_documents_every_route_and_the_docs_work_offline(client: httpx.Client) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,9 +15,14 @@ from redis.asyncio import Redis
 
 from common.jobs import JobStore
 from common.keys import Keys
+from common.redis_server import RedisServer
 from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
+from tests.conftest import _stack
 from tests.support.stack import Stack
 from tests.support.waiting import async_wait_for
+
+# A request the old code answered by holding the connection open fails here instead.
+ANSWER_TIMEOUT_S = 10
 
 
 @pytest.fixture
@@ -131,6 +137,116 @@ async def test_one_pubsub_connection_serves_every_feed(
     await asyncio.wait_for(asyncio.gather(*feeds), timeout=10)
     assert all(r[-1]["status"] == "completed" for r in received.values())
     assert all(len(r) == 10 for r in received.values())
+
+
+async def answer(
+    client: httpx.AsyncClient,
+    path: str,
+    *,
+    headers: dict[str, str] | dict[str, bytes] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    """A request that must be answered, not streamed: its whole response, within a deadline."""
+    request = client.get(path, headers=headers, params=params)
+    return await asyncio.wait_for(request, ANSWER_TIMEOUT_S)
+
+
+async def test_a_resume_at_or_past_the_terminal_event_is_204(
+    client: httpx.AsyncClient, jobs: JobStore
+) -> None:
+    job_id = await new_job(jobs)
+    await jobs.emit(job_id, status=JobStatus.PROCESSING, progress=50)
+    await jobs.emit(job_id, status=JobStatus.COMPLETED, progress=100)  # seq 3
+    for path, last_event_id in [
+        (f"/api/{job_id}/events", "3"),
+        (f"/v1/jobs/{job_id}/events", "4"),
+        (f"/api/{job_id}/events", str(2**63 - 1)),
+    ]:
+        by_header = await answer(client, path, headers={"Last-Event-ID": last_event_id})
+        by_query = await answer(client, path, params={"last_event_id": last_event_id})
+        for response in (by_header, by_query):
+            assert (response.status_code, response.content) == (204, b""), (path, last_event_id)
+
+    # Below the terminal event the feed still replays what follows it, then ends.
+    received: list[dict[str, object]] = []
+    feed = collect(client, f"/api/{job_id}/events", received, headers={"Last-Event-ID": "2"})
+    await asyncio.wait_for(feed, ANSWER_TIMEOUT_S)
+    assert [(e["id"], e["status"]) for e in received] == [(3, "completed")]
+
+
+async def test_an_id_past_an_unfinished_jobs_last_event_gets_its_state(
+    client: httpx.AsyncClient, jobs: JobStore
+) -> None:
+    job_id = await new_job(jobs)
+    await jobs.emit(job_id, status=JobStatus.PROCESSING, progress=40)  # seq 2
+    received: list[dict[str, object]] = []
+    feed = asyncio.create_task(
+        collect(client, f"/api/{job_id}/events", received, headers={"Last-Event-ID": "7"})
+    )
+    await async_wait_for(lambda: _true(bool(received)), timeout_s=10, what="the snapshot")
+    await jobs.emit(job_id, status=JobStatus.COMPLETED, progress=100)
+    await asyncio.wait_for(feed, ANSWER_TIMEOUT_S)
+    assert [(e["id"], e["status"], e["progress"]) for e in received] == [
+        (2, "processing", 40),
+        (3, "completed", 100),
+    ]
+
+
+@pytest.mark.parametrize("raw", ["²", "١٢", str(2**63), "-1", "9" * 5000])
+async def test_an_invalid_event_id_is_422(
+    client: httpx.AsyncClient, jobs: JobStore, raw: str
+) -> None:
+    job_id = await new_job(jobs)
+    path = f"/api/{job_id}/events"
+    by_header = await answer(client, path, headers={"Last-Event-ID": raw.encode()})
+    by_query = await answer(client, path, params={"last_event_id": raw})
+    for response in (by_header, by_query):
+        assert response.status_code == 422
+        assert response.json()["fields"][0]["field"] == "Last-Event-ID"
+
+
+@pytest.fixture
+def capped_stack(
+    redis_server: RedisServer, models_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A second status service that holds at most two open feeds."""
+    extra = {"DARKROOM_SSE_MAX_FEEDS": "2", "DARKROOM_SSE_PING_S": "0.3"}
+    stack = _stack("capped", ("status",), redis_server, models_file, tmp_path_factory, extra)
+    yield stack
+    stack.stop_all()
+
+
+async def test_open_feeds_are_capped(capped_stack: Stack, redis: Redis) -> None:
+    jobs = JobStore(redis, Keys(capped_stack.prefix), task_ttl_s=60)
+    job_id = await new_job(jobs)
+    path = f"/api/{job_id}/events"
+    async with httpx.AsyncClient(base_url=capped_stack.base_url, timeout=20) as client:
+        received: list[list[dict[str, object]]] = [[], []]
+        feeds = [asyncio.create_task(collect(client, path, r)) for r in received]
+        await async_wait_for(lambda: _true(all(received)), timeout_s=10, what="two snapshots")
+
+        refused = await answer(client, f"/v1/jobs/{job_id}/events")
+        assert refused.status_code == 503
+        assert int(refused.headers["Retry-After"]) > 0
+        assert refused.json()["error"] == "too_many_feeds"
+
+        # A client that goes away frees its slot.
+        feeds[0].cancel()
+
+        async def admitted() -> bool:
+            async with client.stream("GET", path) as response:
+                return response.status_code == 200
+
+        await async_wait_for(admitted, timeout_s=10, what="a freed slot")
+        # So does a feed that ends with its job.
+        await jobs.emit(job_id, status=JobStatus.COMPLETED, progress=100)
+        await asyncio.wait_for(feeds[1], ANSWER_TIMEOUT_S)
+
+        async def both_admitted() -> bool:  # the job is finished: each feed is its snapshot
+            responses = await asyncio.gather(*(answer(client, path) for _ in range(2)))
+            return all(r.status_code == 200 for r in responses)
+
+        await async_wait_for(both_admitted, timeout_s=10, what="both slots free again")
 
 
 async def _true(value: bool) -> bool:

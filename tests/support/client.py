@@ -48,6 +48,8 @@ def read_feed(
     events = []
     with connect_sse(client, "GET", path, headers=headers, timeout=timeout_s) as source:
         source.response.raise_for_status()
+        if source.response.status_code == 204:
+            return []  # a resume at or past a finished job's terminal event
         for sse in source.iter_sse():
             # httpx-sse dispatches a heartbeat comment as an empty event once an id was seen;
             # the SSE spec (and browsers) ignore those.
