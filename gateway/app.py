@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from common.catalog import Catalog
 from common.jobs import JobStore
-from common.keys import Keys
+from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
 from common.redis import connect
 from gateway import routes_api, routes_cancel, routes_status, routes_v1
 from gateway.body_limit import BodyLimitMiddleware
@@ -26,6 +27,7 @@ from gateway.openapi import build_openapi
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
+from gateway.sweeper import Sweeper
 
 Role = Literal["gateway", "status"]
 TITLE = "Darkroom"
@@ -63,14 +65,36 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             fanout=fanout,
             feeds=FeedLimit(settings.sse_max_feeds),
             keys=keys,
-            submitter=Submitter(jobs, keys, catalog, blob_ttl_s=settings.blob_ttl_s),
+            submitter=Submitter(
+                jobs,
+                keys,
+                catalog,
+                blob_ttl_s=settings.blob_ttl_s,
+                max_waiting_input_bytes=settings.max_waiting_input_bytes,
+            ),
         )
+        stop = asyncio.Event()
+        sweeping = None
+        if role == "gateway":
+            sweeper = Sweeper(
+                redis,
+                keys,
+                jobs,
+                groups=[(keys.job_stream(name), WORKERS_GROUP) for name in catalog.routes]
+                + [(keys.rendered, UPLOADERS_GROUP)],
+                consumer_idle_s=settings.departed_consumer_idle_s,
+                interval_s=settings.sweep_interval_ms / 1000,
+            )
+            sweeping = asyncio.create_task(sweeper.run(stop), name="sweeper")
         # What start-up loaded lives as long as the process: keep it out of every collection,
         # so full collections stay short with thousands of open feeds.
         gc.freeze()
         try:
             yield
         finally:
+            stop.set()
+            if sweeping is not None:
+                await sweeping
             await fanout.stop()
             await redis.aclose()
 

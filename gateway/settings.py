@@ -25,3 +25,10 @@ class GatewaySettings(CommonSettings):
     sse_max_feeds: int = Field(default=5000, ge=1)
     # How long an Idempotency-Key is remembered: a retry within it gets the original job.
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # Input images waiting in Redis for their jobs, in all: past it a submit with an image gets
+    # 503 + Retry-After and nothing is queued. Keep it well under Redis's maxmemory.
+    max_waiting_input_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    # The sweeper (one gateway replica at a time): deadlines are checked this often, and a
+    # consumer idle this long with nothing pending is removed from its group.
+    sweep_interval_ms: int = Field(default=250, ge=10)
+    departed_consumer_idle_s: float = Field(default=900.0, ge=1)
