@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import redis
 
@@ -60,6 +61,9 @@ class RedisServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
     appendonly: bool = False
+    # With the AOF on: "everysec" fsyncs once a second, so a crash (``stop(kill=True)``) may take
+    # back at most about the last second of acknowledged writes; "always" fsyncs every write.
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
     binary: str = field(default_factory=find_redis_server)
     process: subprocess.Popen[bytes] | None = None
 
@@ -82,7 +86,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--protected-mode",
             "no",
             "--loglevel",
@@ -108,6 +112,7 @@ class RedisServer:
             client.close()
 
     def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM: Redis flushes and fsyncs its AOF, then exits. ``kill``: SIGKILL, a crash."""
         if self.process is None or self.process.poll() is not None:
             return
         if kill:

