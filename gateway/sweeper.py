@@ -86,10 +86,15 @@ class Sweeper:
                         await self.housekeeping()
                         next_housekeeping = loop.time() + HOUSEKEEPING_INTERVAL_S
                 failures = 0
-            except REDIS_TRANSIENT as exc:
+            except Exception as exc:  # a bug is logged loudly, but deadlines must still hold
                 delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
-                log.warning("sweeper.redis_unavailable", error=describe(exc), retry_in_s=delay_s)
+                if isinstance(exc, REDIS_TRANSIENT):
+                    log.warning(
+                        "sweeper.redis_unavailable", error=describe(exc), retry_in_s=delay_s
+                    )
+                else:
+                    log.exception("sweeper.failed", retry_in_s=delay_s)
                 await sleep_unless(stop, delay_s)
                 continue
             await sleep_unless(stop, self._interval_s)
@@ -154,9 +159,9 @@ class Sweeper:
             try:
                 consumers = await self._redis.xinfo_consumers(stream, group)
             except ResponseError as exc:
-                if not str(exc).startswith("NOGROUP"):
+                if not str(exc).startswith(("NOGROUP", "no such key")):
                     raise
-                continue  # nobody has read this stream yet
+                continue  # nobody has used this stream yet
             for consumer in consumers:
                 if consumer["pending"] == 0 and consumer["idle"] > self._consumer_idle_ms:
                     await self._redis.xgroup_delconsumer(stream, group, consumer["name"])
