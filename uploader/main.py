@@ -42,6 +42,8 @@ async def run(settings: UploaderSettings) -> None:
                 consumer_name=settings.consumer_name,
                 block_ms=settings.block_ms,
                 claim_idle_ms=settings.claim_idle_ms,
+                upload_concurrency=settings.upload_concurrency,
+                drain_grace_s=settings.drain_grace_s,
             )
             try:
                 await uploader.run(stop)

@@ -29,6 +29,8 @@ class UploaderSettings(ConsumerSettings):
     s3_create_bucket: bool = False
 
     claim_idle_ms: int = Field(default=30_000, ge=1000)
+    # Uploads in flight at once: one slow PUT holds one slot, not the jobs behind it.
+    upload_concurrency: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> UploaderSettings:

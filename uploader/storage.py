@@ -3,7 +3,7 @@
 Two backends share the ``Storage`` protocol: ``LocalStorage`` writes under a directory the
 gateway serves at ``/output`` (the embedded default), and ``S3Storage`` writes to an S3 or
 S3-compatible bucket. Every failure surfaces as ``StorageError`` so the uploader loop has one
-thing to catch and retry.
+thing to catch; its ``retryable`` says whether to retry or fail the job at once.
 """
 
 from __future__ import annotations
@@ -50,16 +50,25 @@ _S3_HINTS = {
 
 
 class StorageError(Exception):
-    """Storing an output failed. ``retryable`` is False when retrying unchanged cannot help."""
+    """Storing an output failed. ``retryable`` is False when retrying unchanged cannot help.
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    The message is for operators (endpoint, key, HTTP status); ``summary`` is the short line a
+    job's client reads (the error code, the bucket and what to do), without the endpoint.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True, summary: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.summary = summary or message
 
 
 class Storage(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         """Store ``data`` under ``key`` (overwriting) and return the URL to hand to the client."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; a key that is not there is not an error."""
         ...
 
     async def aclose(self) -> None: ...
@@ -104,6 +113,13 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"writing {len(data)} bytes to {path} failed: {exc}") from exc
         return self.url_for(key)
+
+    async def delete(self, key: str) -> None:
+        path = self.path_for(key)
+        try:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"deleting {path} failed: {exc}") from exc
 
     async def aclose(self) -> None:
         return None
@@ -224,6 +240,12 @@ class S3Storage:
             raise self._error(f"putting s3://{self.bucket}/{key}", exc) from exc
         return self.url_for(key)
 
+    async def delete(self, key: str) -> None:
+        try:
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"deleting s3://{self.bucket}/{key}", exc) from exc
+
     def url_for(self, key: str) -> str:
         """Unsigned URL of ``key``: readable only if the bucket (or a CDN in front) is public."""
         quoted = quote(key, safe="/~")
@@ -268,6 +290,7 @@ class S3Storage:
 
     def _error(self, action: str, exc: ClientError | BotoCoreError) -> StorageError:
         where = self.endpoint_url or f"AWS {self.region}"
+        bucket = f"bucket '{self.bucket}'"
         if isinstance(exc, ClientError):
             code = _error_code(exc)
             message = exc.response.get("Error", {}).get("Message", "")
@@ -279,14 +302,22 @@ class S3Storage:
             return StorageError(
                 f"{action} at {where} failed: {reason}",
                 retryable=code not in _PERMANENT_S3_CODES,
+                summary=f"{code} on {bucket}: {hint or message or f'HTTP {status}'}",
             )
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return StorageError(
-                f"{action} at {where} failed: {exc}; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or an AWS profile / instance role)",
-                retryable=False,
+            fix = (
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or an AWS profile / instance role)"
             )
-        return StorageError(f"{action} at {where} failed: {type(exc).__name__}: {exc}")
+            return StorageError(
+                f"{action} at {where} failed: {exc}; {fix}",
+                retryable=False,
+                summary=f"no credentials for {bucket}: {fix}",
+            )
+        return StorageError(
+            f"{action} at {where} failed: {type(exc).__name__}: {exc}",
+            summary=f"{bucket} unreachable ({type(exc).__name__})",
+        )
 
 
 def _error_code(exc: ClientError) -> str:

@@ -1,7 +1,11 @@
 """The uploader: an ``uploaders`` group member moving rendered bytes from Redis to storage.
 
-It acks only after storage and the job record both hold the result, so a crash at any point
-re-delivers the entry; keys derive from the job id, so a repeated upload overwrites.
+Each delivery uploads in a task of its own, up to ``upload_concurrency`` at once, so one slow PUT
+does not hold up the jobs behind it. It acks only after storage and the job record both hold the
+result, so a crash at any point re-delivers the entry; keys derive from the job id, so a repeated
+upload overwrites. A permanent storage error (AccessDenied, NoSuchBucket…) fails the job at once;
+a transient one is retried with backoff. A job that ended meanwhile (canceled, or failed by its
+deadline) is not stored, or its objects are removed again.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 
 import structlog
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from common.consumer import (
@@ -23,6 +29,7 @@ from common.consumer import (
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.logging import get_logger
+from common.redis_errors import REDIS_TRANSIENT, describe
 from common.schemas import JobStatus, RenderedJob
 from uploader.settings import UploaderSettings
 from uploader.storage import LocalStorage, S3Storage, Storage, StorageError, result_key
@@ -77,10 +84,16 @@ class Uploader:
         consumer_name: str,
         block_ms: int,
         claim_idle_ms: int,
+        upload_concurrency: int = 8,
+        drain_grace_s: float = 60.0,
     ) -> None:
         self._blobs = blobs
         self._jobs = jobs
         self._storage = storage
+        self._drain_grace_s = drain_grace_s
+        self._slots = asyncio.Semaphore(upload_concurrency)
+        self._stop = asyncio.Event()
+        self._uploads: dict[asyncio.Task[None], Delivery] = {}
         self.consumer = StreamConsumer(
             redis=redis,
             streams=[keys.rendered],
@@ -96,48 +109,114 @@ class Uploader:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("uploader.ready", storage=type(self._storage).__name__)
+        self._stop = stop
         async with self.consumer.claims_kept():
-            await self.consumer.run(stop)
+            try:
+                await self.consumer.run(stop)
+            finally:
+                await self._drain()
 
     async def handle(self, deliveries: list[Delivery]) -> None:
+        """The consumer's handler: start each delivery's upload in a task of its own, and return
+        once another upload could start, so the next entry is read only when it can begin."""
         for delivery in deliveries:
-            rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
-            with structlog.contextvars.bound_contextvars(job_id=rendered.job_id):
+            try:
+                rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
+            except (KeyError, ValidationError):
+                log.exception("job.unreadable", fields=delivery.fields)
+                await self.consumer.bury(delivery)
+                continue
+            await self._slots.acquire()
+            self.consumer.hold(delivery)
+            task = asyncio.create_task(self._upload(rendered, delivery), name="upload")
+            self._uploads[task] = delivery
+            task.add_done_callback(self._uploads.pop)
+        await self._slot_free_or_stopping()
+
+    async def _slot_free_or_stopping(self) -> None:
+        """Wait until another upload could start, so the next entry is read only then; or until
+        told to stop, so uploads that hang do not hold up the drain."""
+        slot = asyncio.ensure_future(self._slots.acquire())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({slot, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if slot.done():
+            self._slots.release()  # only looked: the next delivery takes it
+        else:
+            slot.cancel()
+
+    async def _upload(self, rendered: RenderedJob, delivery: Delivery) -> None:
+        with structlog.contextvars.bound_contextvars(job_id=rendered.job_id):
+            try:
                 await self._handle(rendered, delivery)
+            except REDIS_TRANSIENT as exc:
+                # Left pending: after claim_idle_ms it is delivered again.
+                log.warning("upload.redis_unavailable", error=describe(exc))
+                self.consumer.leave_pending(delivery)
+            except Exception:
+                # A bug: say so loudly. The entry is retried until it goes to the dead stream and
+                # the job fails; it must not stay held (its claim kept fresh) forever.
+                log.exception("upload.crashed")
+                self.consumer.leave_pending(delivery)
+            finally:
+                self._slots.release()
 
     async def _handle(self, rendered: RenderedJob, delivery: Delivery) -> None:
+        keys = [
+            result_key(rendered.job_id, rendered.created_at, index, blob.extension)
+            for index, blob in enumerate(rendered.outputs)
+        ]
+        record = await self._jobs.get(rendered.job_id)
+        if record is None or record.status.terminal:
+            # Canceled or failed since the hand-off: nobody will fetch the result. An earlier
+            # try that crashed before its ack may have stored some of it.
+            log.info("job.skipped", reason="expired" if record is None else record.status.value)
+            await self._discard(rendered.job_id, keys)
+            await self._finish(rendered, delivery)
+            return
+        began = time.perf_counter()
         urls: list[str] = []
-        for index, blob in enumerate(rendered.outputs):
-            data = await self._blobs.get(blob.key)
+        for key, blob in zip(keys, rendered.outputs, strict=True):
+            data: bytes | None = await self._blobs.get(blob.key)  # type: ignore[assignment]  # undecoded client
             if data is None:
-                await self._jobs.emit(
-                    rendered.job_id,
-                    status=JobStatus.FAILED,
-                    message="Generation failed",
-                    error="The rendered output expired before it was stored.",
-                )
-                await self._finish(rendered, delivery)
+                error = "The rendered output expired before it was stored."
+                await self._fail(rendered, delivery, error, stored=keys[: len(urls)])
                 return
-            key = result_key(rendered.job_id, rendered.created_at, index, blob.extension)
-            url = await self._put(key, data, blob.content_type)
+            try:
+                url = await self._put(key, data, blob.content_type)
+            except StorageError as exc:  # permanent: retrying cannot help
+                error = f"Could not store the result: {exc.summary}"
+                await self._fail(rendered, delivery, error, stored=keys[: len(urls)])
+                return
             if url is None:
-                return  # left pending: redelivered after claim_idle_ms, bytes still in Redis
+                self.consumer.leave_pending(delivery)  # redelivered later; bytes still in Redis
+                return
             urls.append(url)
-        await self._jobs.emit(
+        completed = await self._jobs.emit(
             rendered.job_id,
             status=JobStatus.COMPLETED,
             progress=100,
             message=COMPLETED_MESSAGE,
             result_urls=urls,
         )
-        log.info("job.completed", urls=urls)
+        if completed is None:  # canceled, or out of time, while uploading
+            await self._discard(rendered.job_id, keys)
+        else:
+            # Keys, not URLs: a presigned URL is a credential and stays out of the logs.
+            duration_ms = round((time.perf_counter() - began) * 1000)
+            log.info("job.completed", keys=keys, duration_ms=duration_ms)
         await self._finish(rendered, delivery)
 
     async def _put(self, key: str, data: bytes, content_type: str) -> str | None:
+        """The URL of the stored object; ``None`` if transient errors outlasted every attempt.
+        A permanent error is raised at once."""
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             try:
                 return await self._storage.put(key, data, content_type)
             except StorageError as exc:
+                if not exc.retryable:
+                    log.error("upload.failed", key=key, error=str(exc))
+                    raise
                 delay_s = min(UPLOAD_BACKOFF_CAP_S, UPLOAD_BACKOFF_BASE_S * 2**attempt)
                 delay_s *= random.uniform(0.5, 1.0)  # jitter: replicas do not retry in step
                 log.warning(
@@ -151,8 +230,53 @@ class Uploader:
         log.error("upload.gave_up", key=key, attempts=UPLOAD_ATTEMPTS)
         return None
 
+    async def _fail(
+        self, rendered: RenderedJob, delivery: Delivery, error: str, *, stored: list[str]
+    ) -> None:
+        await self._jobs.emit(
+            rendered.job_id, status=JobStatus.FAILED, message="Generation failed", error=error
+        )
+        log.error("job.failed", error=error)
+        await self._discard(rendered.job_id, stored)
+        await self._finish(rendered, delivery)
+
+    async def _discard(self, job_id: str, keys: list[str]) -> None:
+        """Remove the objects of a job that ended without them; best effort. Never those of a
+        completed job: another delivery of it got there first, under the same keys."""
+        record = await self._jobs.get(job_id)
+        if not keys or (record is not None and record.status is JobStatus.COMPLETED):
+            return
+        log.info("job.discarded", keys=keys)
+        for key in keys:
+            try:
+                await self._storage.delete(key)
+            except StorageError as exc:
+                log.warning("upload.delete_failed", key=key, error=str(exc))
+
+    async def _drain(self) -> None:
+        """After stop: the uploads in flight get the drain grace to finish; what is left then
+        goes back to the group for another member."""
+        in_flight = dict(self._uploads)
+        if not in_flight:
+            return
+        log.info("uploader.draining", uploads=len(in_flight), grace_s=self._drain_grace_s)
+        _, late = await asyncio.wait(in_flight, timeout=self._drain_grace_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for task in late:
+            delivery = in_flight[task]
+            try:
+                await self.consumer.release(delivery)
+                log.info("upload.released", msg_id=delivery.msg_id)
+            except REDIS_TRANSIENT:
+                self.consumer.leave_pending(delivery)  # taken over after the claim idle time
+
     async def _on_dead(self, delivery: Delivery) -> None:
-        rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
+        try:
+            rendered = RenderedJob.model_validate_json(delivery.fields["rendered"])
+        except (KeyError, ValidationError):
+            return  # unreadable: there is no job record to mark
         await self._jobs.emit(
             rendered.job_id,
             status=JobStatus.FAILED,

