@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from common.health import health_server
+from common.health import health_server, redis_writable
 from common.jobs import JobStore
 from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
 from common.redis import connect
-from common.redis_errors import REDIS_TRANSIENT
 from uploader.settings import UploaderSettings
 from uploader.uploader import Uploader, open_storage
 
@@ -21,11 +20,7 @@ async def run(settings: UploaderSettings) -> None:
     async def readiness() -> tuple[bool, str]:
         if uploader is None:
             return False, "waiting for storage"
-        try:
-            await redis.ping()
-        except REDIS_TRANSIENT as exc:
-            return False, f"redis unavailable: {exc}"
-        return True, ""
+        return await redis_writable(redis, keys.probe(settings.consumer_name))
 
     # Probes answer from the start: a storage outage at start-up is "not ready", not "dead".
     try:
