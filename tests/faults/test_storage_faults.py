@@ -24,6 +24,7 @@ from tests.support.s3_server import (
 )
 from tests.support.slow_s3 import SlowS3Proxy
 from tests.support.stack import Stack
+from tests.support.waiting import wait_for
 
 SMALL = {"prompt": "storage faults", "width": 64, "height": 64, "num_inference_steps": 2}
 
@@ -162,6 +163,38 @@ def test_one_hanging_put_does_not_hold_up_the_jobs_behind_it(
     ledger.outcome([f["status"] for f in finished], counts)
     assert [f["status"] for f in finished] == ["completed"] * 3
     assert counts == [1] * 3
+
+
+def test_a_deadline_that_passes_while_uploading_fails_the_job_and_stores_nothing(
+    stack: Stack,
+    s3_server: S3Server,
+    bucket: str,
+    start_uploader: StartUploader,
+    ledger: Ledger,
+) -> None:
+    with SlowS3Proxy(s3_server.endpoint_url) as proxy:
+        start_uploader(bucket, S3_ENDPOINT_URL=proxy.endpoint_url)
+        stall = proxy.stall("/generations/")
+        with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+            response = client.post("/api/sd/t2i", json=SMALL, headers={"Cancel-After": "3"})
+            job = str(response.raise_for_status().json()["session_id"])
+            assert job in stall.wait_held(timeout_s=60)  # rendered; its upload hangs
+            ledger.fault("deadline passes mid-upload")
+            ledger.submitted += 1
+            # The sweeper ends it while the PUT still hangs: nobody waits for storage.
+            final = wait_terminal(client, f"/api/{job}/status", timeout_s=30)
+            stall.release()  # the PUT lands after the job ended: its object goes again
+            wait_for(
+                lambda: any(
+                    e["event"] == "job.discarded" and e["job_id"] == job
+                    for e in uploader_log(stack)
+                ),
+                timeout_s=30,
+                what="the uploader to discard the late object",
+            )
+    ledger.failed_as_intended += final["error"] == "deadline exceeded"
+    assert (final["status"], final["error"]) == ("failed", "deadline exceeded")
+    assert stored(s3_server, bucket, job) == 0
 
 
 def test_the_completed_log_line_names_keys_and_never_a_presigned_url(
