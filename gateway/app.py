@@ -101,7 +101,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             Middleware(
                 BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -55,7 +57,7 @@ def from_validation(exc: ValidationError, prefix: str = "") -> ApiError:
 
 
 def _json(
-    status_code: int, body: ErrorResponse, headers: dict[str, str] | None = None
+    status_code: int, body: ErrorResponse, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 

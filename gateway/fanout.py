@@ -115,4 +115,4 @@ class EventFanout:
                 await asyncio.sleep(delay_s)
             finally:
                 with contextlib.suppress(*REDIS_TRANSIENT):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: no hints
