@@ -25,7 +25,8 @@ from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
-TERMINAL_EVENTS_MAXLEN = 100_000
+# The terminal-events stream has no reader yet (webhooks will be one): keep only the latest.
+TERMINAL_EVENTS_MAXLEN = 10_000
 # The error of a job that passed its ``Cancel-After`` deadline, wherever it was.
 DEADLINE_EXCEEDED = "deadline exceeded"
 # Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
