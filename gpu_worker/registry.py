@@ -18,18 +18,17 @@ from datetime import UTC, datetime
 import diffusers
 import torch
 import transformers
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.catalog import Catalog, ModelRoute
 from common.logging import get_logger
 from common.schemas import JobSpec, RenderParams, Task
-from gpu_worker.families import batch_family, family
+from gpu_worker.families import Pipeline, batch_family, family
 from gpu_worker.optimize import optimize
 
 # Loading bars are noise in JSON logs; model.loaded carries the duration instead.
 diffusers.utils.logging.disable_progress_bar()
-transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers: no hints
 
 log = get_logger(__name__)
 
@@ -46,7 +45,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def pipelines_bytes(pipelines: dict[Task, DiffusionPipeline]) -> int:
+def pipelines_bytes(pipelines: dict[Task, Pipeline]) -> int:
     """Memory held by a route's weights, counting modules shared between its pipelines once."""
     modules = {
         id(module): module
@@ -87,7 +86,7 @@ class ModelRegistry:
         self.device = device
         self.memory_budget_bytes = memory_budget_bytes
         # Least recently used first.
-        self._loaded: OrderedDict[str, tuple[dict[Task, DiffusionPipeline], int]] = OrderedDict()
+        self._loaded: OrderedDict[str, tuple[dict[Task, Pipeline], int]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -105,7 +104,7 @@ class ModelRegistry:
         # Half precision is a GPU format; on a CPU it is slow or unsupported.
         return DTYPES[route.dtype] if self.device.type != "cpu" else torch.float32
 
-    def pipelines(self, route_name: str) -> dict[Task, DiffusionPipeline]:
+    def pipelines(self, route_name: str) -> dict[Task, Pipeline]:
         """The resident pipelines of a route, one per task, loaded on first use (call in a
         thread: loading blocks)."""
         with self._lock:
@@ -129,14 +128,14 @@ class ModelRegistry:
                 torch.cuda.empty_cache()
             log.info("model.unloaded", model=victim, reason="memory_budget", bytes=size)
 
-    def pipeline(self, route_name: str, task: Task) -> DiffusionPipeline:
+    def pipeline(self, route_name: str, task: Task) -> Pipeline:
         return self.pipelines(route_name)[task]
 
     def load_all(self) -> None:
         for name in self.routes:
             self.pipelines(name)
 
-    def _load(self, route: ModelRoute) -> dict[Task, DiffusionPipeline]:
+    def _load(self, route: ModelRoute) -> dict[Task, Pipeline]:
         started = time.perf_counter()
         pipelines = family(route.family).load(route, self._dtype(route), self.device)
         for pipe in pipelines.values():
@@ -156,7 +155,7 @@ class ModelRegistry:
         return pipelines
 
 
-def warm_up(route: ModelRoute, pipelines: dict[Task, DiffusionPipeline]) -> None:
+def warm_up(route: ModelRoute, pipelines: dict[Task, Pipeline]) -> None:
     """A short render at the route's default size: first-call costs (compilation, kernel
     selection, allocator growth) are paid here, not by a job."""
     text_tasks = [task for task in route.tasks if task in (Task.T2I, Task.T2V)]

@@ -7,6 +7,7 @@ storage, so there is no temporary file to clean up.
 from __future__ import annotations
 
 import io
+from typing import Final
 
 import av
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
@@ -14,7 +15,7 @@ from PIL import Image
 
 # The PyAV wheels bundle FFmpeg built with libx264 (checked with PyAV 18.1); they have no
 # libopenh264. libx264 output plays in every browser.
-CODEC = "libx264"
+CODEC: Final = "libx264"  # Final keeps the literal, so PyAV types the stream as video
 # CRF 18 is close to visually lossless. Preset "veryfast" took a quarter of the default "medium"'s
 # time (121 frames of 704x480 on 2 cores: 0.95 s vs 3.7 s) for a file of about the same size.
 X264_OPTIONS = {"crf": "18", "preset": "veryfast"}
@@ -54,7 +55,9 @@ def encode_mp4(frames: list[Image.Image], fps: int) -> bytes:
         for index, image in enumerate(frames):
             if image.size != (width, height):
                 raise ValueError(f"frame {index} is {image.size}, the first is {(width, height)}")
-            frame = av.VideoFrame.from_image(image.convert("RGB")).reformat(
+            # PyAV's stub leaves from_image unannotated.
+            rgb: av.VideoFrame = av.VideoFrame.from_image(image.convert("RGB"))  # type: ignore[no-untyped-call]
+            frame = rgb.reformat(
                 format="yuv420p",
                 src_colorspace=Colorspace.ITU709,
                 dst_colorspace=Colorspace.ITU709,

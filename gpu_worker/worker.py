@@ -234,7 +234,9 @@ class Worker:
                 await self.consumer.ack(delivery)
                 return None
             if spec.input_blob is not None:
-                data = await self._blobs.get(spec.input_blob)
+                data: bytes | None = await self._blobs.get(  # type: ignore[assignment]  # redis-py's union return
+                    spec.input_blob
+                )
                 try:
                     if data is None:
                         raise ValueError("the input image expired before the job started")

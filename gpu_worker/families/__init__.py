@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.catalog import Lora, ModelRoute
@@ -28,7 +27,21 @@ from common.schemas import JobSpec, Task
 
 # (steps done, steps in the whole job)
 StepCallback = Callable[[int, int], None]
-Pipelines = Mapping[Task, DiffusionPipeline]
+
+
+class Pipeline(Protocol):
+    """What the worker uses of a diffusers pipeline. Spelt out because, to a type checker,
+    ``from diffusers import X`` names diffusers' placeholder classes, which declare none of it."""
+
+    @property
+    def components(self) -> dict[str, Any]: ...
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+Pipelines = Mapping[Task, Pipeline]
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class Artifact:
 class Family(Protocol):
     def load(
         self, route: ModelRoute, dtype: torch.dtype, device: torch.device
-    ) -> dict[Task, DiffusionPipeline]: ...
+    ) -> dict[Task, Pipeline]: ...
 
     def render(
         self, pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
@@ -141,14 +154,14 @@ def load_with_variant(
     device: torch.device,
     base: tuple[Task, Any],
     variant: tuple[Task, Any],
-) -> dict[Task, DiffusionPipeline]:
+) -> dict[Task, Pipeline]:
     """The common shape of a family's ``load``: a text-conditioned base pipeline with the route's
     LoRAs, and its image-conditioned variant on the same modules (``from_pipe``) when the route
     serves that task."""
     (base_task, base_cls), (variant_task, variant_cls) = base, variant
     pipe = base_cls.from_pretrained(route.weights, dtype=dtype).to(device)
     apply_loras(pipe, route.loras)
-    pipelines: dict[Task, DiffusionPipeline] = {base_task: pipe}
+    pipelines: dict[Task, Pipeline] = {base_task: pipe}
     if variant_task in route.tasks:
         pipelines[variant_task] = variant_cls.from_pipe(pipe)
     return pipelines
@@ -191,5 +204,5 @@ MODULES: dict[str, str] = {
 
 
 def family(name: str) -> Family:
-    module: Family = importlib.import_module(f"{__name__}.{MODULES[name]}")  # type: ignore[assignment]
+    module: Family = importlib.import_module(f"{__name__}.{MODULES[name]}")
     return module

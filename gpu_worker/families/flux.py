@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, FluxImg2ImgPipeline, FluxPipeline
+from diffusers import FluxImg2ImgPipeline, FluxPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, Task
 from gpu_worker.families import (
     Artifact,
+    Pipeline,
     Pipelines,
     StepCallback,
     load_with_variant,
@@ -30,9 +31,7 @@ from gpu_worker.families import (
 MAX_SEQUENCE_LENGTH = 512
 
 
-def load(
-    route: ModelRoute, dtype: torch.dtype, device: torch.device
-) -> dict[Task, DiffusionPipeline]:
+def load(route: ModelRoute, dtype: torch.dtype, device: torch.device) -> dict[Task, Pipeline]:
     return load_with_variant(
         route, dtype, device, (Task.T2I, FluxPipeline), (Task.I2I, FluxImg2ImgPipeline)
     )

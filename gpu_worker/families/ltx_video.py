@@ -6,16 +6,17 @@ One checkpoint serves both tasks: `LTXImageToVideoPipeline` shares the `LTXPipel
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
-from diffusers import DiffusionPipeline, LTXImageToVideoPipeline, LTXPipeline
+from diffusers import LTXImageToVideoPipeline, LTXPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, Task
 from gpu_worker.families import (
     Artifact,
+    Pipeline,
     Pipelines,
     StepCallback,
     generator,
@@ -30,9 +31,14 @@ DECODE_TIMESTEP = 0.05
 DECODE_NOISE_SCALE = 0.025
 
 
-def load(
-    route: ModelRoute, dtype: torch.dtype, device: torch.device
-) -> dict[Task, DiffusionPipeline]:
+class VideoPipeline(Pipeline, Protocol):
+    """What ``render`` reads of an `LTXPipeline` or `LTXImageToVideoPipeline` besides the call."""
+
+    vae: Any
+    vae_temporal_compression_ratio: int
+
+
+def load(route: ModelRoute, dtype: torch.dtype, device: torch.device) -> dict[Task, Pipeline]:
     return load_with_variant(
         route, dtype, device, (Task.T2V, LTXPipeline), (Task.I2V, LTXImageToVideoPipeline)
     )
@@ -48,7 +54,7 @@ def render(
     # step that divides 0 by 0 and the first step fails with an IndexError deep in the scheduler.
     if params.num_inference_steps < 2:
         raise ValueError("LTX-Video needs at least 2 inference steps")
-    pipe = pipelines[spec.task]
+    pipe = cast(VideoPipeline, pipelines[spec.task])
     # The pipeline checks the sides (multiples of 32) but silently rounds other frame counts
     # down to the VAE's 8k + 1: the caller would get fewer frames than it asked for.
     multiple = pipe.vae_temporal_compression_ratio

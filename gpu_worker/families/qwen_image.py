@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, QwenImageEditPlusPipeline, QwenImagePipeline
+from diffusers import QwenImageEditPlusPipeline, QwenImagePipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, RenderParams, Task
 from gpu_worker.families import (
     Artifact,
+    Pipeline,
     Pipelines,
     StepCallback,
     apply_loras,
@@ -63,9 +64,7 @@ def angle_prompt(angle: str, prompt: str = "") -> str:
     return f"{instruction} {prompt.strip()}".strip()
 
 
-def load(
-    route: ModelRoute, dtype: torch.dtype, device: torch.device
-) -> dict[Task, DiffusionPipeline]:
+def load(route: ModelRoute, dtype: torch.dtype, device: torch.device) -> dict[Task, Pipeline]:
     if not route.edit_weights:
         raise ValueError(f"route {route.name!r}: the qwen-image family needs edit_weights")
     # Every view is an edit, so both tasks need the edit pipeline.
@@ -74,7 +73,7 @@ def load(
     # into the edit model's transformer only, which the text-to-image pipeline does not share.
     apply_loras(edit, route.loras)
     edit.to(device)
-    pipelines: dict[Task, DiffusionPipeline] = {Task.I2I: edit}
+    pipelines: dict[Task, Pipeline] = {Task.I2I: edit}
     if Task.T2I in route.tasks:
         # Qwen-Image and Qwen-Image-Edit-2509 ship the same VAE and the same Qwen2.5-VL-7B text
         # encoder: reuse the edit model's (about 16 GB in bfloat16) instead of a second copy.

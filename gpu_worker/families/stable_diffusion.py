@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, Task
 from gpu_worker.families import (
     Artifact,
+    Pipeline,
     Pipelines,
     StepCallback,
     load_with_variant,
@@ -18,9 +19,7 @@ from gpu_worker.families import (
 )
 
 
-def load(
-    route: ModelRoute, dtype: torch.dtype, device: torch.device
-) -> dict[Task, DiffusionPipeline]:
+def load(route: ModelRoute, dtype: torch.dtype, device: torch.device) -> dict[Task, Pipeline]:
     return load_with_variant(
         route,
         dtype,

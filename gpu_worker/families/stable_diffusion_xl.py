@@ -10,17 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import (
-    DiffusionPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLPipeline,
-)
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from common.catalog import ModelRoute
 from common.schemas import JobSpec, Task
 from gpu_worker.families import (
     Artifact,
+    Pipeline,
     Pipelines,
     StepCallback,
     load_with_variant,
@@ -37,9 +34,7 @@ EMBEDDINGS = (
 )
 
 
-def load(
-    route: ModelRoute, dtype: torch.dtype, device: torch.device
-) -> dict[Task, DiffusionPipeline]:
+def load(route: ModelRoute, dtype: torch.dtype, device: torch.device) -> dict[Task, Pipeline]:
     return load_with_variant(
         route,
         dtype,

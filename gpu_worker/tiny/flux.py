@@ -31,7 +31,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from gpu_worker.tiny import clip
 
@@ -42,7 +42,7 @@ HEADS = 1
 HEAD_DIM = 32  # split among the rotary axes (index, row, column) below
 
 
-def t5_tokenizer() -> T5TokenizerFast:
+def t5_tokenizer() -> T5Tokenizer:
     """A character-level SentencePiece-style (Unigram) vocabulary: printable ASCII and Latin-1/
     Latin Extended-A, each also as a word-initial piece (``▁x``) so a word costs one token less.
 
@@ -55,13 +55,14 @@ def t5_tokenizer() -> T5TokenizerFast:
     pieces = [("▁" + c, -1.0) for c in chars] + [(c, -2.0) for c in chars]
     # T5's fixed special ids: <pad>=0, </s>=1, <unk>=2.
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0), *pieces]
-    # In transformers 5 `T5TokenizerFast` is `T5Tokenizer`, backed by `tokenizers`; it saves a
-    # tokenizer.json and rebuilds its Unigram model from that vocabulary on load. No sentinel
-    # `<extra_id_N>` tokens: they only matter for T5's span-corruption training.
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_TOKENS)
+    # In transformers 5 `T5Tokenizer` (`T5TokenizerFast` is a runtime alias of it) is backed by
+    # `tokenizers`; it saves a tokenizer.json and rebuilds its Unigram model from that vocabulary
+    # on load. No sentinel `<extra_id_N>` tokens: they only matter for T5's span-corruption
+    # training.
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_TOKENS)
 
 
-def t5_encoder(tokenizer: T5TokenizerFast) -> T5EncoderModel:
+def t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
     config = T5Config(
         vocab_size=len(tokenizer),
         d_model=T5_DIM,

@@ -34,7 +34,7 @@ from diffusers import (
     LTXPipeline,
     LTXVideoTransformer3DModel,
 )
-from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 MAX_TOKENS = 128  # LTXPipeline's default max_sequence_length; the tokenizer pads to it
 TEXT_DIM = 32  # T5 hidden size == the transformer's caption_channels
@@ -53,10 +53,11 @@ def _vocabulary() -> list[tuple[str, float]]:
     return specials + [(c, -1.0) for c in chars]
 
 
-def tokenizer() -> T5TokenizerFast:
-    # transformers 5: T5TokenizerFast is T5Tokenizer (tokenizers-backed); `vocab=` takes
-    # (piece, score) pairs. No sentinel <extra_id_*> tokens: nothing here uses them.
-    return T5TokenizerFast(vocab=_vocabulary(), extra_ids=0, model_max_length=MAX_TOKENS)
+def tokenizer() -> T5Tokenizer:
+    # transformers 5: T5Tokenizer is tokenizers-backed (T5TokenizerFast is only a runtime alias
+    # of it); `vocab=` takes (piece, score) pairs. No sentinel <extra_id_*> tokens: nothing here
+    # uses them.
+    return T5Tokenizer(vocab=_vocabulary(), extra_ids=0, model_max_length=MAX_TOKENS)
 
 
 def _text_encoder(vocab_size: int) -> T5EncoderModel:

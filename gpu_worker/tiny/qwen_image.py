@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
+from typing import cast
 
 from diffusers import (
     AutoencoderKLQwenImage,
@@ -70,7 +72,8 @@ def _templates() -> list[str]:
     texts = []
     for cls in (QwenImagePipeline, QwenImageEditPlusPipeline):
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        texts.append(cls(**dict.fromkeys(params)).prompt_template_encode)
+        # Set in __init__; diffusers' placeholder classes, all a type checker sees, declare nothing.
+        texts.append(cls(**dict.fromkeys(params)).prompt_template_encode)  # type: ignore[union-attr]
     texts.append("Picture 1: <|vision_start|><|image_pad|><|vision_end|>")
     return texts
 
@@ -91,7 +94,8 @@ def tokenizer() -> Qwen2Tokenizer:
     model = json.loads(backend.to_str())["model"]
     tok = Qwen2Tokenizer(
         vocab=model["vocab"],
-        merges=[tuple(m) for m in model["merges"]],
+        # Pairs, as tokenizers writes them; transformers' hint admits only "a b" strings.
+        merges=[tuple(m) for m in model["merges"]],  # type: ignore[misc]
         model_max_length=32768,
     )
     tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
@@ -109,7 +113,7 @@ def image_processor() -> Qwen2VLImageProcessorPil:
 
 
 def processor(tok: Qwen2Tokenizer) -> Qwen2VLProcessor:
-    return Qwen2VLProcessor(
+    return Qwen2VLProcessor(  # type: ignore[no-untyped-call]  # transformers: no hints
         image_processor=image_processor(),
         tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(),
@@ -117,7 +121,8 @@ def processor(tok: Qwen2Tokenizer) -> Qwen2VLProcessor:
 
 
 def text_encoder(tok: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
-    ids = tok.convert_tokens_to_ids
+    # One token in, one id out; transformers types the result int | list[int] for either input.
+    ids = cast(Callable[[str], int], tok.convert_tokens_to_ids)
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tok),
