@@ -7,12 +7,15 @@ Two workers, an uploader and a gateway run as subprocesses on a Redis with an ap
 and a SeaweedFS S3 server. A client submits a job every few hundred milliseconds, some small,
 some long enough to be caught mid-render. Every few seconds one fault strikes, chosen at random:
 a worker SIGKILLed or SIGTERMed (and started again), the uploader SIGKILLed (and started again),
-S3 down for a while, Redis crashed (SIGKILL; its AOF is fsynced once a second) and started again.
+S3 down for a while, Redis crashed (SIGKILL; its AOF is fsynced once a second) and started again,
+Redis full (``maxmemory``) for a few seconds, Redis demoted to a read-only replica of a standby and
+promoted back (a failover and its return).
 A submit that meets an outage is retried with the same ``Idempotency-Key``, as a careful client
 would, so a retry never makes a second job. When the time is up the faults stop, and every job
 must complete with exactly one object in the bucket, except that a Redis crash may take back what
-was acknowledged in the last second before it (``CRASH_LOSS_S``): such jobs are counted apart as
-lost by crash; one acknowledged earlier and gone is lost.
+was acknowledged in the last second before it (``CRASH_LOSS_S``), and so may a failover: such jobs
+are counted apart as lost by crash; one acknowledged earlier and gone is lost. (S3 AccessDenied is
+not in the mix: it fails jobs by design; ``test_storage_faults.py`` covers it.)
 ``tests/faults/test_soak.py`` runs a short soak in the suite; this command runs a long one.
 """
 
@@ -51,6 +54,7 @@ CRASH_LOSS_S = 1.0
 class Soak:
     def __init__(self, root: Path, models_file: Path, s3: S3Server, seed: int) -> None:
         self.rng = random.Random(seed)
+        self.root = root
         self.s3 = s3
         root.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(root / "redis", appendonly=True, appendfsync="everysec")
@@ -85,6 +89,8 @@ class Soak:
             "uploader SIGKILL (random moment)": self._restart_uploader,
             "S3 outage (random length)": self._s3_outage,
             "redis SIGKILL (AOF everysec)": self._redis_crash,
+            "redis OOM (random length)": self._redis_full,
+            "redis failover to a replica and back": self._redis_failover,
         }
 
     def run(self, duration_s: float) -> Ledger:
@@ -162,6 +168,38 @@ class Soak:
         time.sleep(self.rng.uniform(0.5, 2.0))
         self.redis.start()
 
+    def _redis_full(self) -> None:
+        """``maxmemory`` reached: every write is refused with OOM for a while."""
+        admin = redis.Redis.from_url(self.redis.url)
+        try:
+            admin.config_set("maxmemory", 1)
+            time.sleep(self.rng.uniform(1.0, 5.0))
+            admin.config_set("maxmemory", 0)
+        finally:
+            admin.close()
+
+    def _redis_failover(self) -> None:
+        """A standby takes over and the services' Redis becomes its read-only replica for a
+        while (READONLY, UNBLOCKED, LOADING), then leads again. Like a crash, a failover may take
+        back the last moment of acknowledged writes (replication is asynchronous)."""
+        standby = RedisServer(self.root / f"standby-{len(self.crashed_at)}")
+        standby.start()
+        old = redis.Redis.from_url(self.redis.url)
+        new = redis.Redis.from_url(standby.url)
+        try:
+            new.replicaof("127.0.0.1", self.redis.port)
+            _wait_linked(new)
+            self.crashed_at.append(time.monotonic())
+            new.replicaof("NO", "ONE")
+            old.replicaof("127.0.0.1", standby.port)
+            _wait_linked(old)
+            time.sleep(self.rng.uniform(1.0, 4.0))
+            old.replicaof("NO", "ONE")
+        finally:
+            old.close()
+            new.close()
+            standby.stop(kill=True)
+
     # -- the verdict --------------------------------------------------------------------------
 
     def _check(self) -> None:
@@ -193,6 +231,14 @@ class Soak:
                 match = UUID_RE.search(obj["Key"])
                 found[match.group(0) if match else obj["Key"]] += 1
         return found
+
+
+def _wait_linked(replica: redis.Redis, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while replica.info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise TimeoutError("the replica did not sync")
+        time.sleep(0.05)
 
 
 def soak(root: Path, models_file: Path, s3: S3Server, *, duration_s: float, seed: int) -> Ledger:
@@ -228,7 +274,7 @@ def main() -> None:
     print(
         f"jobs submitted {ledger.submitted}, completed {ledger.completed}, "
         f"lost by crash {ledger.lost_by_crash} (acknowledged in the last {CRASH_LOSS_S:.0f} s "
-        f"before a Redis crash), lost {ledger.lost}, duplicated {ledger.duplicated}, "
+        f"before a Redis crash or failover), lost {ledger.lost}, duplicated {ledger.duplicated}, "
         f"5xx {ledger.server_errors}"
     )
     if ledger.lost or ledger.duplicated or ledger.server_errors:
