@@ -52,7 +52,12 @@ SUBMIT_HEADERS = {
 # What a client turned away by a full queue is told to wait; a render takes seconds at least.
 QUEUE_FULL_RETRY_AFTER_S = 5
 # A submit's answers besides 404/413/422: a reused Idempotency-Key, a full queue (for OpenAPI).
-SUBMIT_ERRORS: dict[int, type[BaseModel]] = {409: ErrorResponse, 429: ErrorResponse}
+SUBMIT_ERRORS: dict[int, type[BaseModel]] = {
+    409: ErrorResponse,
+    410: ErrorResponse,
+    429: ErrorResponse,
+    503: ErrorResponse,
+}
 
 
 @dataclass(frozen=True)
