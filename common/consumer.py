@@ -30,11 +30,10 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from common.logging import get_logger
-from common.redis_errors import REDIS_TRANSIENT
+from common.redis_errors import RECONNECT_BACKOFF_S, REDIS_TRANSIENT, backoff_s
 
 log = get_logger(__name__)
 
-RECONNECT_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 DEAD_MAXLEN = 100_000
 
 # KEYS: stream; ARGV: group, consumer, msg_id. Resets the entry's idle time, if still ours.
@@ -256,7 +255,7 @@ class StreamConsumer:
                 deliveries = await self._claim_stale() or await self._read_new()
                 failures = 0
             except REDIS_TRANSIENT as exc:
-                delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                delay_s = backoff_s(failures)
                 failures += 1
                 log.warning(
                     "consumer.redis_unavailable",

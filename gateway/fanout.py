@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from common.consumer import RECONNECT_BACKOFF_S
 from common.keys import Keys
 from common.logging import get_logger
-from common.redis_errors import REDIS_TRANSIENT
+from common.redis_errors import REDIS_TRANSIENT, backoff_s
 from common.schemas import JobEvent
 
 log = get_logger(__name__)
@@ -109,7 +108,7 @@ class EventFanout:
                         self._deliver(job_id, LiveEvent.of(event))
             except REDIS_TRANSIENT as exc:
                 self.subscribed.clear()
-                delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                delay_s = backoff_s(failures)
                 failures += 1
                 log.warning("fanout.redis_unavailable", error=str(exc), retry_in_s=delay_s)
                 await asyncio.sleep(delay_s)

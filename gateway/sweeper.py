@@ -23,11 +23,11 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, ResponseError
 
-from common.consumer import RECONNECT_BACKOFF_S, sleep_unless
+from common.consumer import sleep_unless
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import Keys
 from common.logging import get_logger
-from common.redis_errors import REDIS_TRANSIENT, describe
+from common.redis_errors import REDIS_TRANSIENT, backoff_s, describe
 from common.schemas import JobStatus, WorkerHeartbeat
 from gateway.workers import HEARTBEAT_STALE_S
 
@@ -87,7 +87,7 @@ class Sweeper:
                         next_housekeeping = loop.time() + HOUSEKEEPING_INTERVAL_S
                 failures = 0
             except Exception as exc:  # a bug is logged loudly, but deadlines must still hold
-                delay_s = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                delay_s = backoff_s(failures)
                 failures += 1
                 if isinstance(exc, REDIS_TRANSIENT):
                     log.warning(

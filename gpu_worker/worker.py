@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,18 +32,12 @@ from PIL import Image
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from common.consumer import (
-    RECONNECT_BACKOFF_S,
-    Delivery,
-    StreamConsumer,
-    StreamPolicy,
-    sleep_unless,
-)
+from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
 from common.health import redis_writable
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
-from common.redis_errors import REDIS_TRANSIENT, describe
+from common.redis_errors import REDIS_TRANSIENT, describe, retry_transient
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
 from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
@@ -399,7 +392,13 @@ class Worker:
             log.exception("job.encode_failed")
             await self._fail(job, f"Could not encode the output: {exc}")
             return
-        if not await self._hand_off_retrying(job, outputs):
+        handed_off = await retry_transient(
+            lambda: self._hand_off(job, outputs),
+            for_s=HAND_OFF_RETRY_S,
+            still_wanted=lambda: self.consumer.holds(job.delivery),
+            event="job.hand_off_retry",
+        )
+        if not handed_off:
             log.warning("job.claim_lost", stage="hand_off")
             return
         JOBS.labels(job.spec.model, "rendered").inc()
@@ -416,22 +415,6 @@ class Worker:
             progress=RENDER_END_PCT,
             message="Generation complete, uploading to storage...",
         )
-
-    async def _hand_off_retrying(self, job: Job, outputs: list[Encoded]) -> bool:
-        """The hand-off, tried again with backoff while Redis refuses it (for up to
-        ``HAND_OFF_RETRY_S``) and the job is still this worker's; ``False`` once it is not."""
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + HAND_OFF_RETRY_S
-        for attempt in itertools.count():
-            try:
-                return await self._hand_off(job, outputs)
-            except REDIS_TRANSIENT as exc:
-                delay_s = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
-                if loop.time() + delay_s > give_up_at or not self.consumer.holds(job.delivery):
-                    raise
-                log.warning("job.hand_off_retry", error=describe(exc), retry_in_s=delay_s)
-                await asyncio.sleep(delay_s)
-        raise AssertionError("unreachable")
 
     async def _hand_off(self, job: Job, outputs: list[Encoded]) -> bool:
         """Atomically and only if the job is still this worker's: the output bytes to blobs,

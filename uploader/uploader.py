@@ -19,17 +19,11 @@ import structlog
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from common.consumer import (
-    RECONNECT_BACKOFF_S,
-    Delivery,
-    StreamConsumer,
-    StreamPolicy,
-    sleep_unless,
-)
+from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.logging import get_logger
-from common.redis_errors import REDIS_TRANSIENT, describe
+from common.redis_errors import REDIS_TRANSIENT, backoff_s, describe, retry_transient
 from common.schemas import JobStatus, RenderedJob
 from uploader.settings import UploaderSettings
 from uploader.storage import LocalStorage, S3Storage, Storage, StorageError, result_key
@@ -40,6 +34,9 @@ UPLOAD_ATTEMPTS = 5
 UPLOAD_BACKOFF_BASE_S = 0.5
 UPLOAD_BACKOFF_CAP_S = 10.0
 COMPLETED_MESSAGE = "Generation completed successfully"
+# An upload Redis refuses (OOM, READONLY, gone) is tried again for this long before its entry
+# waits for the claim idle time.
+REDIS_RETRY_S = 30.0
 
 
 async def open_storage(settings: UploaderSettings, stop: asyncio.Event) -> Storage | None:
@@ -63,7 +60,7 @@ async def open_storage(settings: UploaderSettings, stop: asyncio.Event) -> Stora
                 await storage.ensure_bucket()
                 break
             except StorageError as exc:
-                delay_s = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                delay_s = backoff_s(attempt)
                 log.warning("storage.unavailable", error=str(exc), retry_in_s=delay_s)
                 await sleep_unless(stop, delay_s)
                 if stop.is_set():
@@ -148,7 +145,14 @@ class Uploader:
     async def _upload(self, rendered: RenderedJob, delivery: Delivery) -> None:
         with structlog.contextvars.bound_contextvars(job_id=rendered.job_id):
             try:
-                await self._handle(rendered, delivery)
+                # Redis refusing for a moment (OOM, a failover) must not cost the upload: the
+                # steps repeat safely (keys derive from the job id).
+                await retry_transient(
+                    lambda: self._handle(rendered, delivery),
+                    for_s=REDIS_RETRY_S,
+                    still_wanted=lambda: self.consumer.holds(delivery),
+                    event="upload.redis_retry",
+                )
             except REDIS_TRANSIENT as exc:
                 # Left pending: after claim_idle_ms it is delivered again.
                 log.warning("upload.redis_unavailable", error=describe(exc))
