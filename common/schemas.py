@@ -240,7 +240,7 @@ class ModelInfo(BaseModel):
 
 
 class WorkerHeartbeat(BaseModel):
-    """What a live worker says about itself every few seconds (``worker:<consumer>``)."""
+    """What a live worker says about itself every few seconds (a field of ``workers``)."""
 
     consumer: str
     device: str

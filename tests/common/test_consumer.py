@@ -160,7 +160,13 @@ async def test_a_kept_claim_is_not_taken_over_and_a_lost_one_cannot_forward(redi
     (stolen,) = await other._claim_stale()  # the busy member went quiet: taken over
     assert stolen.attempt == 2
     assert not await mine.keep_claim(delivery)
-    assert not await mine.forward(delivery, f"{stream}:out", "result", "stale")
+    stale = {f"{stream}:blob:stale": b"\x89PNG stale bytes"}
+    assert not await mine.forward(delivery, f"{stream}:out", "result", "stale", blobs=stale)
     assert await redis.xlen(f"{stream}:out") == 0
-    assert await other.forward(stolen, f"{stream}:out", "result", "fresh")
+    assert await redis.exists(*stale) == 0  # a member that lost its claim writes nothing at all
+    fresh = {f"{stream}:blob:fresh": b"\x89PNG fresh bytes"}
+    assert await other.forward(
+        stolen, f"{stream}:out", "result", "fresh", blobs=fresh, blob_ttl_s=60
+    )
     assert [e[1] for e in await redis.xrange(f"{stream}:out")] == [{"result": "fresh"}]
+    assert 0 < await redis.ttl(f"{stream}:blob:fresh") <= 60

@@ -15,7 +15,9 @@ import pytest
 import redis
 from PIL import Image
 
+from common.keys import Keys
 from common.redis_server import RedisServer
+from common.schemas import WorkerHeartbeat
 from tests.conftest import _stack
 from tests.support.client import read_feed, wait_terminal
 from tests.support.ledger import Ledger
@@ -113,3 +115,27 @@ def test_canceled_queued_inputs_leave_redis_as_it_was(
     assert [f["status"] for f in finished] == ["canceled"] * 50
     assert end - start < MEMORY_SLACK_BYTES, f"{(end - start) / 1024:.0f} KiB left behind"
     assert queued(client, "sd") == 0
+
+
+def test_the_models_listing_reads_heartbeats_in_one_call(
+    client: httpx.Client, own_redis: RedisServer, gateway_alone: Stack
+) -> None:
+    admin = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    keys = Keys(gateway_alone.prefix)
+    beat = WorkerHeartbeat(consumer="w-live", device="cpu", routes=["sd"], loaded=["sd"], ts=0)
+    admin.hset(
+        keys.workers, "w-live", beat.model_copy(update={"ts": time.time()}).model_dump_json()
+    )
+    admin.hset(
+        keys.workers, "w-gone", beat.model_copy(update={"consumer": "w-gone"}).model_dump_json()
+    )
+    admin.config_resetstat()
+    try:
+        listing = {m["name"]: m for m in client.get("/api/models").raise_for_status().json()}
+        commands = admin.info("commandstats")
+    finally:
+        admin.hdel(keys.workers, "w-live", "w-gone")
+        admin.close()
+    assert listing["sd"]["served"] and listing["sd"]["workers_loaded"] == 1  # not the stale one
+    assert not listing["flux"]["served"]
+    assert "cmdstat_scan" not in commands and "cmdstat_keys" not in commands
