@@ -17,24 +17,22 @@ Prints the figures and writes bench/results/redis_memory.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from random import Random
 from typing import Any
 
 import httpx
 import redis
-from PIL import Image
 
 from bench.scaling import machine
 from common.catalog import demo_catalog, write_catalog
 from common.keys import Keys
 from common.redis_server import RedisServer, free_port
 from gpu_worker.tiny import make_all
+from tests.support.client import noise_png
 from tests.support.fleet import submit_jobs, wait_all_terminal
 from tests.support.stack import Stack, stack_env
 
@@ -52,14 +50,6 @@ def used_memory(r: redis.Redis) -> int:
     time.sleep(QUERY_BUFFER_IDLE_S)
     r.memory_purge()
     return int(r.info("memory")["used_memory"])
-
-
-def noise_png(size_bytes: int, seed: int) -> bytes:
-    side = int((size_bytes / 3) ** 0.5)
-    image = Image.frombytes("RGB", (side, side), Random(seed).randbytes(side * side * 3))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def start_stack(

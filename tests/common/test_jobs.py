@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from common.jobs import UNFINISHED_TTL_S, ClaimExpired, InputsFull, JobStore, KeyClaim
 from common.keys import Keys
-from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
+from common.schemas import JobSpec, JobStatus
+from tests.support.jobs import submit_job
 
 KEYS = Keys("jobs-test:")
 
@@ -20,35 +22,8 @@ def store(redis: Redis) -> JobStore:
     return JobStore(redis, KEYS, task_ttl_s=120)
 
 
-async def submit(
-    store: JobStore,
-    image: bytes | None = None,
-    *,
-    deadline_at: float | None = None,
-    max_input_bytes: int | None = None,
-) -> JobSpec:
-    job_id = str(uuid.uuid4())
-    spec = JobSpec(
-        job_id=job_id,
-        model="sd",
-        task=Task.I2I if image else Task.T2I,
-        created_at=utcnow(),
-        params=RenderParams(
-            prompt="p",
-            width=64,
-            height=64,
-            num_inference_steps=2,
-            guidance_scale=1.0,
-            seed=9,
-            strength=0.5 if image else None,
-        ),
-        input_blob=KEYS.input_blob(job_id) if image else None,
-        deadline_at=deadline_at,
-    )
-    await store.submit(
-        spec, message="queued", input_bytes=image, blob_ttl_s=60, max_input_bytes=max_input_bytes
-    )
-    return spec
+async def submit(store: JobStore, image: bytes | None = None, **options: Any) -> JobSpec:
+    return await submit_job(store, KEYS, image, **options)
 
 
 async def test_submit_writes_record_first_event_stream_entry_and_blob(

@@ -4,22 +4,19 @@ nothing drains the queues and Redis's memory is this test's alone."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from random import Random
 
 import httpx
 import pytest
 import redis
-from PIL import Image
 
 from common.keys import Keys
 from common.redis_server import RedisServer
 from common.schemas import WorkerHeartbeat
 from tests.conftest import _stack
-from tests.support.client import read_feed, wait_terminal
+from tests.support.client import noise_png, read_feed, wait_terminal
 from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 
@@ -56,15 +53,6 @@ def queued(client: httpx.Client, model: str) -> int:
     listing = client.get("/api/models").raise_for_status().json()
     depth: int = next(m["queued"] for m in listing if m["name"] == model)
     return depth
-
-
-def noise_png(size_bytes: int, seed: int) -> bytes:
-    """A PNG of about ``size_bytes``: noise does not compress."""
-    side = int((size_bytes / 3) ** 0.5)
-    image = Image.frombytes("RGB", (side, side), Random(seed).randbytes(side * side * 3))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def test_a_queued_job_nobody_serves_fails_at_its_deadline(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
 from redis.asyncio import Redis
@@ -13,8 +12,9 @@ from redis.exceptions import ResponseError
 
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
-from common.schemas import JobSpec, JobStatus, RenderParams, Task, utcnow
+from common.schemas import JobSpec, JobStatus
 from gateway.sweeper import Sweeper
+from tests.support.jobs import submit_job
 from tests.support.waiting import async_wait_for
 
 KEYS = Keys("sweeper-test:")
@@ -35,26 +35,8 @@ def sweeper(redis: Redis, jobs: JobStore, *, consumer_idle_s: float = 900) -> Sw
 async def submit(
     jobs: JobStore, *, deadline_at: float | None = None, image: bytes | None = None, ttl_s: int = 60
 ) -> str:
-    job_id = str(uuid.uuid4())
-    spec = JobSpec(
-        job_id=job_id,
-        model="sd",
-        task=Task.I2I if image else Task.T2I,
-        created_at=utcnow(),
-        params=RenderParams(
-            prompt="p",
-            width=64,
-            height=64,
-            num_inference_steps=2,
-            guidance_scale=1.0,
-            seed=1,
-            strength=0.5 if image else None,
-        ),
-        input_blob=KEYS.input_blob(job_id) if image else None,
-        deadline_at=deadline_at,
-    )
-    await jobs.submit(spec, message="queued", input_bytes=image, blob_ttl_s=ttl_s)
-    return job_id
+    spec = await submit_job(jobs, KEYS, image, deadline_at=deadline_at, blob_ttl_s=ttl_s)
+    return spec.job_id
 
 
 async def ensure_group(redis: Redis) -> None:

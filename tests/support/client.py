@@ -6,6 +6,7 @@ import io
 import json
 import time
 from dataclasses import dataclass
+from random import Random
 from typing import Any
 
 import httpx
@@ -70,4 +71,13 @@ def png_bytes(width: int, height: int, color: tuple[int, int, int] = (200, 80, 4
     for x in range(0, width, 7):  # some structure, so img2img has something to keep
         image.putpixel((x, x * height // width), (20, 200, 90))
     image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def noise_png(size_bytes: int, seed: int) -> bytes:
+    """A PNG of about ``size_bytes``: noise does not compress."""
+    side = int((size_bytes / 3) ** 0.5)
+    image = Image.frombytes("RGB", (side, side), Random(seed).randbytes(side * side * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
