@@ -1,9 +1,12 @@
 """Checks a built overlay against what Darkroom's services expect, beyond what schemas can say.
 
-Run by deploy/check as ``python deploy/check_manifests.py KEDA_DIR BUILT.yaml...`` inside the
-project's environment, so the settings classes, the catalogue model and the Redis names are the
-code's own. It also writes each KEDA object of the builds to KEDA_DIR as JSON, for the schema
-check that follows. Exits 1 after printing every problem found.
+Run by deploy/check as ``python deploy/check_manifests.py [--release] CRD_DIR BUILT.yaml...``
+inside the project's environment, so the settings classes, the catalogue model and the Redis names
+are the code's own. Besides these checks it runs the production policy (deploy/check_policy.py)
+and, on builds with the model-prefetch Job (gpu), the policy's self-test. It also writes each
+object of a CRD kind (KEDA, Prometheus Operator, Gateway API) to CRD_DIR as JSON, for the schema
+checks that follow. ``--release``: images must be pinned by digest. Exits 1 after printing every
+problem found.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from check_policy import check_policy, self_test
 
 # The CLI imports every service's settings class before building one; so do we, so that
 # known_prefixed_names() is the set the services accept.
@@ -33,8 +37,11 @@ Doc = dict[str, Any]
 DEFAULT_DRAIN_GRACE_S = 60
 # Time left after the drain for the process to release its job and exit.
 MIN_EXIT_MARGIN_S = 10
-WORKLOADS = {"Deployment", "StatefulSet"}
+WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 FORMULA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A formula term: a trigger, or a trigger divided by its route's batch size.
+FORMULA_TERM = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:/\s*([0-9]+)\s*)?")
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "gateway.networking.k8s.io/")
 
 
 class Problems(list[str]):
@@ -176,6 +183,9 @@ def check_scaling(
             served = set(routes) or set(catalog.routes)
             routes_served |= served
             expected = {keys.job_stream(route) for route in served}
+            batches = {keys.job_stream(r): catalog.routes[r].gpu.max_batch for r in served
+                       if r in catalog.routes}
+            check_batches(scaled, batches, problems)
         elif role == "uploader":
             expected = {keys.rendered}
         else:
@@ -210,34 +220,65 @@ def check_scaling(
         problems.add("workers", f"no worker Deployment serves {sorted(all_routes - routes_served)}")
 
 
-def check_build(built: Path, keda_dir: Path) -> int:
-    docs = [d for d in yaml.safe_load_all(built.read_text()) if d]
+def check_batches(scaled: Doc, batches: dict[str, int], problems: Problems) -> None:
+    """The formula divides each route's stream by its max_batch: the target is one full batch
+    per worker, not one job (an SD worker renders 8 at once)."""
+    modifiers = scaled["spec"].get("advanced", {}).get("scalingModifiers")
+    if modifiers is None:
+        return
+    streams = {t.get("name"): t["metadata"].get("stream") for t in scaled["spec"]["triggers"]}
+    for term in modifiers["formula"].split("+"):
+        match = FORMULA_TERM.fullmatch(term)
+        if match is None:
+            problems.add(where(scaled), f"formula term {term.strip()!r}: expected <trigger> or "
+                                        "<trigger> / <max_batch>")
+            continue
+        name, divisor = match.group(1), int(match.group(2) or 1)
+        batch = batches.get(str(streams.get(name)))
+        if batch is not None and divisor != batch:
+            problems.add(where(scaled), f"formula divides {name} by {divisor}; its route's "
+                                        f"max_batch is {batch}")
+
+
+def problems_of(docs: list[Doc], release: bool) -> list[str]:
     config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     workloads = [d for d in docs if d["kind"] in WORKLOADS]
     scaled_objects = [d for d in docs if d["kind"] == "ScaledObject"]
     problems = Problems()
     check_pod_specs(workloads, config_maps, problems)
     check_scaling(workloads, scaled_objects, config_maps, problems)
+    return [*problems, *check_policy(docs, release)]
 
-    keda_dir.mkdir(parents=True, exist_ok=True)
+
+def check_build(built: Path, crd_dir: Path, release: bool) -> int:
+    docs = [d for d in yaml.safe_load_all(built.read_text()) if d]
+    problems = problems_of(docs, release)
+    tested = any(d["kind"] == "Job" and d["metadata"]["name"] == "model-prefetch" for d in docs)
+    if tested and not problems:
+        problems += self_test(docs, lambda broken: problems_of(broken, release))
+
+    crd_dir.mkdir(parents=True, exist_ok=True)
     for doc in docs:
-        if doc["apiVersion"].startswith("keda.sh/"):
+        if doc["apiVersion"].startswith(CRD_GROUPS):
             name = f"{built.stem}-{doc['kind']}-{doc['metadata']['name']}.json"
-            (keda_dir / name).write_text(json.dumps(doc, indent=2))
+            (crd_dir / name).write_text(json.dumps(doc, indent=2))
 
     for problem in problems:
         print(f"error: {built.name}: {problem}")
+    workloads = sum(d["kind"] in WORKLOADS for d in docs)
     print(
-        f"{built.name}: {len(workloads)} workloads, {len(scaled_objects)} ScaledObjects, "
-        f"{len(problems)} problems"
+        f"{built.name}: {len(docs)} objects, {workloads} workloads, "
+        f"policy {'and its self-test ' if tested else ''}checked, {len(problems)} problems"
     )
     return len(problems)
 
 
-def main(keda_dir: Path, builds: list[Path]) -> int:
-    failed = sum(check_build(built, keda_dir) for built in builds)
+def main(args: list[str]) -> int:
+    release = "--release" in args
+    crd_dir, *builds = [arg for arg in args if arg != "--release"]
+    failed = sum(check_build(Path(built), Path(crd_dir), release) for built in builds)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), [Path(arg) for arg in sys.argv[2:]]))
+    sys.exit(main(sys.argv[1:]))
