@@ -57,12 +57,13 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 """
 
-# KEYS: stream; ARGV: group, consumer, msg_id, idle_ms. Gives an entry back to the group at once:
-# it looks idle long enough for any member's next claim, and this delivery is not counted.
+# KEYS: stream; ARGV: group, consumer, msg_id, idle_ms, deliveries to uncount (1 or 0). Gives an
+# entry back to the group at once: it looks idle long enough for any member's next claim, and
+# this delivery is not counted (unless ARGV[5] is 0).
 _RELEASE = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
-local count = math.max(pending[1][4] - 1, 0)
+local count = math.max(pending[1][4] - tonumber(ARGV[5]), 0)
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3],
            'IDLE', ARGV[4], 'RETRYCOUNT', count, 'JUSTID')
 return 1
@@ -157,13 +158,15 @@ class StreamConsumer:
         again (perhaps here), which is how a failed render is retried."""
         self._settle(delivery)
 
-    async def release(self, delivery: Delivery) -> None:
-        """Give the entry back to the group now, without counting this delivery: a member
-        shutting down releases what it read but will not finish."""
+    async def release(self, delivery: Delivery, *, count_attempt: bool = False) -> None:
+        """Give the entry back to the group now. A member shutting down releases what it read
+        but will not finish, without counting this delivery; one whose work failed half-way
+        (a stuck render) counts it, so an entry that fails everywhere ends in the dead stream."""
         self._settle(delivery)
+        uncount = 0 if count_attempt else 1
         await self._release(
             keys=[delivery.stream],
-            args=[self.group, self.consumer, delivery.msg_id, RELEASED_IDLE_MS],
+            args=[self.group, self.consumer, delivery.msg_id, RELEASED_IDLE_MS, uncount],
         )
 
     def _settle(self, delivery: Delivery) -> None:

@@ -1,15 +1,17 @@
 """Probes and metrics for the consumer services (worker, uploader), which serve no HTTP API.
 
-``GET /livez`` answers while the event loop runs; ``GET /readyz`` answers 200 only while the
-service's readiness check passes (Redis reachable, models warm…), 503 otherwise; ``GET /metrics``
-is Prometheus text. Kubernetes points its probes here (``DARKROOM_HEALTH_PORT``).
+``GET /livez`` answers while the event loop runs and the service's liveness check, if any,
+passes (a worker whose render thread is stuck is not live); ``GET /readyz`` answers 200 only
+while the service's readiness check passes (Redis reachable, models warm…), 503 otherwise, and
+says what the service serves; ``GET /metrics`` is Prometheus text. Kubernetes points its probes
+here (``DARKROOM_HEALTH_PORT``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import prometheus_client
 import uvicorn
@@ -23,6 +25,10 @@ from common.redis_errors import REDIS_TRANSIENT, describe
 
 # (ready, reason when not)
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+# (live, reason when not); awaits nothing, so a blocked event loop fails it by not answering.
+LivenessCheck = Callable[[], tuple[bool, str]]
+# What the service serves, added to the /readyz body.
+ProbeDetails = Callable[[], Mapping[str, object]]
 # How long a readiness probe's key lives: longer than any probe period.
 PROBE_TTL_MS = 60_000
 
@@ -37,13 +43,20 @@ async def redis_writable(redis: Redis, key: str) -> tuple[bool, str]:
     return True, ""
 
 
-def health_app(ready: ReadinessCheck) -> Starlette:
+def health_app(
+    ready: ReadinessCheck, live: LivenessCheck | None = None, details: ProbeDetails | None = None
+) -> Starlette:
     async def livez(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        ok, reason = live() if live is not None else (True, "")
+        body = {"status": "ok"} if ok else {"status": "not live", "reason": reason}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def readyz(request: Request) -> JSONResponse:
         ok, reason = await ready()
-        body = {"status": "ready"} if ok else {"status": "not ready", "reason": reason}
+        body: dict[str, object] = (
+            {"status": "ready"} if ok else {"status": "not ready", "reason": reason}
+        )
+        body.update(details() if details is not None else {})
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
@@ -65,14 +78,18 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def health_server(port: int | None, ready: ReadinessCheck) -> AsyncIterator[None]:
+async def health_server(
+    port: int | None,
+    ready: ReadinessCheck,
+    live: LivenessCheck | None = None,
+    details: ProbeDetails | None = None,
+) -> AsyncIterator[None]:
     """Serve the probes on ``port`` (all interfaces) while the block runs; ``None``: no server."""
     if port is None:
         yield
         return
-    config = uvicorn.Config(
-        health_app(ready), host="0.0.0.0", port=port, log_config=None, access_log=False
-    )
+    app = health_app(ready, live, details)
+    config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(), name="health-server")
     try:
