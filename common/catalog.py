@@ -90,12 +90,25 @@ class ModelRoute(BaseModel):
     # by a silent worker this long is taken over by another (unset: the worker's setting).
     max_attempts: int = 3
     claim_idle_ms: int | None = None
+    # A render that goes this long without a denoising step is stuck (a hung CUDA call): its
+    # jobs go to another worker and the worker turns not live, so Kubernetes restarts it. The
+    # gap includes prompt encoding before the first step and decoding after the last (unset:
+    # see ``stall_after_s``).
+    stall_timeout_s: float | None = Field(default=None, gt=0)
     # Multi-angle routes: the camera angles rendered when a request names none.
     default_angles: list[str] = Field(default_factory=list)
     defaults: RouteDefaults = Field(default_factory=RouteDefaults)
     # Jobs waiting or rendering on this route at which a submit is refused (429 queue_full).
     max_queue: int = Field(default=1000, ge=1)
     gpu: GpuSettings = Field(default_factory=GpuSettings)
+
+    @property
+    def stall_after_s(self) -> float:
+        """How long a render may go without a step: ``stall_timeout_s``, or 5 minutes, 15 on
+        a video route (decoding a long clip after the last step takes minutes on its own)."""
+        if self.stall_timeout_s is not None:
+            return self.stall_timeout_s
+        return 900.0 if self.max_frames else 300.0
 
 
 class StylePreset(BaseModel):

@@ -235,7 +235,14 @@ class ModelInfo(BaseModel):
     default_angles: list[str]
     loaded: bool = Field(description="Some live worker has this route's pipelines resident.")
     workers_loaded: int = Field(description="How many live workers have it resident.")
-    served: bool = Field(description="Some live worker serves this route.")
+    served: bool = Field(
+        description="Some live worker serves this route (and did not fail to load it)."
+    )
+    load_error: str | None = Field(
+        default=None,
+        description="Why a live worker could not load this route's weights; its jobs on that "
+        "worker fail at once with this error.",
+    )
     queued: int = Field(description="Jobs waiting or rendering on this route now.")
 
 
@@ -246,6 +253,9 @@ class WorkerHeartbeat(BaseModel):
     device: str
     routes: list[str] = Field(description="The routes this worker serves.")
     loaded: list[str] = Field(description="The routes whose pipelines are resident now.")
+    failed: dict[str, str] = Field(
+        default_factory=dict, description="Routes whose weights failed to load here: the error."
+    )
     ts: float
 
 

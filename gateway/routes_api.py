@@ -120,11 +120,16 @@ async def image_to_video(request: Request) -> JSONResponse:
 
 
 class ModelList(RootModel[list[ModelInfo]]):
-    """Every model route: family, tasks, defaults, limits, and whether a worker has it loaded."""
+    """Every model route: family, tasks, defaults, limits, and whether a worker has it loaded
+    (or could not load it)."""
 
 
 def _info(
-    route: ModelRoute, loaded: dict[str, int], serving: set[str], queued: dict[str, int]
+    route: ModelRoute,
+    loaded: dict[str, int],
+    serving: set[str],
+    failed: dict[str, str],
+    queued: dict[str, int],
 ) -> ModelInfo:
     return ModelInfo(
         name=route.name,
@@ -145,6 +150,7 @@ def _info(
         loaded=loaded.get(route.name, 0) > 0,
         workers_loaded=loaded.get(route.name, 0),
         served=route.name in serving,
+        load_error=failed.get(route.name),
         queued=queued[route.name],
     )
 
@@ -164,12 +170,15 @@ async def models(request: Request) -> JSONResponse:
     workers = await live_workers(svc.redis, svc.keys)
     loaded: dict[str, int] = {}
     serving: set[str] = set()
+    failed: dict[str, str] = {}
     for worker in workers:
-        serving.update(worker.routes)
+        serving.update(name for name in worker.routes if name not in worker.failed)
+        failed.update(worker.failed)
         for name in worker.loaded:
             loaded[name] = loaded.get(name, 0) + 1
     queued = await _queue_depths(svc.redis, svc.keys, list(svc.catalog.routes))
-    body = ModelList([_info(r, loaded, serving, queued) for r in svc.catalog.routes.values()])
+    listed = svc.catalog.routes.values()
+    body = ModelList([_info(r, loaded, serving, failed, queued) for r in listed])
     return JSONResponse(body.model_dump(mode="json"))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 from common.catalog import Catalog
@@ -9,10 +12,15 @@ from common.health import health_server
 from common.jobs import JobStore
 from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
+from common.logging import get_logger
 from common.redis import connect
 from gpu_worker.registry import ModelRegistry, pick_device
 from gpu_worker.settings import WorkerSettings
 from gpu_worker.worker import Worker
+
+log = get_logger(__name__)
+# The exit status of a worker whose render thread was stuck.
+EXIT_STALLED = 1
 
 
 async def run(settings: WorkerSettings) -> None:
@@ -40,10 +48,18 @@ async def run(settings: WorkerSettings) -> None:
         claim_idle_ms=settings.claim_idle_ms,
         drain_grace_s=settings.drain_grace_s,
         preload=settings.preload,
+        hang_at_step=settings.test_hang_at_step,
     )
     try:
-        async with health_server(settings.health_port, worker.readiness):
+        async with health_server(
+            settings.health_port, worker.readiness, worker.liveness, worker.serving
+        ):
             await worker.run(stop)
     finally:
         await redis.aclose()
         await blobs.aclose()
+    if worker.stalled is not None:
+        # The render thread is still inside its call, and a normal exit waits for every thread.
+        log.error("worker.exit", reason=worker.stalled, status=EXIT_STALLED)
+        sys.stderr.flush()
+        os._exit(EXIT_STALLED)

@@ -6,7 +6,7 @@ device spends inside pipeline calls.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 PIPELINE_SECONDS = Counter(
     "darkroom_pipeline_seconds", "Time spent inside pipeline calls.", ["model"]
@@ -19,4 +19,14 @@ BATCH_SIZE = Histogram(
     "Jobs rendered per pipeline call.",
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+MODEL_LOAD_FAILED = Gauge(
+    "darkroom_model_load_failed",
+    "1 while a route this worker serves has weights that failed to load (its jobs fail).",
+    ["model"],
+)
+RENDER_STALLS = Counter(
+    "darkroom_render_stalls",
+    "Renders found stuck: no denoising step for the route's stall_timeout_s.",
+    ["model"],
 )

@@ -24,10 +24,13 @@ PROGRESS_MIN_INTERVAL_S = 0.1
 # Render progress spans this share of the job; storage and completion take the rest.
 RENDER_START_PCT = 5
 RENDER_END_PCT = 90
+# The event after a job's output is handed to the uploader (its stage's end, for the benchmarks).
+HANDED_OFF_MESSAGE = "Generation complete, uploading to storage..."
 
 CANCELED = "canceled"
 CLAIM_LOST = "claim lost"
 SHUTTING_DOWN = "shutting down"
+RENDER_STALLED = "render stalled"
 
 
 class RenderInterrupted(Exception):

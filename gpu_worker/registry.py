@@ -4,11 +4,13 @@ The same loader serves hub ids in production and the tiny local checkpoints in t
 Image-to-image pipelines share the text-to-image pipeline's modules (``from_pipe``), so a route
 costs one copy of its weights whatever tasks it serves. A route counts as loaded only after its GPU
 settings are applied and a warm-up render ran (compiling what it compiles), so no job pays for
-either.
+either. A route whose weights fail to load (missing, corrupt, no access) is recorded and the others
+load and serve; its jobs fail at once with the error until a later try succeeds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -24,6 +26,7 @@ from common.catalog import Catalog, ModelRoute
 from common.logging import get_logger
 from common.schemas import JobSpec, RenderParams, Task
 from gpu_worker.families import Pipeline, batch_family, family
+from gpu_worker.metrics import MODEL_LOAD_FAILED
 from gpu_worker.optimize import optimize
 
 # Loading bars are noise in JSON logs; model.loaded carries the duration instead.
@@ -33,6 +36,18 @@ transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-cal
 log = get_logger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# A route that failed to load is tried again by its first job after this long; meanwhile its jobs
+# fail at once instead of each holding the device for another failing load.
+LOAD_RETRY_S = 300.0
+# Load errors (hub replies, paths) are cut to this for job records and heartbeats.
+LOAD_ERROR_CHARS = 300
+
+
+class RouteUnavailable(Exception):
+    """A route whose weights failed to load on this worker; the message is for the job's client."""
+
+    def __init__(self, route: str, error: str) -> None:
+        super().__init__(f"Model {route!r} is unavailable: its weights failed to load ({error})")
 
 
 def pick_device(name: str) -> torch.device:
@@ -87,6 +102,7 @@ class ModelRegistry:
         self.memory_budget_bytes = memory_budget_bytes
         # Least recently used first.
         self._loaded: OrderedDict[str, tuple[dict[Task, Pipeline], int]] = OrderedDict()
+        self._failed: dict[str, tuple[str, float]] = {}  # route → (error, monotonic time)
         self._lock = threading.Lock()
 
     @property
@@ -100,16 +116,28 @@ class ModelRegistry:
     def is_loaded(self, route_name: str) -> bool:
         return route_name in self._loaded
 
+    @property
+    def load_errors(self) -> dict[str, str]:
+        """Routes whose last load failed, with the error."""
+        return {name: error for name, (error, _) in self._failed.items()}
+
+    def unavailable(self, route_name: str) -> RouteUnavailable | None:
+        """The route's load failure, while too recent to try loading it again."""
+        failed = self._failed.get(route_name)
+        if failed is None or time.monotonic() - failed[1] >= LOAD_RETRY_S:
+            return None
+        return RouteUnavailable(route_name, failed[0])
+
     def _dtype(self, route: ModelRoute) -> torch.dtype:
         # Half precision is a GPU format; on a CPU it is slow or unsupported.
         return DTYPES[route.dtype] if self.device.type != "cpu" else torch.float32
 
     def pipelines(self, route_name: str) -> dict[Task, Pipeline]:
         """The resident pipelines of a route, one per task, loaded on first use (call in a
-        thread: loading blocks)."""
+        thread: loading blocks). :class:`RouteUnavailable` if its weights do not load."""
         with self._lock:
             if route_name not in self._loaded:
-                pipelines = self._load(self.routes[route_name])
+                pipelines = self._load_or_record(self.routes[route_name])
                 self._loaded[route_name] = (pipelines, pipelines_bytes(pipelines))
                 self._evict_beyond_budget(keep=route_name)
             self._loaded.move_to_end(route_name)
@@ -132,8 +160,28 @@ class ModelRegistry:
         return self.pipelines(route_name)[task]
 
     def load_all(self) -> None:
+        """Load every route; one that fails is recorded (``load_errors``), the rest load."""
         for name in self.routes:
-            self.pipelines(name)
+            with contextlib.suppress(RouteUnavailable):
+                self.pipelines(name)
+
+    def _load_or_record(self, route: ModelRoute) -> dict[Task, Pipeline]:
+        unavailable = self.unavailable(route.name)
+        if unavailable is not None:
+            raise unavailable
+        try:
+            pipelines = self._load(route)
+        # Any failure, whatever raised it (hub HTTP errors, a corrupt file, out of memory):
+        # one route that does not load must not take the worker's other routes down with it.
+        except Exception as exc:
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())[:LOAD_ERROR_CHARS]
+            self._failed[route.name] = (error, time.monotonic())
+            MODEL_LOAD_FAILED.labels(route.name).set(1)
+            log.error("model.load_failed", model=route.name, weights=route.weights, exc_info=exc)
+            raise RouteUnavailable(route.name, error) from exc
+        self._failed.pop(route.name, None)
+        MODEL_LOAD_FAILED.labels(route.name).set(0)
+        return pipelines
 
     def _load(self, route: ModelRoute) -> dict[Task, Pipeline]:
         started = time.perf_counter()

@@ -21,6 +21,9 @@ class WorkerSettings(ConsumerSettings):
     model_memory_budget_mb: int | None = Field(default=None, ge=1)
     # CPU threads for torch; unset leaves torch's default.
     torch_threads: int | None = Field(default=None, ge=1)
+    # Test aid, never for production: the render thread blocks for good after this denoising
+    # step, as in a CUDA call that never returns (tests/e2e/test_worker_failures.py).
+    test_hang_at_step: int | None = Field(default=None, ge=1)
 
     @field_validator("routes", mode="before")
     @classmethod

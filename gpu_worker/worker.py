@@ -10,6 +10,11 @@ Three stages keep the device busy:
 - finish: PNG/MP4 encoding, blob writes, the hand-off to ``rendered`` and the ack, while the next
   batch renders.
 
+A watchdog on the loop watches the render thread's steps (``watchdog.StepClock``): a render stuck
+past its route's ``stall_timeout_s`` gives its jobs to another worker, and this worker stops
+reading and reports itself not live until it is restarted. A route whose weights do not load
+fails its jobs at once while the others serve.
+
 Output bytes go to blob keys, and the hand-off and the ack of the job entry happen in one
 transaction, only while the entry is still this worker's: a job is never acked before its output
 is safely handed on, and a worker that lost its claim publishes nothing.
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,16 +48,19 @@ from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHe
 from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
 from gpu_worker.families import Artifact, StepCallback, batch_family, family
-from gpu_worker.metrics import BATCH_SIZE, JOBS, PIPELINE_SECONDS
+from gpu_worker.metrics import BATCH_SIZE, JOBS, PIPELINE_SECONDS, RENDER_STALLS
 from gpu_worker.progress import (
     CLAIM_LOST,
+    HANDED_OFF_MESSAGE,
     RENDER_END_PCT,
+    RENDER_STALLED,
     SHUTTING_DOWN,
     BatchProgress,
     ProgressReporter,
     RenderInterrupted,
 )
-from gpu_worker.registry import ModelRegistry
+from gpu_worker.registry import ModelRegistry, RouteUnavailable
+from gpu_worker.watchdog import WATCHDOG_INTERVAL_S, StepClock
 
 log = get_logger(__name__)
 
@@ -97,6 +106,7 @@ class Worker:
         claim_idle_ms: int,
         drain_grace_s: float = 60.0,
         preload: bool = True,
+        hang_at_step: int | None = None,
     ) -> None:
         self._redis = redis
         self._blobs = blobs
@@ -106,6 +116,7 @@ class Worker:
         self._blob_ttl_s = blob_ttl_s
         self._drain_grace_s = drain_grace_s
         self._preload = preload
+        self._hang_at_step = hang_at_step
         self.consumer = StreamConsumer(
             redis=redis,
             streams=[keys.job_stream(name) for name in registry.route_names],
@@ -135,51 +146,87 @@ class Worker:
         self._rendering: dict[str, Job] = {}  # by msg_id
         self._finishing: asyncio.Task[None] | None = None
         self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        self._clock = StepClock()
         self.models_ready = False
+        # Why the render thread is stuck, once the watchdog found it so: not live from then on.
+        self.stalled: str | None = None
+        self._stuck = asyncio.Event()
+        self._releasing: asyncio.Task[None] | None = None
 
     async def readiness(self) -> tuple[bool, str]:
-        """Ready: models loaded and warmed up, and Redis taking writes."""
+        """Ready: models loaded and warmed up (some route at least), and Redis taking writes."""
+        if self.stalled is not None:
+            return False, self.stalled
         if not self.models_ready:
             return False, "loading models"
+        errors = self._registry.load_errors
+        if errors and set(errors) == set(self._registry.route_names):
+            return False, f"no route could be loaded: {errors}"
         return await redis_writable(self._redis, self._keys.probe(self.consumer.consumer))
+
+    def liveness(self) -> tuple[bool, str]:
+        """Not live once a render is stuck: only a restart frees the device."""
+        return self.stalled is None, self.stalled or ""
+
+    def serving(self) -> dict[str, object]:
+        """For ``/readyz``: the routes this worker serves, and those that failed to load."""
+        errors = self._registry.load_errors
+        return {
+            "serving": [name for name in self._registry.route_names if name not in errors],
+            "failed": errors,
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         if self._preload:
             await self._on_render_thread(self._registry.load_all)
         self.models_ready = True
-        log.info(
-            "worker.ready", routes=self._registry.route_names, device=str(self._registry.device)
-        )
+        log.info("worker.ready", device=str(self._registry.device), **self.serving())
         done = asyncio.Event()
+        halt = asyncio.Event()  # stop reading: told to stop, or the render is stuck
+        relay = asyncio.create_task(_set_after(stop, halt), name="worker-halt")
         background = [
             asyncio.create_task(self._heartbeat(done), name="worker-heartbeat"),
             asyncio.create_task(self._drain_deadline(stop, done), name="worker-drain"),
+            asyncio.create_task(self._watchdog(done, halt), name="worker-watchdog"),
         ]
         renderer = asyncio.create_task(self._render_stage(stop), name="worker-render")
         try:
             async with self.consumer.claims_kept():
                 try:
-                    await self.consumer.run(stop)
+                    await self.consumer.run(halt)
                 finally:
-                    await self._waiting.close()  # the render stage ends after what it holds
-                    await renderer
+                    await self._waiting.close()  # the render stage ends after what it holds,
+                    await self._ended_or_stuck(renderer)  # unless it is stuck in a render
                     if self._finishing is not None:
                         await self._finishing
+                if self._releasing is not None:  # stuck: wait for the restart /livez asks for
+                    await self._releasing
+                    await stop.wait()
         finally:
+            relay.cancel()
             done.set()
             for task in background:
                 await task
-            self._render_thread.shutdown()
+            renderer.cancel()  # still running only if stuck; its thread goes on regardless
+            with contextlib.suppress(asyncio.CancelledError):
+                await renderer
+            self._render_thread.shutdown(wait=self.stalled is None)
+
+    async def _ended_or_stuck(self, renderer: asyncio.Task[None]) -> None:
+        stuck = asyncio.create_task(self._stuck.wait())
+        await asyncio.wait([renderer, stuck], return_when=asyncio.FIRST_COMPLETED)
+        stuck.cancel()
 
     async def _heartbeat(self, done: asyncio.Event) -> None:
         """Say every few seconds which routes are resident here (``GET /api/models``)."""
         name = self.consumer.consumer
-        while not done.is_set():
+        while not done.is_set() and self.stalled is None:  # a stuck worker serves nothing
             beat = WorkerHeartbeat(
                 consumer=self.consumer.consumer,
                 device=str(self._registry.device),
                 routes=self._registry.route_names,
                 loaded=self._registry.loaded_route_names,
+                failed=self._registry.load_errors,
                 ts=time.time(),
             )
             # On an outage the consumer loop reports it; a silent worker is stale after a while.
@@ -200,6 +247,48 @@ class Worker:
         for job in list(self._rendering.values()):
             if job.reporter is not None:
                 job.reporter.stop(SHUTTING_DOWN)
+
+    async def _watchdog(self, done: asyncio.Event, halt: asyncio.Event) -> None:
+        """Trips once the render thread goes without a step for its route's stall timeout."""
+        while not done.is_set():
+            await sleep_unless(done, WATCHDOG_INTERVAL_S)
+            stalled_s = self._clock.stalled_s()
+            if stalled_s is not None:
+                halt.set()
+                await self._render_stalled(stalled_s)
+                return
+
+    async def _render_stalled(self, stalled_s: float) -> None:
+        """The render thread is stuck in a call nothing can interrupt: its jobs go to another
+        worker now, this attempt counted, and this worker is not live from now on."""
+        jobs = list(self._rendering.values())
+        model = jobs[0].spec.model if jobs else "unknown"
+        self.stalled = f"render stuck: no denoising step for {stalled_s:.0f} s on route {model}"
+        self._stuck.set()
+        # The render stage is stuck: what the intake read, or reads before it stops, goes back.
+        self._releasing = asyncio.create_task(self._release_waiting(), name="worker-release")
+        RENDER_STALLS.labels(model).inc()
+        log.error(
+            "worker.render_stalled",
+            model=model,
+            stalled_s=round(stalled_s, 1),
+            jobs=[job.spec.job_id for job in jobs],
+        )
+        for job in jobs:
+            if job.reporter is not None:
+                job.reporter.stop(RENDER_STALLED)  # should the call ever return: no output
+            await self._release(job, count_attempt=True)
+            with contextlib.suppress(*REDIS_TRANSIENT):
+                await self._jobs.emit(
+                    job.spec.job_id,
+                    message="The render stalled; another worker takes the job over",
+                    fields={"last_error": self.stalled},
+                )
+
+    async def _release_waiting(self) -> None:
+        while (batch := await self._waiting.next_batch()) is not None:
+            for job in batch:
+                await self._release(job)
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -226,6 +315,10 @@ class Worker:
                 log.info("job.skipped", reason="expired" if record is None else record.status.value)
                 await self.consumer.ack(delivery)
                 return None
+            unavailable = self._registry.unavailable(spec.model)
+            if unavailable is not None:  # its weights did not load here: say so at once
+                await self._fail(job, str(unavailable))
+                return None
             if spec.input_blob is not None:
                 data: bytes | None = await self._blobs.get(  # type: ignore[assignment]  # redis-py's union return
                     spec.input_blob
@@ -251,7 +344,8 @@ class Worker:
 
     async def _render_stage(self, stop: asyncio.Event) -> None:
         while (batch := await self._waiting.next_batch()) is not None:
-            if stop.is_set():  # read but not started: another worker takes them at once
+            # Read but not started: another worker takes them at once.
+            if stop.is_set() or self.stalled is not None:
                 for job in batch + await self._waiting.take_all():
                     await self._release(job)
                 continue
@@ -323,17 +417,26 @@ class Worker:
         """On the render thread: one pipeline call for the batch; each job's outputs."""
         spec = jobs[0].spec
         route = self._registry.routes[spec.model]
-        pipelines = self._registry.pipelines(spec.model)
+        pipelines = self._registry.pipelines(spec.model)  # loading makes no steps: not watched
+
+        def watched(done: int, total: int) -> None:
+            self._clock.tick()
+            on_step(done, total)
+            if done == self._hang_at_step:  # test aid: a CUDA call that never returns
+                threading.Event().wait()
+
         began = time.perf_counter()
+        self._clock.start(route.stall_after_s)
         try:
             if len(jobs) == 1:
-                return [family(route.family).render(pipelines, spec, jobs[0].image, on_step)]
+                return [family(route.family).render(pipelines, spec, jobs[0].image, watched)]
             batcher = batch_family(route.family)
             assert batcher is not None  # the registry refuses batches a family cannot render
             return batcher.render_batch(
-                pipelines, [job.spec for job in jobs], [job.image for job in jobs], on_step
+                pipelines, [job.spec for job in jobs], [job.image for job in jobs], watched
             )
         finally:
+            self._clock.stop()
             PIPELINE_SECONDS.labels(spec.model).inc(time.perf_counter() - began)
             BATCH_SIZE.labels(spec.model).observe(len(jobs))
 
@@ -346,7 +449,9 @@ class Worker:
             return
         (job,) = jobs
         with job.log:
-            if isinstance(exc, PERMANENT_ERRORS):  # retrying cannot help: fail now
+            if isinstance(exc, RouteUnavailable):  # recorded by the registry, logged there
+                await self._fail(job, str(exc))
+            elif isinstance(exc, PERMANENT_ERRORS):  # retrying cannot help: fail now
                 log.error("job.render_failed", retry=False, exc_info=exc)
                 await self._fail(job, f"Model inference error: {exc}")
             else:
@@ -413,7 +518,7 @@ class Worker:
             # "processing" again: the render's first event is best effort
             status=JobStatus.PROCESSING,
             progress=RENDER_END_PCT,
-            message="Generation complete, uploading to storage...",
+            message=HANDED_OFF_MESSAGE,
         )
 
     async def _hand_off(self, job: Job, outputs: list[Encoded]) -> bool:
@@ -449,6 +554,8 @@ class Worker:
         with job.log:
             if reason == CLAIM_LOST:
                 log.warning("job.claim_lost", stage="render")
+            elif reason == RENDER_STALLED:  # the watchdog gave it to another worker already
+                log.warning("job.render_returned_after_stall")
             elif reason == DEADLINE_EXCEEDED:
                 await self._fail(job, DEADLINE_EXCEEDED)
             elif reason == SHUTTING_DOWN:
@@ -485,12 +592,12 @@ class Worker:
             fields={"last_error": str(exc)},
         )
 
-    async def _release(self, job: Job) -> None:
+    async def _release(self, job: Job, *, count_attempt: bool = False) -> None:
         """Give a job this worker will not finish back to the group, for another worker now."""
         with job.log:
             try:
-                await self.consumer.release(job.delivery)
-                log.info("job.released")
+                await self.consumer.release(job.delivery, count_attempt=count_attempt)
+                log.info("job.released", attempt_counted=count_attempt)
             except REDIS_TRANSIENT:
                 self.consumer.leave_pending(job.delivery)  # taken over after the idle time
 
@@ -526,6 +633,11 @@ async def all_of(calls: Iterable[Awaitable[T]]) -> list[T]:
         if isinstance(outcome, BaseException):
             raise outcome
     return outcomes  # type: ignore[return-value]  # no exceptions left
+
+
+async def _set_after(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 def _stop_reason(job: Job) -> str | None:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from common.catalog import demo_catalog, production_catalog
 from common.schemas import Task
 from gpu_worker.families import family
-from gpu_worker.registry import ModelRegistry, pipelines_bytes
+from gpu_worker.registry import ModelRegistry, RouteUnavailable, pipelines_bytes
 
 
 def test_pipelines_are_resident_and_img2img_shares_the_weights(tiny_models: Path) -> None:
@@ -55,8 +56,30 @@ def test_a_worker_serves_only_its_routes(tiny_models: Path) -> None:
 
 def test_missing_weights_fail_loudly(tmp_path: Path) -> None:
     registry = ModelRegistry(demo_catalog(tmp_path / "nowhere"), [], torch.device("cpu"))
-    with pytest.raises((OSError, ValueError)):
+    with pytest.raises(RouteUnavailable, match="'sd' is unavailable") as raised:
         registry.pipeline("sd", Task.T2I)
+    assert isinstance(raised.value.__cause__, (OSError, ValueError))
+
+
+def test_a_route_whose_weights_fail_to_load_leaves_the_others_loaded(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    catalog = demo_catalog(tiny_models)
+    # An existing directory with nothing in it: weights never downloaded, a wrong mount.
+    broken = catalog.routes["sd"].model_copy(update={"name": "broken", "weights": str(tmp_path)})
+    catalog.routes["broken"] = broken
+    registry = ModelRegistry(catalog, ["broken", "sd"], torch.device("cpu"))
+
+    registry.load_all()
+
+    assert registry.loaded_route_names == ["sd"]
+    assert "model_index.json" in registry.load_errors["broken"]
+    assert list(registry.load_errors) == ["broken"]
+    unavailable = registry.unavailable("broken")
+    assert unavailable is not None and "'broken' is unavailable" in str(unavailable)
+    gauge = "darkroom_model_load_failed"
+    assert REGISTRY.get_sample_value(gauge, {"model": "broken"}) == 1
+    assert REGISTRY.get_sample_value(gauge, {"model": "sd"}) == 0
 
 
 def test_past_the_memory_budget_the_least_recently_used_route_is_unloaded(

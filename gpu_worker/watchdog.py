@@ -1,0 +1,43 @@
+"""The render watchdog's clock: how long the render thread has gone without a denoising step.
+
+A render that makes no step for its route's ``stall_timeout_s`` is stuck: a hung CUDA call or a
+deadlocked kernel, which no Python code can interrupt. The worker's event loop reads this clock
+every ``WATCHDOG_INTERVAL_S``; when it trips, the render's jobs go back to the group for another
+worker and the worker reports itself not live, so Kubernetes restarts the process, the only way
+to get the device back. A render that steps slowly but steadily never trips it.
+"""
+
+from __future__ import annotations
+
+import time
+
+WATCHDOG_INTERVAL_S = 1.0
+
+
+class StepClock:
+    """Started, ticked and stopped by the render thread, read by the event loop. The state is one
+    tuple replaced whole, so neither side needs a lock."""
+
+    def __init__(self) -> None:
+        self._watch: tuple[float, float] | None = None  # (last sign of progress, allowed gap)
+
+    def start(self, stall_timeout_s: float) -> None:
+        """A pipeline call begins (its weights already loaded: loading makes no steps)."""
+        self._watch = (time.monotonic(), stall_timeout_s)
+
+    def tick(self) -> None:
+        """A denoising step ended."""
+        watch = self._watch
+        if watch is not None:
+            self._watch = (time.monotonic(), watch[1])
+
+    def stop(self) -> None:
+        self._watch = None
+
+    def stalled_s(self) -> float | None:
+        """How long the running render has gone without a step, once past its allowance."""
+        watch = self._watch
+        if watch is None:
+            return None
+        quiet_s = time.monotonic() - watch[0]
+        return quiet_s if quiet_s > watch[1] else None
