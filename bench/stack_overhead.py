@@ -53,6 +53,7 @@ from common.keys import Keys
 from common.redis_server import RedisServer, free_port
 from common.schemas import JobSpec, JobStatus, RenderParams, Task
 from gpu_worker.families import Pipelines, batch_family, family
+from gpu_worker.progress import HANDED_OFF_MESSAGE
 from gpu_worker.registry import ModelRegistry
 from gpu_worker.tiny import make_all
 from tests.support.s3_server import start_s3_server
@@ -63,10 +64,6 @@ RESULTS = Path(__file__).parent / "results" / "stack_overhead.json"
 # The smallest render the tiny SD checkpoint makes: what is left is the stack's own cost.
 PARAMS = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 7.5}
 ROUTE = "sd"
-# The worker's event after its hand-off to the uploader (gpu_worker/worker.py, ``_finish_one``).
-# The last denoising step reports the same 90 % ("Generating: step N/N"), so the message, not
-# the progress, marks the hand-off. A literal there today: keep the two in step.
-HAND_OFF_MESSAGE = "Generation complete"
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -171,9 +168,7 @@ async def stages(redis_url: str, timed: list[Timed]) -> tuple[dict[str, list[flo
     try:
         for job in timed:
             events = await store.events_after(job.job_id, 0)
-            handed_off = next(
-                (e.ts for e in events if e.message.startswith(HAND_OFF_MESSAGE)), None
-            )
+            handed_off = next((e.ts for e in events if e.message == HANDED_OFF_MESSAGE), None)
             completed = next(e.ts for e in events if e.status == JobStatus.COMPLETED)
             if handed_off is None:
                 missing += 1

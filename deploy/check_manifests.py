@@ -183,8 +183,11 @@ def check_scaling(
             served = set(routes) or set(catalog.routes)
             routes_served |= served
             expected = {keys.job_stream(route) for route in served}
-            batches = {keys.job_stream(r): catalog.routes[r].gpu.max_batch for r in served
-                       if r in catalog.routes}
+            batches = {
+                keys.job_stream(r): catalog.routes[r].gpu.max_batch
+                for r in served
+                if r in catalog.routes
+            }
             check_batches(scaled, batches, problems)
         elif role == "uploader":
             expected = {keys.rendered}
@@ -230,14 +233,18 @@ def check_batches(scaled: Doc, batches: dict[str, int], problems: Problems) -> N
     for term in modifiers["formula"].split("+"):
         match = FORMULA_TERM.fullmatch(term)
         if match is None:
-            problems.add(where(scaled), f"formula term {term.strip()!r}: expected <trigger> or "
-                                        "<trigger> / <max_batch>")
+            problems.add(
+                where(scaled),
+                f"formula term {term.strip()!r}: expected <trigger> or <trigger> / <max_batch>",
+            )
             continue
         name, divisor = match.group(1), int(match.group(2) or 1)
         batch = batches.get(str(streams.get(name)))
         if batch is not None and divisor != batch:
-            problems.add(where(scaled), f"formula divides {name} by {divisor}; its route's "
-                                        f"max_batch is {batch}")
+            problems.add(
+                where(scaled),
+                f"formula divides {name} by {divisor}; its route's max_batch is {batch}",
+            )
 
 
 def problems_of(docs: list[Doc], release: bool) -> list[str]:

@@ -50,8 +50,16 @@ PRIVATE_V4 = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
 PRIVATE_V6 = {"fc00::/7", "fe80::/10"}
 POD_KINDS = {"Deployment", "StatefulSet", "Job"}
 
-K8S_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6,
-             "G": 10**9, "T": 10**12}
+K8S_UNITS = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
 REDIS_UNITS = {"kb": 2**10, "mb": 2**20, "gb": 2**30, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
@@ -184,8 +192,11 @@ class Policy:
         shutdown_s = timeouts[-1] if timeouts else 10.0
         grace_s = pod.get("terminationGracePeriodSeconds", 30)
         if grace_s < shutdown_s + 20:
-            self.add(where(redis), f"terminationGracePeriodSeconds {grace_s} is not well past "
-                                   f"shutdown-timeout {shutdown_s:g} s (20 s margin)")
+            self.add(
+                where(redis),
+                f"terminationGracePeriodSeconds {grace_s} is not well past "
+                f"shutdown-timeout {shutdown_s:g} s (20 s margin)",
+            )
         container = pod["containers"][0]
         resources = container.get("resources", {})
         requests, limits = resources.get("requests", {}), resources.get("limits", {})
@@ -200,8 +211,11 @@ class Policy:
             return
         ratio = redis_bytes(maxmemory) / k8s_bytes(limits["memory"])
         if ratio > MAX_REDIS_MEMORY_RATIO:
-            self.add(where(redis), f"maxmemory {maxmemory} is {ratio:.0%} of the memory limit "
-                                   f"{limits['memory']}; at most {MAX_REDIS_MEMORY_RATIO:.0%}")
+            self.add(
+                where(redis),
+                f"maxmemory {maxmemory} is {ratio:.0%} of the memory limit "
+                f"{limits['memory']}; at most {MAX_REDIS_MEMORY_RATIO:.0%}",
+            )
         self._priority(redis, pod)
         self._waiting_inputs(redis_bytes(maxmemory))
 
@@ -227,13 +241,17 @@ class Policy:
                 if role(container) != "gateway":
                     continue
                 env = self.build.env(container)
-                cap = int(env.get("DARKROOM_MAX_WAITING_INPUT_BYTES")
-                          or DEFAULT_MAX_WAITING_INPUT_BYTES)
+                cap = int(
+                    env.get("DARKROOM_MAX_WAITING_INPUT_BYTES") or DEFAULT_MAX_WAITING_INPUT_BYTES
+                )
                 held = cap * redis_per_byte
                 if held > maxmemory_bytes * MAX_INPUT_SHARE:
-                    self.add(where(doc), f"DARKROOM_MAX_WAITING_INPUT_BYTES {cap} holds about "
-                                         f"{held / 2**20:.0f} MiB of Redis, over "
-                                         f"{MAX_INPUT_SHARE:.0%} of maxmemory")
+                    self.add(
+                        where(doc),
+                        f"DARKROOM_MAX_WAITING_INPUT_BYTES {cap} holds about "
+                        f"{held / 2**20:.0f} MiB of Redis, over "
+                        f"{MAX_INPUT_SHARE:.0%} of maxmemory",
+                    )
 
     # GPUs --------------------------------------------------------------------------------
 
@@ -242,12 +260,16 @@ class Policy:
         cuda = lockfile_cuda_major()
         ranges: list[tuple[float, float, str]] = []
         for doc, pod in self.build.pods():
-            if not any(GPU_RESOURCE in c.get("resources", {}).get("limits", {})
-                       for c in pod["containers"]):
+            if not any(
+                GPU_RESOURCE in c.get("resources", {}).get("limits", {}) for c in pod["containers"]
+            ):
                 continue
-            terms = (pod.get("affinity", {}).get("nodeAffinity", {})
-                     .get("requiredDuringSchedulingIgnoredDuringExecution", {})
-                     .get("nodeSelectorTerms", []))
+            terms = (
+                pod.get("affinity", {})
+                .get("nodeAffinity", {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+                .get("nodeSelectorTerms", [])
+            )
             if not terms:
                 self.add(where(doc), "requests a GPU without required node affinity")
                 continue
@@ -262,21 +284,30 @@ class Policy:
         ranges.sort()
         for (low_a, high_a, a), (low_b, high_b, b) in zip(ranges, ranges[1:], strict=False):
             if a != b and low_b < high_a:
-                self.add(f"{a}, {b}", f"GPU memory ranges overlap ({low_a:g}-{high_a:g} and "
-                                      f"{low_b:g}-{high_b:g} MiB): a pool takes the nodes "
-                                      "only the other fits on")
+                self.add(
+                    f"{a}, {b}",
+                    f"GPU memory ranges overlap ({low_a:g}-{high_a:g} and "
+                    f"{low_b:g}-{high_b:g} MiB): a pool takes the nodes "
+                    "only the other fits on",
+                )
 
     def _driver(self, doc: Doc, expressions: list[Doc], cuda: int) -> None:
         needed = MIN_DRIVER_BY_CUDA.get(cuda)
         if needed is None:
-            self.add(where(doc), f"uv.lock's torch is built for CUDA {cuda}: add its minimum "
-                                 "driver to MIN_DRIVER_BY_CUDA")
+            self.add(
+                where(doc),
+                f"uv.lock's torch is built for CUDA {cuda}: add its minimum "
+                "driver to MIN_DRIVER_BY_CUDA",
+            )
             return
         found = [e for e in expressions if e["key"] == DRIVER_LABEL]
         wanted = {"key": DRIVER_LABEL, "operator": "Gt", "values": [str(needed - 1)]}
         if found != [wanted]:
-            self.add(where(doc), f"uv.lock's torch needs CUDA {cuda}, driver {needed}+: every "
-                                 f"node term needs {DRIVER_LABEL} Gt {needed - 1}, has {found}")
+            self.add(
+                where(doc),
+                f"uv.lock's torch needs CUDA {cuda}, driver {needed}+: every "
+                f"node term needs {DRIVER_LABEL} Gt {needed - 1}, has {found}",
+            )
 
     # Storage, models -----------------------------------------------------------------------
 
@@ -286,9 +317,12 @@ class Policy:
             if "ReadWriteMany" in claim["spec"].get("accessModes", []) and not claim["spec"].get(
                 "storageClassName"
             ):
-                self.add(where(claim), "ReadWriteMany needs a storageClassName (set "
-                                       "MODEL_CACHE_STORAGE_CLASS in site.env): the clouds' "
-                                       "default classes are ReadWriteOnce")
+                self.add(
+                    where(claim),
+                    "ReadWriteMany needs a storageClassName (set "
+                    "MODEL_CACHE_STORAGE_CLASS in site.env): the clouds' "
+                    "default classes are ReadWriteOnce",
+                )
         for doc, pod in self.build.pods():
             for container in pod["containers"]:
                 if role(container) != "worker":
@@ -296,10 +330,15 @@ class Policy:
                 if self.build.env(container).get("HF_HUB_OFFLINE") != "1":
                     self.add(where(doc), "workers must run with HF_HUB_OFFLINE=1")
                 self._worker_egress(doc)
-            claims = {v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
-                      if "persistentVolumeClaim" in v}
-            if doc["kind"] == "Deployment" and claims and any(
-                role(c) == "worker" for c in pod["containers"]
+            claims = {
+                v["persistentVolumeClaim"]["claimName"]
+                for v in pod.get("volumes", [])
+                if "persistentVolumeClaim" in v
+            }
+            if (
+                doc["kind"] == "Deployment"
+                and claims
+                and any(role(c) == "worker" for c in pod["containers"])
             ):
                 self._prefetch(doc, claims)
 
@@ -311,15 +350,24 @@ class Policy:
                     set(peer) == {"podSelector"} for peer in rule["to"]
                 )
                 if not to_pods_only and ports != {53}:
-                    self.add(where(doc), f"NetworkPolicy/{policy['metadata']['name']} lets "
-                                         "workers out of the cluster: weights come from the "
-                                         "prefetched cache")
+                    self.add(
+                        where(doc),
+                        f"NetworkPolicy/{policy['metadata']['name']} lets "
+                        "workers out of the cluster: weights come from the "
+                        "prefetched cache",
+                    )
 
     def _prefetch(self, worker: Doc, claims: set[str]) -> None:
         jobs = [
-            (job, pod) for job, pod in self.build.pods() if job["kind"] == "Job"
-            and claims & {v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
-                          if "persistentVolumeClaim" in v}
+            (job, pod)
+            for job, pod in self.build.pods()
+            if job["kind"] == "Job"
+            and claims
+            & {
+                v["persistentVolumeClaim"]["claimName"]
+                for v in pod.get("volumes", [])
+                if "persistentVolumeClaim" in v
+            }
         ]
         if not jobs:
             self.add(where(worker), f"no Job fills its model cache {sorted(claims)}")
@@ -334,8 +382,11 @@ class Policy:
             ):
                 self.add(where(job), "no NetworkPolicy lets it reach the hub (443)")
             if gated and not token_mounted(pod, self.build.env(pod["containers"][0])):
-                self.add(where(job), f"{sorted(gated)} are gated: mount HF_TOKEN from a "
-                                     "Secret that is not optional and set HF_TOKEN_PATH to it")
+                self.add(
+                    where(job),
+                    f"{sorted(gated)} are gated: mount HF_TOKEN from a "
+                    "Secret that is not optional and set HF_TOKEN_PATH to it",
+                )
 
     def _catalog(self, worker: Doc) -> Any:
         from common.catalog import Catalog  # the project's own model, as the workers parse it
@@ -353,8 +404,11 @@ class Policy:
     def disruption(self) -> None:
         for budget in self.build.of("PodDisruptionBudget"):
             if budget["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
-                self.add(where(budget), "needs unhealthyPodEvictionPolicy: AlwaysAllow, or an "
-                                        "unready pod (Redis down) blocks every drain")
+                self.add(
+                    where(budget),
+                    "needs unhealthyPodEvictionPolicy: AlwaysAllow, or an "
+                    "unready pod (Redis down) blocks every drain",
+                )
 
     def identity(self) -> None:
         accounts = {a["metadata"]["name"] for a in self.build.of("ServiceAccount")}
@@ -363,16 +417,18 @@ class Policy:
             name = pod.get("serviceAccountName", "default")
             users.setdefault(name, []).append(doc["metadata"]["name"])
             if name == "default" or name not in accounts:
-                self.add(where(doc), "needs its own ServiceAccount of this build, not "
-                                     f"{name!r}")
+                self.add(where(doc), f"needs its own ServiceAccount of this build, not {name!r}")
             if pod.get("automountServiceAccountToken") is not False:
                 self.add(where(doc), "automountServiceAccountToken must be false")
         for doc, pod in self.build.pods():
             if any(role(c) == "uploader" for c in pod["containers"]):
                 name = pod.get("serviceAccountName", "default")
                 if users.get(name) != [doc["metadata"]["name"]]:
-                    self.add(where(doc), f"ServiceAccount {name} is shared with {users.get(name)}"
-                                         ": the storage identity is the uploader's alone")
+                    self.add(
+                        where(doc),
+                        f"ServiceAccount {name} is shared with {users.get(name)}"
+                        ": the storage identity is the uploader's alone",
+                    )
 
     def network(self) -> None:
         """/metrics reachable from monitoring; egress to anywhere leaves out private ranges."""
@@ -390,10 +446,15 @@ class Policy:
                     for rule in policy["spec"].get("ingress", [])
                 )
                 if not admitted:
-                    self.add(where(doc), f"no NetworkPolicy admits the monitoring namespace to "
-                                         f"/metrics on {port}")
-                names = {p.get("name") for p in container.get("ports", [])
-                         if str(p.get("containerPort")) == port}
+                    self.add(
+                        where(doc),
+                        f"no NetworkPolicy admits the monitoring namespace to /metrics on {port}",
+                    )
+                names = {
+                    p.get("name")
+                    for p in container.get("ports", [])
+                    if str(p.get("containerPort")) == port
+                }
                 if monitors and not any(
                     selects(m["spec"]["selector"], labels)
                     and any(e.get("port") in names for e in m["spec"]["podMetricsEndpoints"])
@@ -408,8 +469,10 @@ class Policy:
                     block = peer.get("ipBlock", {})
                     private = {"0.0.0.0/0": PRIVATE_V4, "::/0": PRIVATE_V6}.get(block.get("cidr"))
                     if private and not private <= set(block.get("except", [])):
-                        self.add(where(policy), f"egress to {block['cidr']} must except "
-                                                f"{sorted(private)}")
+                        self.add(
+                            where(policy),
+                            f"egress to {block['cidr']} must except {sorted(private)}",
+                        )
 
     # Images, storage of the pods, results -----------------------------------------------------
 
@@ -417,11 +480,17 @@ class Policy:
         for doc, pod in self.build.pods():
             for container in all_containers(pod):
                 if container.get("imagePullPolicy") != "IfNotPresent":
-                    self.add(where(doc), f"{container['name']}: imagePullPolicy must be "
-                                         "IfNotPresent (images pinned by digest at release)")
+                    self.add(
+                        where(doc),
+                        f"{container['name']}: imagePullPolicy must be "
+                        "IfNotPresent (images pinned by digest at release)",
+                    )
                 if self.build.release and "@sha256:" not in container["image"]:
-                    self.add(where(doc), f"{container['name']}: {container['image']} is not "
-                                         "pinned by digest (release)")
+                    self.add(
+                        where(doc),
+                        f"{container['name']}: {container['image']} is not "
+                        "pinned by digest (release)",
+                    )
 
     def ephemeral(self) -> None:
         from gateway.settings import GatewaySettings
@@ -432,24 +501,36 @@ class Policy:
                 for kind in ("requests", "limits"):
                     if "ephemeral-storage" not in resources.get(kind, {}):
                         self.add(where(doc), f"{container['name']}: no ephemeral-storage {kind}")
-            dirs = {v["name"]: k8s_bytes(v["emptyDir"].get("sizeLimit", 0))
-                    for v in pod.get("volumes", [])
-                    if v.get("emptyDir") is not None and v["emptyDir"].get("medium") != "Memory"}
-            limit = sum(k8s_bytes(c.get("resources", {}).get("limits", {})
-                                  .get("ephemeral-storage", 0)) for c in pod["containers"])
+            dirs = {
+                v["name"]: k8s_bytes(v["emptyDir"].get("sizeLimit", 0))
+                for v in pod.get("volumes", [])
+                if v.get("emptyDir") is not None and v["emptyDir"].get("medium") != "Memory"
+            }
+            limit = sum(
+                k8s_bytes(c.get("resources", {}).get("limits", {}).get("ephemeral-storage", 0))
+                for c in pod["containers"]
+            )
             if sum(dirs.values()) + LOG_ALLOWANCE_BYTES > limit:
-                self.add(where(doc), f"ephemeral-storage limits ({limit / 2**20:.0f} MiB) below "
-                                     "its emptyDirs' sizeLimits plus logs")
+                self.add(
+                    where(doc),
+                    f"ephemeral-storage limits ({limit / 2**20:.0f} MiB) below "
+                    "its emptyDirs' sizeLimits plus logs",
+                )
             for container in pod["containers"]:
                 if role(container) != "gateway" or "tmp" not in dirs:
                     continue
-                upload = int(self.build.env(container).get("DARKROOM_MAX_UPLOAD_BYTES")
-                             or GatewaySettings.model_fields["max_upload_bytes"].default)
+                upload = int(
+                    self.build.env(container).get("DARKROOM_MAX_UPLOAD_BYTES")
+                    or GatewaySettings.model_fields["max_upload_bytes"].default
+                )
                 needed = UPLOADS_PER_GATEWAY * (upload + MULTIPART_OVERHEAD_BYTES)
                 if dirs["tmp"] < needed:
-                    self.add(where(doc), f"/tmp holds {dirs['tmp'] / 2**20:.0f} MiB, less than "
-                                         f"{UPLOADS_PER_GATEWAY} uploads in progress "
-                                         f"({needed / 2**20:.0f} MiB)")
+                    self.add(
+                        where(doc),
+                        f"/tmp holds {dirs['tmp'] / 2**20:.0f} MiB, less than "
+                        f"{UPLOADS_PER_GATEWAY} uploads in progress "
+                        f"({needed / 2**20:.0f} MiB)",
+                    )
 
     def results(self) -> None:
         """S3 results: an explicit bucket, and URLs a private bucket answers."""
@@ -462,12 +543,17 @@ class Policy:
                 if role(container) != "uploader" or env.get("DARKROOM_STORAGE") != "s3":
                     continue
                 if env.get("S3_BUCKET_NAME") in (None, "", default_bucket):
-                    self.add(where(doc), "S3_BUCKET_NAME must be set by the overlay (not "
-                                         f"{default_bucket!r})")
+                    self.add(
+                        where(doc),
+                        f"S3_BUCKET_NAME must be set by the overlay (not {default_bucket!r})",
+                    )
                 presign = str(env.get("DARKROOM_S3_PRESIGN", "")).lower() in {"1", "true", "yes"}
                 if not presign and not env.get("DARKROOM_S3_PUBLIC_BASE_URL"):
-                    self.add(where(doc), "result URLs would be unsigned: set DARKROOM_S3_PRESIGN"
-                                         "=true or DARKROOM_S3_PUBLIC_BASE_URL")
+                    self.add(
+                        where(doc),
+                        "result URLs would be unsigned: set DARKROOM_S3_PRESIGN"
+                        "=true or DARKROOM_S3_PUBLIC_BASE_URL",
+                    )
 
     def routes(self) -> None:
         """Gateway API: the SSE routes have no request timeout."""
@@ -476,8 +562,11 @@ class Policy:
                 names = {ref["name"] for ref in rule.get("backendRefs", [])}
                 timeout = rule.get("timeouts", {}).get("request")
                 if names & {"status", "gateway"} and timeout != "0s":
-                    self.add(where(route), f"the rule to {sorted(names)} serves SSE feeds: "
-                                           'timeouts.request must be "0s"')
+                    self.add(
+                        where(route),
+                        f"the rule to {sorted(names)} serves SSE feeds: "
+                        'timeouts.request must be "0s"',
+                    )
 
 
 def rule_allows_port(rule: Doc, port: int) -> bool:
@@ -530,9 +619,18 @@ def lockfile_cuda_major() -> int | None:
 
 def check_policy(docs: list[Doc], release: bool = False) -> list[str]:
     policy = Policy(Build(docs, release))
-    for check in (policy.redis, policy.gpu_nodes, policy.storage, policy.disruption,
-                  policy.identity, policy.network, policy.images, policy.ephemeral,
-                  policy.results, policy.routes):
+    for check in (
+        policy.redis,
+        policy.gpu_nodes,
+        policy.storage,
+        policy.disruption,
+        policy.identity,
+        policy.network,
+        policy.images,
+        policy.ephemeral,
+        policy.results,
+        policy.routes,
+    ):
         check()
     return list(dict.fromkeys(policy.problems))  # once each, though several pools share a cause
 
@@ -595,51 +693,79 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "an RDB save line": (
         lambda d: _redis_conf(d)["data"].update(
             {"redis.conf": _redis_conf(d)["data"]["redis.conf"] + "save 900 1\n"}
-        ), 'save ""'),
+        ),
+        'save ""',
+    ),
     "maxmemory near the limit": (
         lambda d: _env(_container(d, "StatefulSet", "redis"), "REDIS_MAXMEMORY", "3gb"),
-        "of the memory limit"),
+        "of the memory limit",
+    ),
     "Burstable Redis": (
         lambda d: _container(d, "StatefulSet", "redis")["resources"]["requests"].update(
-            {"memory": "1Gi"}), "Guaranteed"),
+            {"memory": "1Gi"}
+        ),
+        "Guaranteed",
+    ),
     "an input cap past maxmemory": (
         lambda d: _config(d, "DARKROOM_MAX_WAITING_INPUT_BYTES", str(4 * 2**30)),
-        "DARKROOM_MAX_WAITING_INPUT_BYTES"),
+        "DARKROOM_MAX_WAITING_INPUT_BYTES",
+    ),
     "no storage class": (
         lambda d: _find(d, "PersistentVolumeClaim", "hf-cache")["spec"].pop("storageClassName"),
-        "storageClassName"),
+        "storageClassName",
+    ),
     "a driver too old for uv.lock's CUDA": (lambda d: _set_driver(d, "534"), DRIVER_LABEL),
     "overlapping GPU pools": (_drop_upper_bound, "overlap"),
     "the default eviction policy": (
         lambda d: _find(d, "PodDisruptionBudget", "gateway")["spec"].pop(
-            "unhealthyPodEvictionPolicy"), "AlwaysAllow"),
+            "unhealthyPodEvictionPolicy"
+        ),
+        "AlwaysAllow",
+    ),
     "the default ServiceAccount": (
-        lambda d: _pod(d, "Deployment", "uploader").pop("serviceAccountName"), "ServiceAccount"),
+        lambda d: _pod(d, "Deployment", "uploader").pop("serviceAccountName"),
+        "ServiceAccount",
+    ),
     "no scrape rule": (
-        lambda d: d.remove(_find(d, "NetworkPolicy", "darkroom-allow-metrics")), "/metrics"),
+        lambda d: d.remove(_find(d, "NetworkPolicy", "darkroom-allow-metrics")),
+        "/metrics",
+    ),
     "imagePullPolicy Always": (
-        lambda d: _container(d, "Deployment", "gpu-worker").update(
-            {"imagePullPolicy": "Always"}), "IfNotPresent"),
+        lambda d: _container(d, "Deployment", "gpu-worker").update({"imagePullPolicy": "Always"}),
+        "IfNotPresent",
+    ),
     "workers on the hub": (
         lambda d: _env(_container(d, "Deployment", "gpu-worker"), "HF_HUB_OFFLINE", "0"),
-        "HF_HUB_OFFLINE"),
+        "HF_HUB_OFFLINE",
+    ),
     "an optional hub token": (
-        lambda d: next(v for v in _pod(d, "Job", "model-prefetch")["volumes"]
-                       if v["name"] == "credentials")["secret"].update({"optional": True}),
-        "gated"),
+        lambda d: next(
+            v for v in _pod(d, "Job", "model-prefetch")["volumes"] if v["name"] == "credentials"
+        )["secret"].update({"optional": True}),
+        "gated",
+    ),
     "egress to private ranges": (
-        lambda d: next(r for r in _find(d, "NetworkPolicy", "uploader")["spec"]["egress"]
-                       if r.get("to") and "ipBlock" in r["to"][0])["to"][0]["ipBlock"].pop(
-            "except"), "must except"),
+        lambda d: next(
+            r
+            for r in _find(d, "NetworkPolicy", "uploader")["spec"]["egress"]
+            if r.get("to") and "ipBlock" in r["to"][0]
+        )["to"][0]["ipBlock"].pop("except"),
+        "must except",
+    ),
     "unsigned result URLs": (lambda d: _config(d, "DARKROOM_S3_PRESIGN", "false"), "unsigned"),
     "the generic bucket": (lambda d: _config(d, "S3_BUCKET_NAME", None), "S3_BUCKET_NAME"),
     "one job per worker for a batching route": (
-        lambda d: _find(d, "ScaledObject", "gpu-worker")["spec"]["advanced"]["scalingModifiers"]
-        .update({"formula": "sd + sdxl / 4 + flux + ltx"}), "max_batch"),
+        lambda d: _find(d, "ScaledObject", "gpu-worker")["spec"]["advanced"][
+            "scalingModifiers"
+        ].update({"formula": "sd + sdxl / 4 + flux + ltx"}),
+        "max_batch",
+    ),
     "a small gateway /tmp": (
-        lambda d: next(v for v in _pod(d, "Deployment", "gateway")["volumes"]
-                       if v["name"] == "tmp")["emptyDir"].update({"sizeLimit": "256Mi"}),
-        "uploads in progress"),
+        lambda d: next(
+            v for v in _pod(d, "Deployment", "gateway")["volumes"] if v["name"] == "tmp"
+        )["emptyDir"].update({"sizeLimit": "256Mi"}),
+        "uploads in progress",
+    ),
 }
 
 

@@ -81,7 +81,8 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
 
 def test_the_readme_catalogue_example_is_valid() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    example = readme.split("```toml")[1].split("```")[0]
+    blocks = [block.split("```")[0] for block in readme.split("```toml")[1:]]
+    example = next(block for block in blocks if "v1_route" in block)  # the whole-file example
     catalog = Catalog.model_validate(tomllib.loads(example))
     assert {"sd", "flux", "qwen-multi-angle", "ltx"} <= set(catalog.routes)
     assert set(catalog.routes) <= set(production_catalog().routes)
