@@ -36,9 +36,6 @@ MAX_REDIS_MEMORY_RATIO = 0.6
 # records, rendered outputs on their way to storage, finished records for TASK_TTL).
 MAX_INPUT_SHARE = 0.5
 DEFAULT_MAX_WAITING_INPUT_BYTES = 512 * 1024 * 1024
-# Concurrent uploads one gateway pod's /tmp must hold (parts over 1 MiB spill there). The
-# gateway has no setting that bounds them yet; this is the figure /tmp is sized for.
-UPLOADS_PER_GATEWAY = 48
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
 # Container logs count against a pod's ephemeral storage beside its emptyDirs.
 LOG_ALLOWANCE_BYTES = 64 * 1024 * 1024
@@ -523,12 +520,18 @@ class Policy:
                     self.build.env(container).get("DARKROOM_MAX_UPLOAD_BYTES")
                     or GatewaySettings.model_fields["max_upload_bytes"].default
                 )
-                needed = UPLOADS_PER_GATEWAY * (upload + MULTIPART_OVERHEAD_BYTES)
+                # The gateway refuses uploads past this many at once (parts over 1 MiB spill to
+                # /tmp), so /tmp must hold that many of the largest.
+                uploads = int(
+                    self.build.env(container).get("DARKROOM_MAX_CONCURRENT_UPLOADS")
+                    or GatewaySettings.model_fields["max_concurrent_uploads"].default
+                )
+                needed = uploads * (upload + MULTIPART_OVERHEAD_BYTES)
                 if dirs["tmp"] < needed:
                     self.add(
                         where(doc),
                         f"/tmp holds {dirs['tmp'] / 2**20:.0f} MiB, less than "
-                        f"{UPLOADS_PER_GATEWAY} uploads in progress "
+                        f"{uploads} uploads in progress (DARKROOM_MAX_CONCURRENT_UPLOADS) "
                         f"({needed / 2**20:.0f} MiB)",
                     )
 

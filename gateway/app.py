@@ -104,7 +104,9 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             Middleware(
-                BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+                BodyLimitMiddleware,
+                max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+                max_concurrent_uploads=settings.max_concurrent_uploads,
             )
         ],
     )

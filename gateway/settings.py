@@ -32,3 +32,6 @@ class GatewaySettings(CommonSettings):
     # consumer idle this long with nothing pending is removed from its group.
     sweep_interval_ms: int = Field(default=250, ge=10)
     departed_consumer_idle_s: float = Field(default=900.0, ge=1)
+    # Image uploads received at once by one gateway: multipart parts over 1 MiB spill to /tmp,
+    # so /tmp must hold this many of the largest (deploy/ sizes it so); past it 503 + Retry-After.
+    max_concurrent_uploads: int = Field(default=48, ge=1)
