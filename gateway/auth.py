@@ -26,12 +26,14 @@ log = get_logger(__name__)
 OPEN_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/metrics", "/ui"})
 OPEN_PREFIXES = ("/docs/", "/ui/")
 OUTPUT_PREFIX = "/output/"
-CHALLENGE = {"WWW-Authenticate": 'Bearer realm="darkroom"'}
+CHALLENGE = 'Bearer realm="darkroom"'
 _STATE_KEY = "tenant"
 
 
-def unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, headers=CHALLENGE)
+def unauthorized(message: str, *, invalid_key: bool = False) -> ApiError:
+    # RFC 6750: a key was sent but is not valid -> error="invalid_token"; none sent -> no error.
+    challenge = CHALLENGE + (', error="invalid_token"' if invalid_key else "")
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
 
 
 MISSING_KEY = (
@@ -93,7 +95,7 @@ class AuthMiddleware:
             return await handle_redis_unavailable(request, exc)
         if tenant is None:
             log.info("auth.rejected", path=request.url.path, reason="unknown_key")
-            return await handle_api_error(request, unauthorized(UNKNOWN_KEY))
+            return await handle_api_error(request, unauthorized(UNKNOWN_KEY, invalid_key=True))
         request.scope.setdefault("state", {})[_STATE_KEY] = tenant
         return None
 

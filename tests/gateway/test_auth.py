@@ -91,7 +91,9 @@ def test_without_a_valid_key_every_api_route_is_401(http: httpx.Client) -> None:
         ("GET", "/v1/keys"),
     ]:
         assert_unauthorized(http.request(method, path))
-        assert_unauthorized(http.request(method, path, headers=bearer("dk_not-a-key")))
+        unknown = http.request(method, path, headers=bearer("dk_not-a-key"))
+        assert_unauthorized(unknown)
+        assert 'error="invalid_token"' in unknown.headers["WWW-Authenticate"]
         assert_unauthorized(http.request(method, path, headers={"X-API-Key": "dk_not-a-key"}))
         assert_unauthorized(http.request(method, path, headers={"Authorization": "Basic eDp5"}))
 
