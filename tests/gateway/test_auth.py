@@ -4,8 +4,6 @@ jobs wait in their queues."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,25 +14,12 @@ import pytest
 from common.redis_server import RedisServer, free_port
 from tests.conftest import _stack
 from tests.support.client import read_feed
+from tests.support.keys import create_key
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for
 
 T2I = {"prompt": "a lighthouse", "width": 128, "height": 128, "num_inference_steps": 2}
 GENERATE = {"prompt": "a harbour", "width": 128, "height": 128, "num_inference_steps": 2}
-
-
-def create_key(stack: Stack, name: str, *, admin: bool = False) -> str:
-    """``darkroom keys create`` against the stack's Redis; the key is its last line."""
-    out = subprocess.run(
-        [sys.executable, "-m", "common.cli", "keys", "create", "--name", name]
-        + (["--admin"] if admin else []),
-        cwd=stack.workdir,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 def bearer(key: str) -> dict[str, str]:
