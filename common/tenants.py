@@ -19,13 +19,20 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from common.keys import Keys
+from common.logging import get_logger
+from common.redis_errors import describe
+
+log = get_logger(__name__)
 
 # With auth off every job belongs to this tenant; no key may take the name.
 LOCAL_TENANT = "local"
 KEY_PREFIX = "dk_"
 KEY_RANDOM_BYTES = 32
+# "Last used" is this precise: one write per key per minute at most, not one per request.
+LAST_USED_RESOLUTION_S = 60.0
 # No ':' (the name is part of Redis key names), nothing a shell or a URL needs to quote.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -47,15 +54,21 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: api_keys. ARGV: digest, tenant key prefix, now. Returns {name, admin} or nil.
+# KEYS: api_keys. ARGV: digest, tenant key prefix. Returns {name, admin, last_used_at} or nil.
+# Reads only: a Redis out of memory (or a read-only replica) still authenticates requests.
 _VERIFY = """
 local name = redis.call('HGET', KEYS[1], ARGV[1])
 if not name then return false end
-local record = ARGV[2] .. name
-local admin = redis.call('HGET', record, 'admin')
-if not admin then return false end
-redis.call('HSET', record, 'last_used_at', ARGV[3])
-return {name, admin}
+local fields = redis.call('HMGET', ARGV[2] .. name, 'admin', 'last_used_at')
+if not fields[1] then return false end
+return {name, fields[1], fields[2] or ''}
+"""
+
+# KEYS: tenant record. ARGV: now. Only on a live record: a touch racing a revoke must not leave
+# a stray record behind (it would keep the name taken).
+_TOUCH = """
+if redis.call('HEXISTS', KEYS[1], 'admin') == 0 then return 0 end
+return redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
 """
 
 # KEYS: tenant record, api_keys.
@@ -147,6 +160,7 @@ class TenantStore:
         self._keys = keys
         self._create = redis.register_script(_CREATE)
         self._verify = redis.register_script(_VERIFY)
+        self._touch = redis.register_script(_TOUCH)
         self._revoke = redis.register_script(_REVOKE)
 
     async def create(self, request: CreateKeyRequest) -> CreatedKey:
@@ -164,14 +178,20 @@ class TenantStore:
         return CreatedKey(name=request.name, admin=request.admin, created_at=now, key=key)
 
     async def verify(self, key: str) -> Tenant | None:
-        """The tenant a key names, recording its use; ``None`` for an unknown or revoked key."""
+        """The tenant a key names; ``None`` for an unknown or revoked key. Notes the key's use
+        (at most once a ``LAST_USED_RESOLUTION_S``), best effort: a failed note is no failure."""
         found = await self._verify(
-            keys=[self._keys.api_keys],
-            args=[digest(key), self._keys.tenant(""), repr(datetime.now(UTC).timestamp())],
+            keys=[self._keys.api_keys], args=[digest(key), self._keys.tenant("")]
         )
         if not found:
             return None
-        name, admin = found
+        name, admin, last_used = found
+        now = datetime.now(UTC).timestamp()
+        if not last_used or now - float(last_used) >= LAST_USED_RESOLUTION_S:
+            try:
+                await self._touch(keys=[self._keys.tenant(name)], args=[repr(now)])
+            except RedisError as exc:
+                log.warning("key.touch_failed", tenant=name, error=describe(exc))
         return Tenant(name=name, admin=admin == "1")
 
     async def list(self) -> list[KeyInfo]:

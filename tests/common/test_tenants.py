@@ -83,3 +83,21 @@ async def test_a_name_has_one_key_and_local_is_reserved(store: TenantStore) -> N
     with pytest.raises(ReservedName):
         await store.create(CreateKeyRequest(name=LOCAL_TENANT))
     assert [(i.name, i.admin) for i in await store.list()] == [("dave", False)]
+
+
+async def test_keys_still_verify_while_redis_is_out_of_memory(
+    store: TenantStore, redis: Redis
+) -> None:
+    """Checking a key only reads: with Redis refusing writes (maxmemory reached), status reads
+    and feeds keep working for keyed clients; only the last-use note is skipped."""
+    erin = await store.create(CreateKeyRequest(name="erin"))
+    await redis.config_set("maxmemory", 1)
+    try:
+        assert await store.verify(erin.key) == Tenant(name="erin")
+    finally:
+        await redis.config_set("maxmemory", 0)
+    (info,) = await store.list()
+    assert info.last_used_at is None
+    await store.verify(erin.key)
+    (info,) = await store.list()
+    assert info.last_used_at is not None
