@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -97,6 +98,8 @@ class AuthMiddleware:
             log.info("auth.rejected", path=request.url.path, reason="unknown_key")
             return await handle_api_error(request, unauthorized(UNKNOWN_KEY, invalid_key=True))
         request.scope.setdefault("state", {})[_STATE_KEY] = tenant
+        # Each request runs in its own context: every log line it writes names its tenant.
+        structlog.contextvars.bind_contextvars(tenant=tenant.name)
         return None
 
 

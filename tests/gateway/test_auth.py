@@ -181,8 +181,11 @@ def test_another_tenants_job_is_404_exactly_like_an_unknown_one(
     assert http.post(f"/v1/jobs/{jobs[1]}/cancel", headers=bearer(alice)).status_code == 200
 
 
-def test_idempotency_keys_are_per_tenant(http: httpx.Client, admin_key: str) -> None:
-    alice, bob = new_key(http, admin_key), new_key(http, admin_key)
+def test_idempotency_keys_are_per_tenant(
+    keys_stack: Stack, http: httpx.Client, admin_key: str
+) -> None:
+    alice_name = f"t-{uuid.uuid4().hex[:10]}"
+    alice, bob = new_key(http, admin_key, name=alice_name), new_key(http, admin_key)
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     first = http.post("/v1/generate", json=GENERATE, headers=headers | bearer(alice)).json()
     retry = http.post("/v1/generate", json=GENERATE, headers=headers | bearer(alice))
@@ -192,6 +195,15 @@ def test_idempotency_keys_are_per_tenant(http: httpx.Client, admin_key: str) -> 
     assert other.json()["job_id"] != first["job_id"]
     assert http.get(f"/v1/jobs/{other.json()['job_id']}", headers=bearer(bob)).status_code == 200
     assert http.get(f"/v1/jobs/{first['job_id']}", headers=bearer(bob)).status_code == 404
+    # The gateway's log names the tenant of each job it queued.
+    wait_for(
+        lambda: any(
+            '"job.submitted"' in line and first["job_id"] in line and alice_name in line
+            for line in keys_stack.log("gateway").splitlines()
+        ),
+        timeout_s=10,
+        what="job.submitted with the tenant",
+    )
 
 
 def test_revocation_holds_on_every_replica_at_once(
