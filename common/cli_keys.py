@@ -1,8 +1,9 @@
 """``darkroom keys create|list|revoke``: API keys in the Redis the services use.
 
 Redis comes from the same settings as the services (``REDIS_URL``, ``REDIS_HOST``…); with none
-set, from a ``darkroom up`` running in this directory (``.darkroom/redis.url``), else the
-services' default. A new key is printed alone on the last line of stdout, once.
+in the environment, from a ``darkroom up`` running in this directory (``.darkroom/redis.url``),
+else from ``.env`` or the services' default. A new key is printed alone on the last line of
+stdout, once.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from common.keys import Keys
-from common.local import LocalSettings, running_redis_url
+from common.local import LocalSettings, redis_configured, running_redis_url
 from common.redis import connect
 from common.tenants import CreateKeyRequest, NameTaken, ReservedName, TenantStore
-
-REDIS_FIELDS = {"redis_url", "redis_host", "redis_port", "redis_db", "redis_password"}
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +34,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _redis_settings(settings: LocalSettings) -> LocalSettings:
-    if REDIS_FIELDS & settings.model_fields_set:
+    # The rule `darkroom up` follows: only Redis variables in the environment stop it from
+    # starting its own Redis, so only they win over the one it started.
+    if redis_configured():
         return settings
     url = running_redis_url(settings.state_dir)
     return settings if url is None else settings.model_copy(update={"redis_url": url})
