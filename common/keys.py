@@ -103,6 +103,11 @@ class Keys:
         return f"{self.prefix}tenant:{name}"
 
     @property
+    def revocations(self) -> str:
+        """Pub/sub channel: the name of each revoked key, so open SSE feeds made with it close."""
+        return f"{self.prefix}revoked"
+
+    @property
     def api_keys(self) -> str:
         """Hash: SHA-256 (hex) of each live API key -> its tenant's name; one lookup per request."""
         return f"{self.prefix}apikeys"

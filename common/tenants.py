@@ -71,12 +71,13 @@ if redis.call('HEXISTS', KEYS[1], 'admin') == 0 then return 0 end
 return redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
 """
 
-# KEYS: tenant record, api_keys.
+# KEYS: tenant record, api_keys. ARGV: name, revocations channel.
 _REVOKE = """
 local digest = redis.call('HGET', KEYS[1], 'key_sha256')
 if not digest then return 0 end
 redis.call('HDEL', KEYS[2], digest)
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
 return 1
 """
 
@@ -205,5 +206,10 @@ class TenantStore:
         return [_info(raw) for raw in records if raw]
 
     async def revoke(self, name: str) -> bool:
-        """``False`` when no key has that name."""
-        return bool(await self._revoke(keys=[self._keys.tenant(name), self._keys.api_keys]))
+        """``False`` when no key has that name. Open SSE feeds made with the key close too
+        (``gateway.fanout``)."""
+        revoked = await self._revoke(
+            keys=[self._keys.tenant(name), self._keys.api_keys],
+            args=[name, self._keys.revocations],
+        )
+        return bool(revoked)

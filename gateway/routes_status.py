@@ -107,6 +107,7 @@ async def _feed(request: Request, param: str) -> Response:
         last_event_id,
         svc.jobs,
         svc.fanout,
+        tenant=tenant_of(request).name,
         ping_s=svc.settings.sse_ping_s,
         resync_s=svc.settings.sse_resync_s,
     )

@@ -4,12 +4,14 @@ jobs wait in their queues."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 
 from common.redis_server import RedisServer, free_port
 from tests.conftest import _stack
@@ -228,6 +230,20 @@ def test_revocation_holds_on_every_replica_at_once(
             assert_unauthorized(other.get("/v1/styles", headers=bearer(key)))
     finally:
         replica.stop_all()
+
+
+def test_revoking_a_key_ends_the_feeds_open_with_it(http: httpx.Client, admin_key: str) -> None:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    key = new_key(http, admin_key, name=name)
+    job_id = http.post("/v1/generate", json=GENERATE, headers=bearer(key)).json()["job_id"]
+    # No worker: without the revocation this feed would stay open (a read timeout here).
+    with httpx.Client(base_url=http.base_url, headers=bearer(key), timeout=10) as watcher:
+        with connect_sse(watcher, "GET", f"/v1/jobs/{job_id}/events") as source:
+            frames = source.iter_sse()
+            assert json.loads(next(frames).data)["status"] == "pending"
+            assert http.delete(f"/v1/keys/{name}", headers=bearer(admin_key)).status_code == 200
+            assert [sse for sse in frames if sse.data] == []  # the server ended the feed
+        assert_unauthorized(watcher.get(f"/v1/jobs/{job_id}/events"))
 
 
 @pytest.fixture(scope="module")
