@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
@@ -24,6 +23,7 @@ from common.catalog import Catalog, demo_catalog, write_catalog
 from common.logging import get_logger
 from common.redis_server import RedisServer
 from common.settings import CommonSettings
+from common.tenants import AuthMode
 
 log = get_logger(__name__)
 
@@ -38,7 +38,7 @@ class LocalSettings(CommonSettings):
     state_dir: Path = Path(".darkroom")
     port: int = Field(default=8000, ge=1, le=65535)
     # One machine, one user: no keys, and only this machine can reach the gateway.
-    auth: Literal["keys", "off"] = "off"
+    auth: AuthMode = "off"
     host: str = "127.0.0.1"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
@@ -27,6 +27,8 @@ from common.redis_errors import describe
 
 log = get_logger(__name__)
 
+# DARKROOM_AUTH: "keys" (each request names its tenant by its key) or "off" (one tenant, local).
+AuthMode = Literal["keys", "off"]
 # With auth off every job belongs to this tenant; no key may take the name.
 LOCAL_TENANT = "local"
 KEY_PREFIX = "dk_"

@@ -18,9 +18,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobRecord
-from common.tenants import LOCAL, Tenant
+from common.tenants import LOCAL, AuthMode, Tenant
 from gateway.errors import ApiError, handle_api_error, handle_redis_unavailable
-from gateway.settings import AuthMode, GatewaySettings
+from gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from common.settings import CommonSettings
-
-AuthMode = Literal["keys", "off"]
+from common.tenants import AuthMode
 
 
 class GatewaySettings(CommonSettings):
