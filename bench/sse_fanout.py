@@ -361,6 +361,7 @@ def status_env(redis_url: str, port: int) -> dict[str, str]:
             "REDIS_URL": redis_url,
             "DARKROOM_KEY_PREFIX": KEY_PREFIX,
             "DARKROOM_HOST": "127.0.0.1",
+            "DARKROOM_AUTH": "off",
             "DARKROOM_PORT": str(port),
             "DARKROOM_LOG_FORMAT": "json",
             "PYTHONPATH": str(REPO_ROOT),

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from common import cli_keys
 from common.logging import configure, get_logger
 from common.settings import CommonSettings, SettingsError
 
@@ -62,6 +63,13 @@ def _up() -> None:
     sys.exit(up(_build(LocalSettings)))
 
 
+def _keys(args: argparse.Namespace) -> None:
+    from common.cli_keys import run
+    from common.local import LocalSettings
+
+    sys.exit(run(args, _build(LocalSettings)))
+
+
 def _make_tiny(out_dir: Path) -> None:
     from gpu_worker.tiny import make_all
 
@@ -85,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
     tiny = model_commands.add_parser("make-tiny", help="write tiny random-weight checkpoints")
     tiny.add_argument("out_dir", type=Path)
+    cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
 
     _load_all_settings_classes()
@@ -99,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             _uploader()
         case "models":
             _make_tiny(args.out_dir)
+        case "keys":
+            _keys(args)
 
 
 if __name__ == "__main__":

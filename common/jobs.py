@@ -22,6 +22,7 @@ from redis.typing import EncodableT, FieldT
 
 from common.keys import WORKERS_GROUP, Keys
 from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams, Task
+from common.tenants import LOCAL_TENANT
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
@@ -200,6 +201,7 @@ class JobStore:
             "attempts": 0,
             "created_at": spec.created_at.isoformat(),
             "updated_at": now,
+            "tenant": spec.tenant,
         }
         blob = input_bytes is not None and spec.input_blob is not None
         script_keys = [
@@ -323,4 +325,5 @@ def parse_record(raw: dict[Any, Any]) -> JobRecord:
         attempts=int(data.get("attempts", 0)),
         created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=float(data["updated_at"]) if "updated_at" in data else None,
+        tenant=data.get("tenant", LOCAL_TENANT),
     )

@@ -93,5 +93,21 @@ class Keys:
         """Lock: the one sweeper replica that may act (deadlines, expired inputs, consumers)."""
         return f"{self.prefix}lock:sweeper"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}idem:{key}"
+    def idempotency(self, tenant: str, key: str) -> str:
+        """String: the job an ``Idempotency-Key`` made; per tenant, so tenants never share one.
+        Tenant names hold no ``:`` (``common.tenants.NAME_PATTERN``)."""
+        return f"{self.prefix}idem:{tenant}:{key}"
+
+    def tenant(self, name: str) -> str:
+        """Hash: one API key's record (admin flag, creation and last use, the key's SHA-256)."""
+        return f"{self.prefix}tenant:{name}"
+
+    @property
+    def revocations(self) -> str:
+        """Pub/sub channel: the name of each revoked key, so open SSE feeds made with it close."""
+        return f"{self.prefix}revoked"
+
+    @property
+    def api_keys(self) -> str:
+        """Hash: SHA-256 (hex) of each live API key -> its tenant's name; one lookup per request."""
+        return f"{self.prefix}apikeys"

@@ -1,8 +1,11 @@
 """``darkroom up``: the whole service on one machine, through the same Redis paths as production.
 
-With no Redis configured it starts an embedded ``redis-server``; with no model catalogue it
-writes tiny demo checkpoints (once) and serves every route from them. Gateway, worker and uploader
-run as child processes, exactly as ``darkroom gateway|worker|uploader`` would on Kubernetes.
+With no Redis configured it starts an embedded ``redis-server`` (its URL in
+``.darkroom/redis.url`` while it runs, for ``darkroom keys``); with no model catalogue it
+writes tiny demo checkpoints (once) and serves every route from them. The gateway listens on
+127.0.0.1 with auth off unless ``DARKROOM_HOST`` / ``DARKROOM_AUTH`` say otherwise. Gateway,
+worker and uploader run as child processes, exactly as ``darkroom gateway|worker|uploader`` would
+on Kubernetes.
 """
 
 from __future__ import annotations
@@ -20,20 +23,34 @@ from common.catalog import Catalog, demo_catalog, write_catalog
 from common.logging import get_logger
 from common.redis_server import RedisServer
 from common.settings import CommonSettings
+from common.tenants import AuthMode
 
 log = get_logger(__name__)
 
 SERVICES = ("gateway", "worker", "uploader")
 STOP_GRACE_S = 30.0
+# Where a running ``darkroom up`` leaves its embedded Redis's URL, under the state directory.
+REDIS_URL_FILE = "redis.url"
 
 
 class LocalSettings(CommonSettings):
     # Embedded Redis data and demo checkpoints live here.
     state_dir: Path = Path(".darkroom")
     port: int = Field(default=8000, ge=1, le=65535)
+    # One machine, one user: no keys, and only this machine can reach the gateway.
+    auth: AuthMode = "off"
+    host: str = "127.0.0.1"
 
 
-def _redis_configured() -> bool:
+def running_redis_url(state_dir: Path) -> str | None:
+    """The embedded Redis of a ``darkroom up`` running with this state directory, if any."""
+    path = state_dir / REDIS_URL_FILE
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+def redis_configured() -> bool:
     return any(
         name in os.environ
         for name in ("REDIS_URL", "REDIS_HOST", "DARKROOM_REDIS_URL", "DARKROOM_REDIS_HOST")
@@ -68,15 +85,19 @@ def _demo_models(settings: LocalSettings) -> Path:
 def up(settings: LocalSettings) -> int:
     env = dict(os.environ)
     redis_server = None
-    if not _redis_configured():
+    url_file = settings.state_dir.resolve() / REDIS_URL_FILE
+    if not redis_configured():
         redis_server = RedisServer(settings.state_dir.resolve() / "redis", appendonly=True)
         redis_server.start()
         env["REDIS_URL"] = redis_server.url
+        url_file.write_text(redis_server.url + "\n")
         log.info("redis.embedded", url=redis_server.url, binary=redis_server.binary)
     if settings.models_file is None:
         env["DARKROOM_MODELS_FILE"] = str(_demo_models(settings))
     env.setdefault("DARKROOM_PUBLIC_BASE_URL", f"http://localhost:{settings.port}")
     env["DARKROOM_PORT"] = str(settings.port)
+    env["DARKROOM_HOST"] = settings.host
+    env["DARKROOM_AUTH"] = settings.auth
     env.pop("DARKROOM_STATE_DIR", None)
 
     children = {
@@ -87,6 +108,14 @@ def up(settings: LocalSettings) -> int:
         "darkroom.up",
         url=f"http://localhost:{settings.port}",
         docs=f"http://localhost:{settings.port}/docs",
+        host=settings.host,
+        auth=settings.auth,
+        message=f"listening on {settings.host}:{settings.port} with auth {settings.auth}"
+        + (
+            " (this machine only; no API keys needed)"
+            if settings.auth == "off" and settings.host == "127.0.0.1"
+            else ""
+        ),
     )
     stopping = False
 
@@ -116,5 +145,6 @@ def up(settings: LocalSettings) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         if redis_server is not None:
+            url_file.unlink(missing_ok=True)
             redis_server.stop()
     return exit_code

@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.tenants import LOCAL_TENANT
+
 MAX_SEED = 2**32 - 1
 
 
@@ -297,6 +299,8 @@ class JobSpec(BaseModel):
     created_at: datetime
     # Unix time after which the job fails with "deadline exceeded" instead of rendering on.
     deadline_at: float | None = None
+    # Who submitted it: the API key's name (``local`` with auth off).
+    tenant: str = LOCAL_TENANT
 
 
 class OutputBlob(BaseModel):
@@ -347,6 +351,8 @@ class JobRecord(BaseModel):
     attempts: int = 0
     created_at: datetime
     updated_at: float | None = None
+    # Only this tenant (and admin keys) may read, watch or cancel the job.
+    tenant: str = LOCAL_TENANT
 
     def snapshot(self) -> JobEvent:
         """The record as an event, so an SSE client's first message has the shape of the rest."""

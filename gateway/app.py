@@ -17,7 +17,9 @@ from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
 from common.redis import connect
-from gateway import routes_api, routes_cancel, routes_status, routes_v1
+from common.tenants import TenantStore
+from gateway import routes_api, routes_cancel, routes_keys, routes_status, routes_v1
+from gateway.auth import AuthMiddleware
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.docs import docs_routes
 from gateway.errors import EXCEPTION_HANDLERS
@@ -46,8 +48,11 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     api_routes: list[BaseRoute] = list(routes_status.routes)
     if role == "gateway":
         api_routes += routes_api.routes + routes_v1.routes + routes_cancel.routes
+        if settings.auth == "keys":  # with auth off there are no keys to manage: 404
+            api_routes += routes_keys.routes
     routes = api_routes + docs_routes(TITLE)
-    if role == "gateway" and settings.storage == "local":
+    local_output = role == "gateway" and settings.storage == "local"
+    if local_output:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         routes.append(Mount("/output", StaticFiles(directory=settings.output_dir), name="output"))
 
@@ -65,6 +70,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             fanout=fanout,
             feeds=FeedLimit(settings.sse_max_feeds),
             keys=keys,
+            tenants=TenantStore(redis, keys),
             submitter=Submitter(
                 jobs,
                 keys,
@@ -103,11 +109,13 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
+            # First: a request without a valid key is refused before its body is read.
+            Middleware(AuthMiddleware, mode=settings.auth, local_output=local_output),
             Middleware(
                 BodyLimitMiddleware,
                 max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
                 max_concurrent_uploads=settings.max_concurrent_uploads,
-            )
+            ),
         ],
     )
     app.state.openapi = build_openapi(
@@ -116,5 +124,6 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         version=VERSION,
         description=DESCRIPTION,
         path_values={"model": sorted(catalog.routes)},
+        auth=settings.auth == "keys",
     )
     return app

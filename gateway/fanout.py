@@ -2,7 +2,8 @@
 
 Each event is parsed and encoded as an SSE frame once, however many feeds watch its job. Pub/sub
 loses messages across a disconnect, so after a reconnect (or when a slow feed's queue overflows)
-every affected feed gets a ``RESYNC`` marker and re-reads the job's event log.
+every affected feed gets a ``RESYNC`` marker and re-reads the job's event log. The same
+connection hears of revoked keys: the feeds opened with one get ``REVOKED`` and end.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ RESYNC = None  # queued instead of an event: "you may have missed some, read the
 FEED_QUEUE_SIZE = 256
 
 
+class Revoked:
+    """Queued to a feed whose key was revoked: it ends (a reconnect then gets 401)."""
+
+
+REVOKED = Revoked()
+
+
 @dataclass(frozen=True)
 class LiveEvent:
     """A published event, with its SSE frame ready to send."""
@@ -43,7 +51,7 @@ def sse_frame(event: JobEvent) -> bytes:
     return f"id: {event.seq}\r\ndata: {event.model_dump_json()}\r\n\r\n".encode()
 
 
-FeedQueue = asyncio.Queue[LiveEvent | None]
+FeedQueue = asyncio.Queue[LiveEvent | Revoked | None]
 
 
 class EventFanout:
@@ -51,6 +59,8 @@ class EventFanout:
         self._redis = redis
         self._keys = keys
         self._feeds: dict[str, set[FeedQueue]] = defaultdict(set)
+        # Which tenant opened each feed, for revocations (rare: a scan of all feeds is fine).
+        self._tenants: dict[FeedQueue, str] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -68,15 +78,28 @@ class EventFanout:
         return sum(len(queues) for queues in self._feeds.values())
 
     @contextlib.contextmanager
-    def subscribe(self, job_id: str) -> Iterator[FeedQueue]:
+    def subscribe(self, job_id: str, tenant: str) -> Iterator[FeedQueue]:
         queue: FeedQueue = asyncio.Queue(FEED_QUEUE_SIZE)
         self._feeds[job_id].add(queue)
+        self._tenants[queue] = tenant
         try:
             yield queue
         finally:
+            del self._tenants[queue]
             self._feeds[job_id].discard(queue)
             if not self._feeds[job_id]:
                 del self._feeds[job_id]
+
+    def _revoke(self, tenant: str) -> None:
+        closed = 0
+        for queue, owner in self._tenants.items():
+            if owner == tenant:
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(REVOKED)
+                closed += 1
+        if closed:
+            log.info("fanout.feeds_revoked", tenant=tenant, feeds=closed)
 
     def _deliver(self, job_id: str, event: LiveEvent | None) -> None:
         for queue in self._feeds.get(job_id, ()):
@@ -94,12 +117,16 @@ class EventFanout:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(self._keys.progress_pattern)
+                await pubsub.subscribe(self._keys.revocations)
                 if failures:
                     for job_id in list(self._feeds):
                         self._deliver(job_id, RESYNC)
                 failures = 0
                 self.subscribed.set()
                 async for message in pubsub.listen():
+                    if message["type"] == "message":  # the revocations channel
+                        self._revoke(message["data"])
+                        continue
                     if message["type"] != "pmessage":
                         continue
                     job_id = self._keys.job_id_from_channel(message["channel"])

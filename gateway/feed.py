@@ -19,7 +19,7 @@ from common.jobs import JobStore
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT
 from gateway.errors import ApiError
-from gateway.fanout import RESYNC, EventFanout, FeedQueue, LiveEvent, sse_frame
+from gateway.fanout import RESYNC, EventFanout, FeedQueue, LiveEvent, Revoked, sse_frame
 
 log = get_logger(__name__)
 
@@ -88,11 +88,13 @@ async def job_feed(
     jobs: JobStore,
     fanout: EventFanout,
     *,
+    tenant: str,
     ping_s: float,
     resync_s: float,
 ) -> AsyncIterator[bytes]:
+    """``tenant``: whose key opened the feed; the feed ends if that key is revoked."""
     try:
-        async for frame in _frames(job_id, last_event_id, jobs, fanout, ping_s, resync_s):
+        async for frame in _frames(job_id, last_event_id, jobs, fanout, tenant, ping_s, resync_s):
             yield frame
     except REDIS_TRANSIENT as exc:
         # The client reconnects with Last-Event-ID and misses nothing.
@@ -104,12 +106,13 @@ async def _frames(
     last_event_id: int | None,
     jobs: JobStore,
     fanout: EventFanout,
+    tenant: str,
     ping_s: float,
     resync_s: float,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     # Subscribe before reading Redis so nothing published in between is missed.
-    with fanout.subscribe(job_id) as live:
+    with fanout.subscribe(job_id, tenant) as live:
         last_seq = 0 if last_event_id is None else last_event_id
         if last_event_id is None:
             record = await jobs.get(job_id)
@@ -143,6 +146,8 @@ async def _frames(
                     yield PING
                     next_ping = loop.time() + ping_s
                 continue
+            if isinstance(item, Revoked):
+                return
             if item is RESYNC or item.seq > last_seq + 1:
                 catch_up = True  # a gap: the log has whatever pub/sub did not bring
             elif item.seq == last_seq + 1:
@@ -153,7 +158,7 @@ async def _frames(
                 next_ping = loop.time() + ping_s
 
 
-async def _next(live: FeedQueue, timeout_s: float) -> LiveEvent | None | _Quiet:
+async def _next(live: FeedQueue, timeout_s: float) -> LiveEvent | Revoked | None | _Quiet:
     """The next queued item, or ``_QUIET`` after ``timeout_s``; no task made per event."""
     try:
         return live.get_nowait()

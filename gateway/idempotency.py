@@ -104,10 +104,11 @@ def fingerprint(route: ModelRoute, task: Task, fields: BaseModel, image: bytes |
 class Idempotency:
     """One request's key and its record."""
 
-    def __init__(self, redis: Redis, keys: Keys, key: str, *, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, tenant: str, key: str, *, ttl_s: int) -> None:
         self._redis = redis
         self._keys = keys
-        self._name = keys.idempotency(key)
+        # Per tenant: another tenant's same key is another key, and makes its own job.
+        self._name = keys.idempotency(tenant, key)
         self._key = key
         self._ttl_s = ttl_s
         self._held: IdempotencyRecord | None = None

@@ -28,6 +28,12 @@ ERROR_STATUSES_WITH_BODY = {
     429: "The model's queue is full; retry after the Retry-After header's seconds.",
 }
 REF = "#/components/schemas/{model}"
+# With DARKROOM_AUTH=keys: either header carries the key (Swagger UI's Authorize button sets one).
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class Operation:
     sse: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # request header -> description
     description: str = ""
+    # Open without an API key (health); ``admin``: needs an admin key.
+    public: bool = False
+    admin: bool = False
 
 
 def operation(**kwargs: Any) -> Callable[[F], F]:
@@ -60,8 +69,10 @@ def build_openapi(
     version: str,
     description: str,
     path_values: dict[str, list[str]] | None = None,
+    auth: bool = False,
 ) -> dict[str, Any]:
-    """``path_values`` lists the values a path parameter can take (the model routes)."""
+    """``path_values`` lists the values a path parameter can take (the model routes); ``auth``
+    declares the API-key security schemes and the 401/403 answers."""
     ops = [
         (r, r.endpoint.__openapi__)
         for r in routes
@@ -78,21 +89,27 @@ def build_openapi(
     for route, op in ops:
         for method in sorted((route.methods or set()) - {"HEAD"}):
             paths.setdefault(route.path, {})[method.lower()] = _operation(
-                route, op, path_values or {}
+                route, op, path_values or {}, auth
             )
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
         "paths": paths,
         "components": {"schemas": defs.get("$defs", {})},
     }
+    if auth:
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
+        document["security"] = SECURITY
+    return document
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def _operation(route: Route, op: Operation, path_values: dict[str, list[str]]) -> dict[str, Any]:
+def _operation(
+    route: Route, op: Operation, path_values: dict[str, list[str]], auth: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": [op.tag],
@@ -122,6 +139,8 @@ def _operation(route: Route, op: Operation, path_values: dict[str, list[str]]) -
     }
     if op.description:
         out["description"] = op.description
+    if auth and op.public:
+        out["security"] = []
     if op.json_body is not None:
         out["requestBody"] = {
             "required": True,
@@ -168,6 +187,10 @@ def _operation(route: Route, op: Operation, path_values: dict[str, list[str]]) -
     statuses = ERROR_STATUSES_WITH_BODY if has_body else {}
     if route.param_convertors:
         statuses = {**statuses, 404: "No such job or model (or it expired)."}
+    if auth and not op.public:
+        statuses = {**statuses, 401: "No API key, or an unknown or revoked one."}
+        if op.admin:
+            statuses[403] = "The API key is not an admin key."
     for status, text in statuses.items():
         out["responses"].setdefault(str(status), {"description": text, **error})
     # Every other error (405, 500…) has the same JSON shape.

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from common.schemas import JobStatus, JobStatusResponse, SessionStatus
+from gateway.auth import may_see, tenant_of
 from gateway.errors import ApiError, not_found
 from gateway.openapi import operation
 from gateway.services import services
@@ -21,6 +22,10 @@ CANCELED_MESSAGE = "Canceled by request"
 async def _cancel(request: Request, param: str) -> None:
     job_id = request.path_params[param]
     jobs = services(request).jobs
+    owned = await jobs.get(job_id)
+    # Another tenant's job answers exactly as an unknown one.
+    if owned is None or not may_see(tenant_of(request), owned):
+        raise not_found("job", job_id)
     if await jobs.emit(job_id, status=JobStatus.CANCELED, message=CANCELED_MESSAGE) is None:
         record = await jobs.get(job_id)
         if record is None:

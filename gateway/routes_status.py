@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import Health, JobRecord, JobStatusResponse, SessionStatus
+from gateway.auth import may_see, tenant_of
 from gateway.errors import field_error, not_found
 from gateway.feed import job_feed
 from gateway.openapi import operation
@@ -25,6 +26,7 @@ MAX_EVENT_ID = 2**63 - 1
     summary="Health: the server and its Redis connection",
     tag="health",
     responses={200: Health, 503: Health},
+    public=True,
 )
 async def health(request: Request) -> JSONResponse:
     try:
@@ -43,7 +45,8 @@ async def health(request: Request) -> JSONResponse:
 async def _record(request: Request, param: str) -> JobRecord:
     job_id = request.path_params[param]
     record = await services(request).jobs.get(job_id)
-    if record is None:
+    # Another tenant's job answers exactly as an unknown one: its existence is not told.
+    if record is None or not may_see(tenant_of(request), record):
         raise not_found("job", job_id)
     return record
 
@@ -104,6 +107,7 @@ async def _feed(request: Request, param: str) -> Response:
         last_event_id,
         svc.jobs,
         svc.fanout,
+        tenant=tenant_of(request).name,
         ping_s=svc.settings.sse_ping_s,
         resync_s=svc.settings.sse_resync_s,
     )

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
+from common.tenants import TenantStore
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.settings import GatewaySettings
@@ -26,6 +27,7 @@ class Services:
     fanout: EventFanout
     feeds: FeedLimit
     keys: Keys
+    tenants: TenantStore
 
 
 def services(request: Request) -> Services:

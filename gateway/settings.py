@@ -5,10 +5,14 @@ from __future__ import annotations
 from pydantic import Field
 
 from common.settings import CommonSettings
+from common.tenants import AuthMode
 
 
 class GatewaySettings(CommonSettings):
     host: str = "0.0.0.0"
+    # keys: every route but health, docs, /ui, /metrics and /output needs an API key
+    # (``darkroom keys create``); off: no keys, every job belongs to the tenant ``local``.
+    auth: AuthMode = "keys"
     port: int = Field(default=8000, ge=1, le=65535)
     # Largest accepted image upload; the request body may exceed it by the form's overhead only.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)

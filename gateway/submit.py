@@ -30,6 +30,8 @@ from common.schemas import (
     TextToVideoRequest,
     utcnow,
 )
+from common.tenants import LOCAL_TENANT
+from gateway.auth import tenant_of
 from gateway.errors import ApiError, field_error
 from gateway.idempotency import HEADER_DOCS, Idempotency, fingerprint, key_from_request
 
@@ -63,11 +65,12 @@ SUBMIT_ERRORS: dict[int, type[BaseModel]] = {
 @dataclass(frozen=True)
 class Admission:
     """Per request, what a submit needs besides the job store: the ``Idempotency-Key``'s record
-    when one was sent, and the ``Cancel-After`` deadline."""
+    when one was sent, the ``Cancel-After`` deadline, and the tenant the job will belong to."""
 
     idempotency: Idempotency | None = None
     # Unix time after which the job fails with "deadline exceeded" (``Cancel-After`` header).
     deadline_at: float | None = None
+    tenant: str = LOCAL_TENANT
 
 
 def admission(request: Request, svc: Services) -> Admission:
@@ -75,9 +78,11 @@ def admission(request: Request, svc: Services) -> Admission:
     before any body is read."""
     key = key_from_request(request)
     ttl_s = svc.settings.idempotency_ttl_s
+    tenant = tenant_of(request).name
     return Admission(
-        None if key is None else Idempotency(svc.redis, svc.keys, key, ttl_s=ttl_s),
+        None if key is None else Idempotency(svc.redis, svc.keys, tenant, key, ttl_s=ttl_s),
         _deadline(request),
+        tenant,
     )
 
 
@@ -241,7 +246,7 @@ class Submitter:
                 return Submitted(earlier, replayed=True)
             claim = once.commit_with_job()
         try:
-            await self._submit(route, task, params, job_id, image, admission.deadline_at, claim)
+            await self._submit(route, task, params, job_id, image, admission, claim)
         except ClaimExpired:
             assert once is not None
             raise once.expired() from None
@@ -258,12 +263,13 @@ class Submitter:
         params: RenderParams,
         job_id: str,
         image: bytes | None,
-        deadline_at: float | None,
+        admission: Admission,
         claim: KeyClaim | None,
     ) -> None:
         spec = JobSpec(
             job_id=job_id,
-            deadline_at=deadline_at,
+            tenant=admission.tenant,
+            deadline_at=admission.deadline_at,
             model=route.name,
             task=task,
             params=params,

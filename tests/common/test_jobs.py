@@ -85,7 +85,7 @@ async def test_a_claimed_key_is_finalised_with_the_job_or_nothing_is_written(
 ) -> None:
     """An Idempotency-Key's record and its job are one write: a claim that no longer holds
     (expired, taken by another request) writes neither."""
-    key = KEYS.idempotency(str(uuid.uuid4()))
+    key = KEYS.idempotency("local", str(uuid.uuid4()))
     spec = await submit(store)  # something already queued on the stream
     depth = await redis.xlen(KEYS.job_stream("sd"))
 

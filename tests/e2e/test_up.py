@@ -77,9 +77,24 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             .split("127.0.0.1:")[1]
             .split("/")[0]
         )
+        # Auth off, this machine only, and it says so; `darkroom keys` finds its Redis.
+        up_line = next(line for line in log.read_text().splitlines() if '"darkroom.up"' in line)
+        assert '"auth": "off"' in up_line and '"host": "127.0.0.1"' in up_line, up_line
+        keys = subprocess.run(
+            [sys.executable, "-m", "common.cli", "keys", "create", "--name", "laptop"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert keys.returncode == 0, keys.stderr
+        stored = redis.Redis(port=redis_port, decode_responses=True).hgetall("darkroom:apikeys")
+        assert list(stored.values()) == ["laptop"]
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
     assert code == 0, log.read_text()[-3000:]
+    assert not (tmp_path / ".darkroom" / "redis.url").exists()
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=redis_port, socket_connect_timeout=1).ping()

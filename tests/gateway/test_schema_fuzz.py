@@ -16,11 +16,14 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from common.redis_server import RedisServer
 from tests.conftest import _stack
+from tests.support.keys import create_key
 from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 
 EXAMPLES_PER_OPERATION = 150
 MIN_CASES = 1000
+# With keys the same routes again, fewer cases each: what is new is the key routes and the 401s.
+KEYS_EXAMPLES = 40
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +35,16 @@ def fuzz_stack(
     stack.stop_all()
 
 
-def fuzz(operation: Any, cases: Counter[str], statuses: Counter[int]) -> None:
+def fuzz(
+    operation: Any,
+    cases: Counter[str],
+    statuses: Counter[int],
+    headers: dict[str, str] | None = None,
+    examples: int = EXAMPLES_PER_OPERATION,
+) -> None:
     @given(case=operation.as_strategy())
     @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
@@ -43,7 +52,9 @@ def fuzz(operation: Any, cases: Counter[str], statuses: Counter[int]) -> None:
     def check(case: schemathesis.Case) -> None:
         # Every check but one: a model's own limits (say, its steps cap) are tighter than the
         # shared schema can state, so a schema-valid request may rightly get a 422.
-        response = case.call_and_validate(timeout=10, excluded_checks=[positive_data_acceptance])
+        response = case.call_and_validate(
+            timeout=10, headers=headers, excluded_checks=[positive_data_acceptance]
+        )
         cases[operation.label] += 1
         statuses[response.status_code] += 1
 
@@ -61,3 +72,31 @@ def test_no_server_error_and_responses_match_the_schema(fuzz_stack: Stack, ledge
     print(f"\nschema fuzz: {sum(cases.values())} cases, statuses {dict(sorted(statuses.items()))}")
     assert not any(status >= 500 for status in statuses)
     assert sum(cases.values()) >= MIN_CASES, cases
+
+
+@pytest.fixture(scope="module")
+def keys_fuzz_stack(
+    redis_server: RedisServer, models_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    extra = {"DARKROOM_AUTH": "keys"}
+    stack = _stack("fuzzkeys", ("gateway",), redis_server, models_file, tmp_path_factory, extra)
+    yield stack
+    stack.stop_all()
+
+
+def test_with_keys_no_server_error_and_responses_match_the_schema(
+    keys_fuzz_stack: Stack, ledger: Ledger
+) -> None:
+    """The same with DARKROOM_AUTH=keys and an admin key: the key routes too, and the 401/403
+    answers the document declares."""
+    key = create_key(keys_fuzz_stack, "fuzz-admin", admin=True)
+    schema = schemathesis.openapi.from_url(f"{keys_fuzz_stack.base_url}/openapi.json")
+    cases: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    for result in schema.get_all_operations():
+        fuzz(result.ok(), cases, statuses, {"Authorization": f"Bearer {key}"}, KEYS_EXAMPLES)
+    ledger.bad_inputs += sum(cases.values())
+    ledger.server_errors += sum(n for status, n in statuses.items() if status >= 500)
+    print(f"\nkeys fuzz: {sum(cases.values())} cases, statuses {dict(sorted(statuses.items()))}")
+    assert not any(status >= 500 for status in statuses)
+    assert any("/v1/keys" in label for label in cases), cases

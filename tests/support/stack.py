@@ -129,6 +129,8 @@ def stack_env(
             "DARKROOM_OUTPUT_DIR": str(workdir / "output"),
             "DARKROOM_PORT": str(port),
             "DARKROOM_HOST": "127.0.0.1",
+            # The services default to keys; a test that tests keys passes DARKROOM_AUTH=keys.
+            "DARKROOM_AUTH": "off",
             "DARKROOM_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "DARKROOM_LOG_FORMAT": "json",
             "DARKROOM_BLOCK_MS": "200",
