@@ -3,6 +3,7 @@ Darkroom stacks running as subprocesses through the ``darkroom`` CLI."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,12 +17,24 @@ from tests.support.s3_server import S3Server, s3_server  # noqa: F401
 from tests.support.stack import Stack, stack_env
 
 
+@contextlib.contextmanager
+def redis_of_its_own(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, appendonly: bool = False
+) -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port, killed afterwards: the session's shared one, or
+    one for a module whose tests fill it, crash it or measure its memory."""
+    server = RedisServer(tmp_path_factory.mktemp(name), appendonly=appendonly)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop(kill=True)
+    with redis_of_its_own(tmp_path_factory, "redis") as server:
+        yield server
 
 
 @pytest.fixture

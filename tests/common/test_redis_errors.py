@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -15,15 +14,14 @@ from redis.exceptions import ResponseError
 
 from common.redis_errors import REDIS_TRANSIENT, ScriptBusyError, retry_transient
 from common.redis_server import RedisServer
+from tests.conftest import redis_of_its_own
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A server of its own: these tests make it refuse work."""
-    own = RedisServer(Path(tmp_path_factory.mktemp("errors-redis")))
-    own.start()
-    yield own
-    own.stop(kill=True)
+    with redis_of_its_own(tmp_path_factory, "errors-redis") as own:
+        yield own
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import redis
 from common.keys import Keys
 from common.redis_server import RedisServer
 from common.schemas import WorkerHeartbeat
-from tests.conftest import _stack
+from tests.conftest import _stack, redis_of_its_own
 from tests.support.client import noise_png, read_feed, wait_terminal
 from tests.support.ledger import Ledger
 from tests.support.stack import Stack
@@ -28,10 +28,8 @@ MEMORY_SLACK_BYTES = 400 * 1024
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("waiting-redis"))
-    server.start()
-    yield server
-    server.stop(kill=True)
+    with redis_of_its_own(tmp_path_factory, "waiting-redis") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from common.redis_server import RedisServer
-from tests.conftest import _stack
+from tests.conftest import _stack, redis_of_its_own
 from tests.support.client import wait_terminal
 from tests.support.ledger import Ledger
 from tests.support.s3_server import S3Server
@@ -22,10 +22,8 @@ SMALL = {"prompt": "outage", "width": 64, "height": 64, "num_inference_steps": 2
 
 @pytest.fixture(scope="module")
 def aof_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("aof-redis"), appendonly=True)
-    server.start()
-    yield server
-    server.stop(kill=True)
+    with redis_of_its_own(tmp_path_factory, "aof-redis", appendonly=True) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from common.redis_server import RedisServer, free_port
-from tests.conftest import _stack
+from tests.conftest import _stack, redis_of_its_own
 from tests.support.client import wait_terminal
 from tests.support.ledger import Ledger
 from tests.support.stack import Stack
@@ -29,10 +29,8 @@ FAULT_S = 4.0
 
 @pytest.fixture(scope="module")
 def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("replies-redis"), appendonly=True)
-    server.start()
-    yield server
-    server.stop(kill=True)
+    with redis_of_its_own(tmp_path_factory, "replies-redis", appendonly=True) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
