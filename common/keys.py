@@ -111,3 +111,8 @@ class Keys:
     def api_keys(self) -> str:
         """Hash: SHA-256 (hex) of each live API key -> its tenant's name; one lookup per request."""
         return f"{self.prefix}apikeys"
+
+    @property
+    def job_token_secret(self) -> str:
+        """String: the secret signing read-only job tokens (``gateway.job_tokens``), made once."""
+        return f"{self.prefix}jobtokensecret"

@@ -89,6 +89,8 @@ class Tenant(BaseModel):
 
     name: str
     admin: bool = False
+    # A job token's holder (``gateway.job_tokens``): may read this one job and nothing else.
+    job_id: str | None = None
 
 
 LOCAL = Tenant(name=LOCAL_TENANT)

@@ -25,6 +25,7 @@ from gateway.docs import docs_routes
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
+from gateway.job_tokens import JobTokens
 from gateway.openapi import build_openapi
 from gateway.services import Services
 from gateway.settings import GatewaySettings
@@ -71,6 +72,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             feeds=FeedLimit(settings.sse_max_feeds),
             keys=keys,
             tenants=TenantStore(redis, keys),
+            job_tokens=JobTokens(redis, keys),
             submitter=Submitter(
                 jobs,
                 keys,

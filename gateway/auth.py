@@ -2,7 +2,9 @@
 
 ``DARKROOM_AUTH=keys``: every path but the open ones (health, docs, ``/ui``, ``/metrics``, local
 ``/output``) needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; a missing or unknown
-key is a 401. ``off``: no key is read and every request acts for the tenant ``local``. Routes read
+key is a 401. A GET of one job's status or events may
+instead carry that job's read-only token as ``?token=`` (``gateway.job_tokens``). ``off``: no key
+is read and every request acts for the tenant ``local``. Routes read
 the tenant with :func:`tenant_of`; a job of another tenant is a 404, like an unknown one.
 """
 
@@ -20,6 +22,7 @@ from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobRecord
 from common.tenants import LOCAL, AuthMode, Tenant
 from gateway.errors import ApiError, handle_api_error, handle_redis_unavailable
+from gateway.job_tokens import QUERY_PARAM, job_of_read_route
 from gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
@@ -42,6 +45,9 @@ MISSING_KEY = (
     "(an admin creates keys with 'darkroom keys create --name NAME')."
 )
 UNKNOWN_KEY = "The API key is unknown or has been revoked."
+BAD_JOB_TOKEN = "The job token does not belong to this job."
+# Who a job token's holder acts as, in logs; it owns nothing.
+JOB_TOKEN_HOLDER = "job-token"
 
 
 def is_open(path: str, *, local_output: bool) -> bool:
@@ -88,7 +94,7 @@ class AuthMiddleware:
         """``None`` once the tenant is in the scope; else the error to answer with."""
         key = key_from_headers(request)
         if key is None:
-            return await handle_api_error(request, unauthorized(MISSING_KEY))
+            return await self._resolve_job_token(request)
         tenants = request.app.state.services.tenants
         try:
             tenant: Tenant | None = await tenants.verify(key)
@@ -102,6 +108,24 @@ class AuthMiddleware:
         structlog.contextvars.bind_contextvars(tenant=tenant.name)
         return None
 
+    async def _resolve_job_token(self, request: Request) -> Response | None:
+        """No key: a GET of a job's status or events may carry that job's read-only token."""
+        token = request.query_params.get(QUERY_PARAM)
+        job_id = job_of_read_route(request.url.path)
+        if token is None or job_id is None or request.method not in ("GET", "HEAD"):
+            return await handle_api_error(request, unauthorized(MISSING_KEY))
+        try:
+            valid = await request.app.state.services.job_tokens.valid(job_id, token)
+        except REDIS_TRANSIENT as exc:
+            return await handle_redis_unavailable(request, exc)
+        if not valid:
+            log.info("auth.rejected", path=request.url.path, reason="bad_job_token")
+            return await handle_api_error(request, unauthorized(BAD_JOB_TOKEN, invalid_key=True))
+        holder = Tenant(name=JOB_TOKEN_HOLDER, job_id=job_id)
+        request.scope.setdefault("state", {})[_STATE_KEY] = holder
+        structlog.contextvars.bind_contextvars(tenant=JOB_TOKEN_HOLDER)
+        return None
+
 
 def tenant_of(request: Request) -> Tenant:
     """The tenant the middleware resolved; only routes behind it may ask."""
@@ -110,6 +134,8 @@ def tenant_of(request: Request) -> Tenant:
 
 
 def may_see(tenant: Tenant, record: JobRecord) -> bool:
+    if tenant.job_id is not None:
+        return record.job_id == tenant.job_id
     return tenant.admin or record.tenant == tenant.name
 
 

@@ -34,6 +34,13 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+# A job's read routes also take its read-only token (gateway.job_tokens) as a query parameter.
+JOB_TOKEN_SCHEME = {
+    "type": "apiKey",
+    "in": "query",
+    "name": "token",
+    "description": "A job's read-only token (the Darkroom-Job-Token header of its submit).",
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class Operation:
     # Open without an API key (health); ``admin``: needs an admin key.
     public: bool = False
     admin: bool = False
+    # Also open with the job's read-only ``?token=`` (gateway.job_tokens).
+    job_token: bool = False
 
 
 def operation(**kwargs: Any) -> Callable[[F], F]:
@@ -98,7 +107,8 @@ def build_openapi(
         "components": {"schemas": defs.get("$defs", {})},
     }
     if auth:
-        document["components"]["securitySchemes"] = SECURITY_SCHEMES
+        schemes = {**SECURITY_SCHEMES, "jobToken": JOB_TOKEN_SCHEME}
+        document["components"]["securitySchemes"] = schemes
         document["security"] = SECURITY
     return document
 
@@ -141,6 +151,19 @@ def _operation(
         out["description"] = op.description
     if auth and op.public:
         out["security"] = []
+    if op.job_token:
+        out["parameters"].append(
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The job's read-only token, instead of an API key (for pages: "
+                "EventSource cannot send headers).",
+            }
+        )
+        if auth:
+            out["security"] = [*SECURITY, {"jobToken": []}]
     if op.json_body is not None:
         out["requestBody"] = {
             "required": True,

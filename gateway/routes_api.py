@@ -23,17 +23,24 @@ from common.schemas import (
     TextToVideoRequest,
 )
 from gateway.bodies import read_image_form, read_json
-from gateway.idempotency import replay_headers
 from gateway.images import fit_to_route
 from gateway.openapi import operation
 from gateway.services import services
-from gateway.submit import SUBMIT_ERRORS, SUBMIT_HEADERS, SUBMITTED_MESSAGE, Submitted, admission
+from gateway.submit import (
+    SUBMIT_ERRORS,
+    SUBMIT_HEADERS,
+    SUBMITTED_MESSAGE,
+    Submitted,
+    admission,
+    submitted_headers,
+)
 from gateway.workers import live_workers
 
 
-def _submitted(submitted: Submitted) -> JSONResponse:
+async def _submitted(request: Request, submitted: Submitted) -> JSONResponse:
     body = SubmitResponse(session_id=submitted.job_id, message=SUBMITTED_MESSAGE)
-    return JSONResponse(body.model_dump(mode="json"), headers=replay_headers(submitted.replayed))
+    headers = await submitted_headers(services(request).job_tokens, submitted)
+    return JSONResponse(body.model_dump(mode="json"), headers=headers)
 
 
 async def _json_job(request: Request, task: Task, model_cls: type[BaseModel]) -> Submitted:
@@ -75,7 +82,7 @@ async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> 
     description="Multi-angle models return one image per angle (`result_urls`).",
 )
 async def text_to_image(request: Request) -> JSONResponse:
-    return _submitted(await _json_job(request, Task.T2I, TextToImageRequest))
+    return await _submitted(request, await _json_job(request, Task.T2I, TextToImageRequest))
 
 
 @operation(
@@ -89,7 +96,7 @@ async def text_to_image(request: Request) -> JSONResponse:
     "Multi-angle models return one image per angle (`result_urls`).",
 )
 async def image_to_image(request: Request) -> JSONResponse:
-    return _submitted(await _form_job(request, Task.I2I, ImageToImageForm))
+    return await _submitted(request, await _form_job(request, Task.I2I, ImageToImageForm))
 
 
 @operation(
@@ -102,7 +109,7 @@ async def image_to_image(request: Request) -> JSONResponse:
     "(see GET /api/models).",
 )
 async def text_to_video(request: Request) -> JSONResponse:
-    return _submitted(await _json_job(request, Task.T2V, TextToVideoRequest))
+    return await _submitted(request, await _json_job(request, Task.T2V, TextToVideoRequest))
 
 
 @operation(
@@ -116,7 +123,7 @@ async def text_to_video(request: Request) -> JSONResponse:
     "model's limits. The result is an H.264 MP4.",
 )
 async def image_to_video(request: Request) -> JSONResponse:
-    return _submitted(await _form_job(request, Task.I2V, ImageToVideoForm))
+    return await _submitted(request, await _form_job(request, Task.I2V, ImageToVideoForm))
 
 
 class ModelList(RootModel[list[ModelInfo]]):

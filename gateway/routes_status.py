@@ -14,6 +14,7 @@ from common.schemas import Health, JobRecord, JobStatusResponse, SessionStatus
 from gateway.auth import may_see, tenant_of
 from gateway.errors import field_error, not_found
 from gateway.feed import job_feed
+from gateway.job_tokens import JobToken
 from gateway.openapi import operation
 from gateway.services import services
 
@@ -51,7 +52,9 @@ async def _record(request: Request, param: str) -> JobRecord:
     return record
 
 
-@operation(summary="Status of a job (seed 1)", tag="api", responses={200: SessionStatus})
+@operation(
+    summary="Status of a job (seed 1)", tag="api", responses={200: SessionStatus}, job_token=True
+)
 async def session_status(request: Request) -> JSONResponse:
     record = await _record(request, "session_id")
     body = SessionStatus(
@@ -66,7 +69,9 @@ async def session_status(request: Request) -> JSONResponse:
     return JSONResponse(body.to_json())
 
 
-@operation(summary="Status of a job (seed 2)", tag="v1", responses={200: JobStatusResponse})
+@operation(
+    summary="Status of a job (seed 2)", tag="v1", responses={200: JobStatusResponse}, job_token=True
+)
 async def v1_job(request: Request) -> JSONResponse:
     record = await _record(request, "job_id")
     body = JobStatusResponse(
@@ -107,7 +112,8 @@ async def _feed(request: Request, param: str) -> Response:
         last_event_id,
         svc.jobs,
         svc.fanout,
-        tenant=tenant_of(request).name,
+        # Revoking the owner's key ends a feed followed with the job's token too.
+        tenant=record.tenant if tenant_of(request).job_id else tenant_of(request).name,
         ping_s=svc.settings.sse_ping_s,
         resync_s=svc.settings.sse_resync_s,
     )
@@ -119,6 +125,7 @@ async def _feed(request: Request, param: str) -> Response:
     tag="api",
     sse=True,
     headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
+    job_token=True,
 )
 async def session_events(request: Request) -> Response:
     return await _feed(request, "session_id")
@@ -129,9 +136,24 @@ async def session_events(request: Request) -> Response:
     tag="v1",
     sse=True,
     headers={"Last-Event-ID": LAST_EVENT_ID_HELP},
+    job_token=True,
 )
 async def v1_job_events(request: Request) -> Response:
     return await _feed(request, "job_id")
+
+
+@operation(
+    summary="A job's read-only token, for pages that follow it",
+    tag="v1",
+    responses={200: JobToken},
+    description="The token opens this job's status and events routes as `?token=`, and nothing "
+    "else; every submit returns it in the `Darkroom-Job-Token` header too. For the job's owner "
+    "(or an admin).",
+)
+async def job_token(request: Request) -> JSONResponse:
+    record = await _record(request, "job_id")
+    token = await services(request).job_tokens.issue(record.job_id)
+    return JSONResponse(JobToken(job_id=record.job_id, token=token).model_dump())
 
 
 routes = [
@@ -140,4 +162,5 @@ routes = [
     Route("/api/{session_id}/events", session_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}", v1_job, methods=["GET"]),
     Route("/v1/jobs/{job_id}/events", v1_job_events, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/token", job_token, methods=["GET"]),
 ]

@@ -10,10 +10,9 @@ from starlette.routing import Route
 from common.catalog import StylePreset
 from common.schemas import GenerateRequest, GenerateResponse
 from gateway.bodies import read_json
-from gateway.idempotency import replay_headers
 from gateway.openapi import operation
 from gateway.services import services
-from gateway.submit import SUBMIT_ERRORS, SUBMIT_HEADERS, admission
+from gateway.submit import SUBMIT_ERRORS, SUBMIT_HEADERS, admission, submitted_headers
 
 
 class StyleList(RootModel[list[StylePreset]]):
@@ -35,7 +34,7 @@ async def generate(request: Request) -> JSONResponse:
     submitted = await svc.submitter.generate(body, admission=admit)
     return JSONResponse(
         GenerateResponse(job_id=submitted.job_id).model_dump(),
-        headers=replay_headers(submitted.replayed),
+        headers=await submitted_headers(svc.job_tokens, submitted),
     )
 
 

@@ -33,7 +33,15 @@ from common.schemas import (
 from common.tenants import LOCAL_TENANT
 from gateway.auth import tenant_of
 from gateway.errors import ApiError, field_error
-from gateway.idempotency import HEADER_DOCS, Idempotency, fingerprint, key_from_request
+from gateway.idempotency import (
+    HEADER_DOCS,
+    Idempotency,
+    fingerprint,
+    key_from_request,
+    replay_headers,
+)
+from gateway.job_tokens import HEADER as JOB_TOKEN_HEADER
+from gateway.job_tokens import JobTokens
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -107,6 +115,14 @@ class Submitted:
     job_id: str
     # An earlier request with the same Idempotency-Key made this job; nothing new was queued.
     replayed: bool = False
+
+
+async def submitted_headers(tokens: JobTokens, submitted: Submitted) -> dict[str, str]:
+    """A submit's answer headers: the job's read-only token (every time, a replay included) and
+    whether an ``Idempotency-Key`` replayed an earlier job."""
+    headers = {JOB_TOKEN_HEADER: await tokens.issue(submitted.job_id)}
+    headers.update(replay_headers(submitted.replayed) or {})
+    return headers
 
 
 class Submitter:

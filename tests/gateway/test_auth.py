@@ -5,6 +5,7 @@ jobs wait in their queues."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 from httpx_sse import connect_sse
+from playwright.async_api import Route, async_playwright
+from redis.asyncio import Redis
 
+from common.jobs import JobStore
+from common.keys import Keys
 from common.redis_server import RedisServer, free_port
+from common.schemas import JobStatus
 from tests.conftest import _stack
 from tests.support.client import read_feed
 from tests.support.keys import create_key
@@ -98,8 +104,21 @@ def test_health_docs_and_local_output_are_open(http: httpx.Client) -> None:
     # Local storage: /output serves files without a key (a missing one is a plain 404).
     assert http.get("/output/generations/missing.png").status_code == 404
     document = http.get("/openapi.json").json()
-    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey", "jobToken"}
     assert document["security"] == [{"bearer": []}, {"apiKey": []}]
+    # A job's status and events also take its read-only token; nothing else does.
+    by_token = sorted(
+        path
+        for path, methods in document["paths"].items()
+        for operation in methods.values()
+        if {"jobToken": []} in operation.get("security", [])
+    )
+    assert by_token == [
+        "/api/{session_id}/events",
+        "/api/{session_id}/status",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
+    ]
     assert document["paths"]["/"]["get"]["security"] == []
     assert "401" in document["paths"]["/v1/generate"]["post"]["responses"]
     assert "403" in document["paths"]["/v1/keys"]["post"]["responses"]
@@ -244,6 +263,89 @@ def test_revoking_a_key_ends_the_feeds_open_with_it(http: httpx.Client, admin_ke
             assert http.delete(f"/v1/keys/{name}", headers=bearer(admin_key)).status_code == 200
             assert [sse for sse in frames if sse.data] == []  # the server ended the feed
         assert_unauthorized(watcher.get(f"/v1/jobs/{job_id}/events"))
+
+
+def test_a_job_token_reads_that_job_and_nothing_else(http: httpx.Client, admin_key: str) -> None:
+    alice, bob = new_key(http, admin_key), new_key(http, admin_key)
+    submitted = http.post("/api/sd/t2i", json=T2I, headers=bearer(alice))
+    other = http.post("/v1/generate", json=GENERATE, headers=bearer(alice))
+    job_id, token = submitted.json()["session_id"], submitted.headers["Darkroom-Job-Token"]
+    other_id, other_token = other.json()["job_id"], other.headers["Darkroom-Job-Token"]
+    assert token.startswith("djt_") and token != other_token
+    # The seed's body is exactly as before: the token travels in a header only.
+    assert set(submitted.json()) == {"session_id", "status", "message"}
+
+    with httpx.Client(base_url=http.base_url, timeout=10) as page:  # no key at all
+        assert page.get(f"/api/{job_id}/status", params={"token": token}).json()["status"] == (
+            "pending"
+        )
+        assert page.get(f"/v1/jobs/{job_id}", params={"token": token}).json()["status"] == (
+            "PENDING"
+        )
+        with connect_sse(page, "GET", f"/v1/jobs/{job_id}/events?token={token}") as source:
+            assert json.loads(next(source.iter_sse()).data)["status"] == "pending"
+        # Read only, this job only: not another job, not a cancel, not a submit, not the keys.
+        assert_unauthorized(page.get(f"/v1/jobs/{other_id}", params={"token": token}))
+        assert_unauthorized(page.get(f"/api/{other_id}/events", params={"token": token}))
+        assert_unauthorized(page.delete(f"/api/{job_id}", params={"token": token}))
+        assert_unauthorized(page.post(f"/v1/jobs/{job_id}/cancel", params={"token": token}))
+        assert_unauthorized(page.get(f"/v1/jobs/{job_id}/token", params={"token": token}))
+        assert_unauthorized(page.post("/api/sd/t2i", json=T2I, params={"token": token}))
+        assert_unauthorized(page.get(f"/v1/jobs/{job_id}", params={"token": token[:-2] + "xx"}))
+    # The owner (and an admin) can ask for it again; another tenant cannot learn it exists.
+    again = http.get(f"/v1/jobs/{job_id}/token", headers=bearer(alice))
+    assert again.json() == {"job_id": job_id, "token": token}
+    assert http.get(f"/v1/jobs/{job_id}/token", headers=bearer(admin_key)).json()["token"] == token
+    assert http.get(f"/v1/jobs/{job_id}/token", headers=bearer(bob)).status_code == 404
+    # An idempotent replay hands out the same token.
+    headers = {"Idempotency-Key": str(uuid.uuid4())} | bearer(alice)
+    first = http.post("/v1/generate", json=GENERATE, headers=headers)
+    replay = http.post("/v1/generate", json=GENERATE, headers=headers)
+    assert replay.headers["Darkroom-Job-Token"] == first.headers["Darkroom-Job-Token"]
+
+
+CHROMIUM = shutil.which("chromium")
+# A page that follows a job with its token: EventSource cannot send an API key.
+TOKEN_PAGE = """<!doctype html>
+<script>
+  window.seen = [];
+  window.source = new EventSource(%s);
+  window.source.onmessage = (e) => window.seen.push(JSON.parse(e.data).status);
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (.ci/run installs it)")
+async def test_a_page_follows_a_job_in_chromium_with_its_token_alone(
+    keys_stack: Stack, http: httpx.Client, admin_key: str, redis: Redis
+) -> None:
+    alice = new_key(http, admin_key)
+    async with httpx.AsyncClient(base_url=keys_stack.base_url, timeout=30) as client:
+        submitted = await client.post("/v1/generate", json=GENERATE, headers=bearer(alice))
+    job_id, token = submitted.json()["job_id"], submitted.headers["Darkroom-Job-Token"]
+    feed = f"/v1/jobs/{job_id}/events?token={token}"
+    page_url = f"{keys_stack.base_url}/follow.html"  # same origin as the feed
+    jobs = JobStore(redis, Keys(keys_stack.prefix), task_ttl_s=60)
+
+    async def serve_page(route: Route) -> None:
+        await route.fulfill(body=TOKEN_PAGE % json.dumps(feed), content_type="text/html")
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = await browser.new_page()
+            await page.route(page_url, serve_page)
+            await page.goto(page_url)
+            await page.wait_for_function("window.seen.length === 1", timeout=20_000)
+            await jobs.emit(job_id, status=JobStatus.PROCESSING, progress=50, message="step 1/2")
+            await jobs.emit(job_id, status=JobStatus.COMPLETED, progress=100)
+            await page.wait_for_function(
+                "window.source.readyState === EventSource.CLOSED", timeout=20_000
+            )
+            seen = await page.evaluate("window.seen")
+        finally:
+            await browser.close()
+    assert seen == ["pending", "processing", "completed"]
 
 
 @pytest.fixture(scope="module")
