@@ -77,4 +77,5 @@ class JobTokens:
         return PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     async def valid(self, job_id: str, token: str) -> bool:
-        return hmac.compare_digest(await self.issue(job_id), token)
+        # As bytes: compare_digest refuses str with non-ASCII characters.
+        return hmac.compare_digest((await self.issue(job_id)).encode(), token.encode())

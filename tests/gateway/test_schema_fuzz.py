@@ -24,6 +24,8 @@ EXAMPLES_PER_OPERATION = 150
 MIN_CASES = 1000
 # With keys the same routes again, fewer cases each: what is new is the key routes and the 401s.
 KEYS_EXAMPLES = 40
+# Without a key every protected route answers before it looks at the request: a few cases each.
+NO_KEY_EXAMPLES = 10
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,21 @@ def test_with_keys_no_server_error_and_responses_match_the_schema(
     print(f"\nkeys fuzz: {sum(cases.values())} cases, statuses {dict(sorted(statuses.items()))}")
     assert not any(status >= 500 for status in statuses)
     assert any("/v1/keys" in label for label in cases), cases
+
+
+def test_without_a_key_every_protected_route_is_401_and_nothing_fails(
+    keys_fuzz_stack: Stack, ledger: Ledger
+) -> None:
+    """No key at all: every route the document protects answers 401 whatever the request (before
+    its body is read), and the open ones never fail."""
+    schema = schemathesis.openapi.from_url(f"{keys_fuzz_stack.base_url}/openapi.json")
+    protected: Counter[int] = Counter()
+    open_: Counter[int] = Counter()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        statuses = open_ if operation.definition.raw.get("security") == [] else protected
+        fuzz(operation, Counter(), statuses, examples=NO_KEY_EXAMPLES)
+    ledger.bad_inputs += sum(protected.values()) + sum(open_.values())
+    print(f"\nno-key fuzz: protected {dict(protected)}, open {dict(open_)}")
+    assert set(protected) == {401}, protected
+    assert sum(protected.values()) >= 100 and not any(status >= 500 for status in open_)
