@@ -13,6 +13,7 @@ from common.keys import Keys
 from common.tenants import TenantStore
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
+from gateway.quotas import RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
 
@@ -28,6 +29,7 @@ class Services:
     feeds: FeedLimit
     keys: Keys
     tenants: TenantStore
+    rate: RateLimiter
 
 
 def services(request: Request) -> Services:
