@@ -34,7 +34,7 @@ class GatewaySettings(KeySettings):
     max_waiting_input_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     # The same per tenant (with DARKROOM_AUTH=keys), so one tenant's uploads cannot take the
     # whole cap; past it that tenant's submits with an image get 429 + Retry-After.
-    max_waiting_input_bytes_per_tenant: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    max_waiting_input_bytes_per_tenant: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     # The sweeper (one gateway replica at a time): deadlines are checked this often, and a
     # consumer idle this long with nothing pending is removed from its group.
     sweep_interval_ms: int = Field(default=250, ge=10)
