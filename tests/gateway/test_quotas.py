@@ -298,3 +298,37 @@ def test_input_bytes_waiting_are_capped_per_tenant(
     # A job that ends gives its bytes back.
     assert http.delete(f"/api/{first.json()['session_id']}", headers=bearer(key)).status_code == 200
     assert i2i(key, 2).status_code == 200
+
+
+def test_with_auth_off_only_the_global_limits_hold(
+    redis_server: RedisServer, models_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One tenant, ``local``, with no quotas: however tight the defaults for new keys and the
+    per-tenant input cap, a local user is held only by the global limits."""
+    stack = _stack(
+        "quotas-off",
+        ("gateway",),
+        redis_server,
+        models_file,
+        tmp_path_factory,
+        {
+            "DARKROOM_AUTH": "off",
+            "DARKROOM_KEY_DEFAULT_RATE_PER_MIN": "1",
+            "DARKROOM_KEY_DEFAULT_MAX_QUEUED": "1",
+            "DARKROOM_KEY_DEFAULT_MAX_COST": "0.001",
+            "DARKROOM_MAX_WAITING_INPUT_BYTES_PER_TENANT": str(TENANT_INPUT_BYTES),
+        },
+    )
+    try:
+        with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+            for _ in range(3):
+                answer = client.post("/api/sd/t2i", json=T2I)
+                assert answer.status_code == 200, answer.text
+                assert "RateLimit" not in answer.headers
+            form = {"prompt": "keep the shapes", "strength": "0.5", "num_inference_steps": "2"}
+            for seed in (1, 2):
+                files = {"image": ("in.png", noise_png(IMAGE_BYTES, seed), "image/png")}
+                answer = client.post("/api/sd/i2i", files=files, data=form)
+                assert answer.status_code == 200, answer.text
+    finally:
+        stack.stop_all()
