@@ -22,7 +22,7 @@ from pydantic import Field
 from common.catalog import Catalog, demo_catalog, write_catalog
 from common.logging import get_logger
 from common.redis_server import RedisServer
-from common.settings import CommonSettings
+from common.settings import KeySettings
 from common.tenants import AuthMode
 
 log = get_logger(__name__)
@@ -33,7 +33,7 @@ STOP_GRACE_S = 30.0
 REDIS_URL_FILE = "redis.url"
 
 
-class LocalSettings(CommonSettings):
+class LocalSettings(KeySettings):
     # Embedded Redis data and demo checkpoints live here.
     state_dir: Path = Path(".darkroom")
     port: int = Field(default=8000, ge=1, le=65535)

@@ -27,6 +27,7 @@ from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
 from gateway.openapi import build_openapi
+from gateway.quotas import RateLimiter
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
@@ -71,7 +72,13 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             fanout=fanout,
             feeds=FeedLimit(settings.sse_max_feeds),
             keys=keys,
-            tenants=TenantStore(redis, keys),
+            tenants=TenantStore(
+                redis,
+                keys,
+                defaults=settings.key_defaults,
+                webhook_grace_s=settings.webhook_secret_grace_s,
+            ),
+            rate=RateLimiter(redis, keys),
             job_tokens=JobTokens(redis, keys),
             submitter=Submitter(
                 jobs,

@@ -25,7 +25,8 @@ ERROR_STATUSES_WITH_BODY = {
     413: "The body or uploaded image is too large.",
     415: "Wrong Content-Type for this route.",
     422: "A field is invalid; `fields` names it.",
-    429: "The model's queue is full; retry after the Retry-After header's seconds.",
+    429: "A limit was reached (the model's queue, or the API key's quota); retry after the "
+    "Retry-After header's seconds.",
 }
 REF = "#/components/schemas/{model}"
 # With DARKROOM_AUTH=keys: either header carries the key (Swagger UI's Authorize button sets one).
@@ -59,6 +60,10 @@ class Operation:
     admin: bool = False
     # Also open with the job's read-only ``?token=`` (gateway.job_tokens).
     job_token: bool = False
+    # Response headers the answers may carry (name -> description), on 200 and 429.
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # Descriptions of answers particular to this operation (status -> text).
+    status_docs: dict[int, str] = field(default_factory=dict)
 
 
 def operation(**kwargs: Any) -> Callable[[F], F]:
@@ -216,6 +221,15 @@ def _operation(
             statuses[403] = "The API key is not an admin key."
     for status, text in statuses.items():
         out["responses"].setdefault(str(status), {"description": text, **error})
+    for code, doc in op.status_docs.items():
+        out["responses"].setdefault(str(code), dict(error))["description"] = doc
+    headers = {
+        name: {"description": doc, "required": False, "schema": {"type": "string"}}
+        for name, doc in op.response_headers.items()
+    }
+    for answer in ("200", "429"):
+        if headers and answer in out["responses"]:
+            out["responses"][answer]["headers"] = headers
     # Every other error (405, 500…) has the same JSON shape.
     out["responses"]["default"] = {"description": "Error", **error}
     return out

@@ -14,6 +14,7 @@ from common.tenants import TenantStore
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
+from gateway.quotas import RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
 
@@ -30,6 +31,7 @@ class Services:
     keys: Keys
     tenants: TenantStore
     job_tokens: JobTokens
+    rate: RateLimiter
 
 
 def services(request: Request) -> Services:
