@@ -6,7 +6,8 @@ and nothing changes a job once it is terminal (a late or stale writer is simply 
 
 The change that ends a job also clears what it left waiting: its queue entry, its deadline and
 its input image (and that image's share of the input-bytes cap), so Redis holds nothing of a
-finished job but its record and event log, which expire.
+finished job but its record and event log, which expire. And it adds the job to its tenant's
+usage (``common.usage``): once, since a job ends once.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from common.cost import job_cost
 from common.keys import WORKERS_GROUP, Keys
 from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams, Task
 from common.tenants import LOCAL_TENANT
+from common.usage import RECORD_USAGE_LUA, SECONDS_PER_DAY, USAGE_RETENTION_DAYS, usage_day
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
@@ -33,13 +36,16 @@ DEADLINE_EXCEEDED = "deadline exceeded"
 # Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
 UNFINISHED_TTL_S = 7 * 24 * 3600
 
-_EMIT = """
+_EMIT = (
+    RECORD_USAGE_LUA
+    + """
 local job, log, terminal_stream = KEYS[1], KEYS[2], KEYS[3]
 local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local patch = cjson.decode(ARGV[1])
 local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local log_maxlen, terminal_maxlen = ARGV[5], ARGV[6]
 local stream_prefix, group = ARGV[7], ARGV[8]
+local usage_prefix, usage_day, usage_ttl_s = ARGV[9], ARGV[10], ARGV[11]
 
 local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls',
   'error', 'model', 'entry_id', 'input_bytes')
@@ -88,10 +94,12 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
       redis.call('DECRBY', input_bytes, cur[9])
     end
   end
+  record_usage(job, status, usage_prefix, usage_day, usage_ttl_s)
 end
 redis.call('PUBLISH', channel, payload)
 return payload
 """
+)
 
 
 # KEYS: stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key ('' if
@@ -161,10 +169,18 @@ class ClaimExpired(Exception):
 
 
 class JobStore:
-    def __init__(self, redis: Redis, keys: Keys, *, task_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        task_ttl_s: int,
+        usage_retention_days: int = USAGE_RETENTION_DAYS,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._task_ttl_s = task_ttl_s
+        self._usage_retention_s = usage_retention_days * SECONDS_PER_DAY
         self._emit = redis.register_script(_EMIT)
         self._submit = redis.register_script(_SUBMIT)
 
@@ -202,6 +218,7 @@ class JobStore:
             "created_at": spec.created_at.isoformat(),
             "updated_at": now,
             "tenant": spec.tenant,
+            "cost": job_cost(spec.params, spec.task),
         }
         blob = input_bytes is not None and spec.input_blob is not None
         script_keys = [
@@ -266,7 +283,7 @@ class JobStore:
             patch["error"] = error
         if fields:
             patch["fields"] = {k: str(v) for k, v in fields.items()}
-        keys = self._keys
+        keys, now = self._keys, time.time()
         payload = await self._emit(
             keys=[
                 keys.job(job_id),
@@ -279,13 +296,17 @@ class JobStore:
             ],
             args=[
                 json.dumps(patch),
-                repr(time.time()),
+                repr(now),
                 self._task_ttl_s,
                 keys.progress_channel(job_id),
                 JOB_EVENT_LOG_MAXLEN,
                 TERMINAL_EVENTS_MAXLEN,
                 keys.job_stream(""),
                 WORKERS_GROUP,
+                # A job that ends here is added to its tenant's usage of this UTC day.
+                keys.usage_prefix,
+                usage_day(now),
+                self._usage_retention_s,
             ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)

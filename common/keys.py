@@ -111,3 +111,14 @@ class Keys:
     def api_keys(self) -> str:
         """Hash: SHA-256 (hex) of each live API key -> its tenant's name; one lookup per request."""
         return f"{self.prefix}apikeys"
+
+    def usage(self, tenant: str, day: str) -> str:
+        """Hash: one tenant's usage on one UTC day (``YYYY-MM-DD``): finished jobs by route and
+        outcome, GPU-seconds, output bytes, cost (``common.usage``); expires after the usage
+        retention."""
+        return f"{self.usage_prefix}{tenant}:{day}"
+
+    @property
+    def usage_prefix(self) -> str:
+        """What every ``usage`` key begins with; Lua scripts append ``<tenant>:<day>``."""
+        return f"{self.prefix}usage:"

@@ -11,6 +11,7 @@ from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
 from common.tenants import TenantStore
+from common.usage import UsageStore
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.settings import GatewaySettings
@@ -28,6 +29,7 @@ class Services:
     feeds: FeedLimit
     keys: Keys
     tenants: TenantStore
+    usage: UsageStore
 
 
 def services(request: Request) -> Services:
