@@ -1,12 +1,9 @@
-"""What a job costs, in one unit shared by quotas (a key's ``max_cost``) and anything that weighs
-jobs against each other.
+"""What a job costs, in one unit shared by quotas (``--max-cost``) and usage accounting.
 
-The unit is the **megapixel-step**: one denoising step over one million output pixels. A job
-costs ``width × height / 1e6 × steps × frames × renders``: frames is 1 for an image, renders is
-the number of pipeline runs (a multi-angle job runs once per angle, plus once for its base image
-in text-to-image). A 1024×1024 image in 30 steps is about 31.5; a 257-frame 1280×704 video in 40
-steps about 9,260. It counts what a request asks for, not what a GPU measures: it is known before
-anything is queued, and it is the same on every machine.
+The unit is the megapixel-step: width × height × denoising steps × frames × renders / 10⁶. It
+follows what the device does (every step of every render denoises every pixel of every frame),
+it is known before anything is queued, and it needs no measurement. A 512² image in 50 steps
+costs 13.1; an 8-angle qwen job at 1024² in 40 steps, with its base image, 377.5.
 """
 
 from __future__ import annotations
@@ -14,17 +11,22 @@ from __future__ import annotations
 from common.schemas import RenderParams, Task
 
 COST_UNIT = "megapixel-steps"
+PIXELS_PER_MEGAPIXEL = 1_000_000
 
 
-def renders(task: Task, params: RenderParams) -> int:
-    """Pipeline runs the job needs: one, or one per angle plus the text-to-image base image."""
+def job_renders(params: RenderParams, task: Task) -> int:
+    """Pipeline runs the job takes: one per camera angle on multi-angle routes, plus the base
+    image they are views of when it is text-to-image (image-to-image views the upload)."""
     if not params.angles:
         return 1
     return len(params.angles) + (1 if task == Task.T2I else 0)
 
 
-def job_cost(task: Task, params: RenderParams) -> float:
-    """The job's cost in megapixel-steps (``COST_UNIT``)."""
-    megapixels = params.width * params.height / 1_000_000
+def job_cost(params: RenderParams, task: Task) -> float:
+    """The job's cost in megapixel-steps (pixels × steps × frames × renders / 10⁶). Steps are
+    as requested: image-to-image's ``strength`` shortens some schedules, which a quota need not
+    chase."""
     frames = params.num_frames or 1
-    return megapixels * params.num_inference_steps * frames * renders(task, params)
+    pixels = params.width * params.height
+    steps = params.num_inference_steps
+    return pixels * steps * frames * job_renders(params, task) / PIXELS_PER_MEGAPIXEL

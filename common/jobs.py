@@ -7,7 +7,8 @@ and nothing changes a job once it is terminal (a late or stale writer is simply 
 The change that ends a job also clears what it left waiting: its queue entry, its deadline and
 its input image (and that image's share of the input-bytes caps), and it stops counting against
 its tenant's ``max_queued``; so Redis holds nothing of a finished job but its record and event
-log, which expire, and no quota can leak.
+log, which expire, and no quota can leak. And it adds the job to its tenant's usage
+(``common.usage``): once, since a job ends once.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from common.cost import job_cost
 from common.keys import WORKERS_GROUP, Keys
 from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams, Task
 from common.tenants import LOCAL_TENANT
+from common.usage import RECORD_USAGE_LUA, SECONDS_PER_DAY, USAGE_RETENTION_DAYS, usage_day
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
@@ -34,13 +37,17 @@ DEADLINE_EXCEEDED = "deadline exceeded"
 # Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
 UNFINISHED_TTL_S = 7 * 24 * 3600
 
-_EMIT = """
+_EMIT = (
+    RECORD_USAGE_LUA
+    + """
 local job, log, terminal_stream = KEYS[1], KEYS[2], KEYS[3]
 local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local patch = cjson.decode(ARGV[1])
 local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local log_maxlen, terminal_maxlen = ARGV[5], ARGV[6]
 local stream_prefix, group = ARGV[7], ARGV[8]
+local tenant_jobs_prefix, tenant_bytes_prefix, local_tenant = ARGV[9], ARGV[10], ARGV[11]
+local usage_prefix, usage_day, usage_ttl_s = ARGV[12], ARGV[13], ARGV[14]
 
 local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls',
   'error', 'model', 'entry_id', 'input_bytes')
@@ -84,9 +91,9 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
   end
   redis.call('ZREM', deadlines, cur[1])
   -- Nor does it count against its tenant's quotas: jobs at once, input bytes waiting.
-  local tenant = redis.call('HGET', job, 'tenant') or ARGV[11]
-  local tenant_bytes = ARGV[10] .. tenant
-  redis.call('ZREM', ARGV[9] .. tenant, cur[1])
+  local tenant = redis.call('HGET', job, 'tenant') or local_tenant
+  local tenant_bytes = tenant_bytes_prefix .. tenant
+  redis.call('ZREM', tenant_jobs_prefix .. tenant, cur[1])
   if cur[9] then
     redis.call('DEL', input_blob)
     if redis.call('ZREM', inputs, cur[1] .. ':' .. cur[9]) == 1 then
@@ -94,10 +101,12 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
       if redis.call('DECRBY', tenant_bytes, cur[9]) <= 0 then redis.call('DEL', tenant_bytes) end
     end
   end
+  record_usage(job, status, usage_prefix, usage_day, usage_ttl_s)
 end
 redis.call('PUBLISH', channel, payload)
 return payload
 """
+)
 
 
 # KEYS: stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key ('' if
@@ -209,10 +218,18 @@ class ClaimExpired(Exception):
 
 
 class JobStore:
-    def __init__(self, redis: Redis, keys: Keys, *, task_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        task_ttl_s: int,
+        usage_retention_days: int = USAGE_RETENTION_DAYS,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._task_ttl_s = task_ttl_s
+        self._usage_retention_s = usage_retention_days * SECONDS_PER_DAY
         self._emit = redis.register_script(_EMIT)
         self._submit = redis.register_script(_SUBMIT)
 
@@ -254,6 +271,7 @@ class JobStore:
             "created_at": spec.created_at.isoformat(),
             "updated_at": now,
             "tenant": spec.tenant,
+            "cost": job_cost(spec.params, spec.task),
         }
         blob = input_bytes is not None and spec.input_blob is not None
         script_keys = [
@@ -326,7 +344,7 @@ class JobStore:
             patch["error"] = error
         if fields:
             patch["fields"] = {k: str(v) for k, v in fields.items()}
-        keys = self._keys
+        keys, now = self._keys, time.time()
         payload = await self._emit(
             keys=[
                 keys.job(job_id),
@@ -339,7 +357,7 @@ class JobStore:
             ],
             args=[
                 json.dumps(patch),
-                repr(time.time()),
+                repr(now),
                 self._task_ttl_s,
                 keys.progress_channel(job_id),
                 JOB_EVENT_LOG_MAXLEN,
@@ -349,6 +367,10 @@ class JobStore:
                 keys.tenant_jobs(""),
                 keys.tenant_input_bytes(""),
                 LOCAL_TENANT,
+                # A job that ends here is added to its tenant's usage of this UTC day.
+                keys.usage_prefix,
+                usage_day(now),
+                self._usage_retention_s,
             ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)

@@ -130,3 +130,14 @@ class Keys:
     def job_token_secret(self) -> str:
         """String: the secret signing read-only job tokens (``gateway.job_tokens``), made once."""
         return f"{self.prefix}jobtokensecret"
+
+    def usage(self, tenant: str, day: str) -> str:
+        """Hash: one tenant's usage on one UTC day (``YYYY-MM-DD``): finished jobs by route and
+        outcome, GPU-seconds, output bytes, cost (``common.usage``); expires after the usage
+        retention."""
+        return f"{self.usage_prefix}{tenant}:{day}"
+
+    @property
+    def usage_prefix(self) -> str:
+        """What every ``usage`` key begins with; Lua scripts append ``<tenant>:<day>``."""
+        return f"{self.prefix}usage:"

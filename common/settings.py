@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from common.tenants import KeyLimits, Priority
+from common.usage import USAGE_RETENTION_DAYS
 
 ENV_PREFIX = "DARKROOM_"
 # Where the Kubernetes manifests mount the credentials Secret; skipped where it does not exist.
@@ -59,6 +60,8 @@ class CommonSettings(BaseSettings):
 
     # How long a finished job's record and event log stay readable (seed 1: TASK_TTL).
     task_ttl_s: int = Field(default=3600, ge=1, validation_alias=seed_alias("TASK_TTL"))
+    # How long a tenant's daily usage (GET /v1/usage) is kept.
+    usage_retention_days: int = Field(default=USAGE_RETENTION_DAYS, ge=1)
     # How long input and output bytes may wait in Redis for the next stage.
     blob_ttl_s: int = Field(default=6 * 3600, ge=60)
 

@@ -18,7 +18,15 @@ from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
 from common.redis import connect
 from common.tenants import TenantStore
-from gateway import routes_api, routes_cancel, routes_keys, routes_status, routes_v1
+from common.usage import UsageStore
+from gateway import (
+    routes_api,
+    routes_cancel,
+    routes_keys,
+    routes_status,
+    routes_usage,
+    routes_v1,
+)
 from gateway.auth import AuthMiddleware
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.docs import docs_routes
@@ -50,6 +58,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     api_routes: list[BaseRoute] = list(routes_status.routes)
     if role == "gateway":
         api_routes += routes_api.routes + routes_v1.routes + routes_cancel.routes
+        api_routes += routes_usage.routes
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
     routes = api_routes + docs_routes(TITLE)
@@ -61,7 +70,12 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings)
-        jobs = JobStore(redis, keys, task_ttl_s=settings.task_ttl_s)
+        jobs = JobStore(
+            redis,
+            keys,
+            task_ttl_s=settings.task_ttl_s,
+            usage_retention_days=settings.usage_retention_days,
+        )
         fanout = EventFanout(redis, keys)
         fanout.start()
         app.state.services = Services(
@@ -80,6 +94,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             ),
             rate=RateLimiter(redis, keys),
             job_tokens=JobTokens(redis, keys),
+            usage=UsageStore(redis, keys, retention_days=settings.usage_retention_days),
             submitter=Submitter(
                 jobs,
                 keys,

@@ -54,6 +54,8 @@ class Operation:
     file_field: str | None = None
     sse: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # request header -> description
+    # The query parameters, as the model that validates them (each field one parameter).
+    query: type[BaseModel] | None = None
     description: str = ""
     # Open without an API key (health); ``admin``: needs an admin key.
     public: bool = False
@@ -122,6 +124,28 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
+def _query_parameters(query: type[BaseModel] | None) -> list[dict[str, Any]]:
+    if query is None:
+        return []
+    schema = query.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": prop,
+        }
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
+
+
 def _operation(
     route: Route, op: Operation, path_values: dict[str, list[str]], auth: bool
 ) -> dict[str, Any]:
@@ -149,7 +173,8 @@ def _operation(
                 "description": text,
             }
             for name, text in op.headers.items()
-        ],
+        ]
+        + _query_parameters(op.query),
         "responses": {},
     }
     if op.description:
@@ -213,6 +238,8 @@ def _operation(
         }
     has_body = op.json_body is not None or op.form_body is not None
     statuses = ERROR_STATUSES_WITH_BODY if has_body else {}
+    if op.query is not None:
+        statuses = {**statuses, 422: "A query parameter is invalid; `fields` names it."}
     if route.param_convertors:
         statuses = {**statuses, 404: "No such job or model (or it expired)."}
     if auth and not op.public:

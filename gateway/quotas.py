@@ -116,7 +116,7 @@ def check_cost(limits: KeyLimits, task: Task, params: RenderParams) -> None:
     """A 422 naming the limit when the job costs more than the key's ``max_cost``."""
     if limits.max_cost is None:
         return
-    cost = job_cost(task, params)
+    cost = job_cost(params, task)
     if cost <= limits.max_cost:
         return
     log.info("quota.too_costly", cost=cost, max_cost=limits.max_cost)

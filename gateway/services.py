@@ -11,6 +11,7 @@ from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
 from common.tenants import TenantStore
+from common.usage import UsageStore
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
@@ -32,6 +33,7 @@ class Services:
     tenants: TenantStore
     job_tokens: JobTokens
     rate: RateLimiter
+    usage: UsageStore
 
 
 def services(request: Request) -> Services:
