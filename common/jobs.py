@@ -124,9 +124,11 @@ local job_id, size = ARGV[16], string.len(ARGV[8])
 local max_queued, tenant_max_input_bytes = tonumber(ARGV[17]), tonumber(ARGV[18])
 -- The tenant's own limits first: a tenant at its limit is told so, not that the route is full.
 -- A job whose record expired unfinished no longer counts (it can never reach a terminal state).
-redis.call('ZREMRANGEBYSCORE', tenant_jobs, '-inf', now - tonumber(ARGV[4]))
+-- Only reads until the job's first write: a script's first write decides whether a Redis out of
+-- memory refuses it, and a delete (which any full Redis allows) would let all the rest through.
+local live_since = now - tonumber(ARGV[4])
 if max_queued > 0 then
-  local active = redis.call('ZCARD', tenant_jobs)
+  local active = redis.call('ZCOUNT', tenant_jobs, '(' .. live_since, '+inf')
   if active >= max_queued then return {'tenant_queue_full', active} end
 end
 if has_blob and tenant_max_input_bytes > 0 then
@@ -143,6 +145,7 @@ if has_blob and max_input_bytes > 0 then
 end
 if has_claim and redis.call('GET', claim) ~= ARGV[10] then return {'claim_expired', 0} end
 redis.call('HSET', job, unpack(ARGV, 19))
+redis.call('ZREMRANGEBYSCORE', tenant_jobs, '-inf', live_since)
 if has_blob then
   redis.call('SET', blob, ARGV[8], 'EX', ARGV[9])
   redis.call('HSET', job, 'input_bytes', size)

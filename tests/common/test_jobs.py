@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from common.jobs import (
     UNFINISHED_TTL_S,
@@ -21,6 +22,7 @@ from common.jobs import (
 )
 from common.keys import Keys
 from common.schemas import JobSpec, JobStatus
+from tests.conftest import redis_of_its_own
 from tests.support.jobs import submit_job
 
 KEYS = Keys("jobs-test:")
@@ -219,3 +221,25 @@ async def test_jobs_whose_records_expired_unfinished_stop_counting(
     await redis.zadd(KEYS.tenant_jobs(tenant), {member: time.time() - UNFINISHED_TTL_S - 1})
     await submit(store, tenant=tenant, quota=quota)
     assert await tenant_jobs(redis, tenant) == 1
+
+
+async def test_a_full_redis_refuses_a_submit_with_a_quota_and_nothing_is_written(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A script's first write decides whether a full Redis refuses it: the quota bookkeeping
+    must not make that a delete (which a full Redis allows, and then lets the rest through)."""
+    with redis_of_its_own(tmp_path_factory, "jobs-oom") as server:
+        redis = Redis.from_url(server.url, decode_responses=True)
+        try:
+            store = JobStore(redis, KEYS, task_ttl_s=120)
+            quota = TenantQuota(max_queued=5, max_input_bytes=1000)
+            await submit(store, tenant="t", quota=quota)  # the tenant's bookkeeping exists
+            await redis.config_set("maxmemory", 1)
+            try:
+                with pytest.raises(OutOfMemoryError):
+                    await submit(store, tenant="t", quota=quota)
+            finally:
+                await redis.config_set("maxmemory", 0)
+            assert await redis.xlen(KEYS.job_stream("sd")) == 1
+        finally:
+            await redis.aclose()
