@@ -162,6 +162,7 @@ def _job_routes(job_id: str) -> list[tuple[str, str]]:
         ("GET", f"/v1/jobs/{job_id}"),
         ("GET", f"/v1/jobs/{job_id}/events"),
         ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/jobs/{job_id}/token"),
     ]
 
 
@@ -169,6 +170,9 @@ def test_another_tenants_job_is_404_exactly_like_an_unknown_one(
     http: httpx.Client, admin_key: str
 ) -> None:
     alice, bob = new_key(http, admin_key), new_key(http, admin_key)
+    carol_name = f"t-{uuid.uuid4().hex[:10]}"
+    carol = new_key(http, admin_key, name=carol_name)
+    assert http.delete(f"/v1/keys/{carol_name}", headers=bearer(admin_key)).status_code == 200
     jobs = [
         http.post("/api/sd/t2i", json=T2I, headers=bearer(alice)).json()["session_id"],
         http.post("/v1/generate", json=GENERATE, headers=bearer(alice)).json()["job_id"],
@@ -186,6 +190,7 @@ def test_another_tenants_job_is_404_exactly_like_an_unknown_one(
                 "message": as_nobody.json()["message"].replace(unknown, job_id),
             }
             assert_unauthorized(http.request(method, path))
+            assert_unauthorized(http.request(method, path, headers=bearer(carol)))  # revoked
         # Bob's cancels changed nothing; Alice and an admin both see the job.
         mine = http.get(f"/v1/jobs/{job_id}", headers=bearer(alice))
         assert (mine.status_code, mine.json()["status"]) == (200, "PENDING")
