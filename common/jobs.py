@@ -5,8 +5,10 @@ terminal-event stream always agree: sequence numbers are strict, progress never 
 and nothing changes a job once it is terminal (a late or stale writer is simply ignored).
 
 The change that ends a job also clears what it left waiting: its queue entry, its deadline and
-its input image (and that image's share of the input-bytes cap), so Redis holds nothing of a
-finished job but its record and event log, which expire.
+its input image (and that image's share of the input-bytes caps), and it stops counting against
+its tenant's ``max_queued``; so Redis holds nothing of a finished job but its record and event
+log, which expire, and no quota can leak. And it adds the job to its tenant's usage
+(``common.usage``): once, since a job ends once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from common.cost import job_cost
 from common.keys import WORKERS_GROUP, Keys
 from common.schemas import (
     JobEvent,
@@ -32,6 +35,7 @@ from common.schemas import (
     Webhook,
 )
 from common.tenants import LOCAL_TENANT
+from common.usage import RECORD_USAGE_LUA, SECONDS_PER_DAY, USAGE_RETENTION_DAYS, usage_day
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
@@ -42,13 +46,17 @@ DEADLINE_EXCEEDED = "deadline exceeded"
 # Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
 UNFINISHED_TTL_S = 7 * 24 * 3600
 
-_EMIT = """
+_EMIT = (
+    RECORD_USAGE_LUA
+    + """
 local job, log, webhook_stream = KEYS[1], KEYS[2], KEYS[3]
 local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local patch = cjson.decode(ARGV[1])
 local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local log_maxlen, progress_interval_s = ARGV[5], tonumber(ARGV[6])
 local stream_prefix, group = ARGV[7], ARGV[8]
+local tenant_jobs_prefix, tenant_bytes_prefix, local_tenant = ARGV[9], ARGV[10], ARGV[11]
+local usage_prefix, usage_day, usage_ttl_s = ARGV[12], ARGV[13], ARGV[14]
 
 local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls',
   'error', 'model', 'entry_id', 'input_bytes')
@@ -91,12 +99,18 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
     redis.call('XDEL', stream, cur[8])
   end
   redis.call('ZREM', deadlines, cur[1])
+  -- Nor does it count against its tenant's quotas: jobs at once, input bytes waiting.
+  local tenant = redis.call('HGET', job, 'tenant') or local_tenant
+  local tenant_bytes = tenant_bytes_prefix .. tenant
+  redis.call('ZREM', tenant_jobs_prefix .. tenant, cur[1])
   if cur[9] then
     redis.call('DEL', input_blob)
     if redis.call('ZREM', inputs, cur[1] .. ':' .. cur[9]) == 1 then
       redis.call('DECRBY', input_bytes, cur[9])
+      if redis.call('DECRBY', tenant_bytes, cur[9]) <= 0 then redis.call('DEL', tenant_bytes) end
     end
   end
+  record_usage(job, status, usage_prefix, usage_day, usage_ttl_s)
 end
 -- A job that asked for a webhook puts the kinds of event it asked for on the notifier's stream.
 local hook = redis.call('HMGET', job, 'webhook', 'webhook_events', 'webhook_progress_at',
@@ -121,18 +135,33 @@ end
 redis.call('PUBLISH', channel, payload)
 return payload
 """
+)
 
 
 # KEYS: stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key ('' if
-# none). ARGV: max queue (0: none), has blob, has claim, unfinished TTL, event log maxlen, first
-# event, spec, blob bytes, blob TTL, claim held, claim final, claim TTL, deadline ('' if none),
-# max input bytes (0: none), now, job id, then the record's fields.
+# none), tenant's jobs, tenant's input bytes. ARGV: max queue (0: none), has blob, has claim,
+# unfinished TTL, event log maxlen, first event, spec, blob bytes, blob TTL, claim held, claim
+# final, claim TTL, deadline ('' if none), max input bytes (0: none), now, job id, tenant's max
+# queued (0: none), tenant's max input bytes (0: none), then the record's fields.
 _SUBMIT = """
 local stream, job, log, blob = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local deadlines, inputs, input_bytes, claim = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local tenant_jobs, tenant_bytes = KEYS[9], KEYS[10]
 local max_queue, has_blob, has_claim = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1'
 local deadline, max_input_bytes, now = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 local job_id, size = ARGV[16], string.len(ARGV[8])
+local max_queued, tenant_max_input_bytes = tonumber(ARGV[17]), tonumber(ARGV[18])
+-- The tenant's own limits first: a tenant at its limit is told so, not that the route is full.
+-- A job whose record expired unfinished no longer counts (it can never reach a terminal state).
+redis.call('ZREMRANGEBYSCORE', tenant_jobs, '-inf', now - tonumber(ARGV[4]))
+if max_queued > 0 then
+  local active = redis.call('ZCARD', tenant_jobs)
+  if active >= max_queued then return {'tenant_queue_full', active} end
+end
+if has_blob and tenant_max_input_bytes > 0 then
+  local waiting = tonumber(redis.call('GET', tenant_bytes) or '0')
+  if waiting + size > tenant_max_input_bytes then return {'tenant_inputs_full', waiting} end
+end
 if max_queue > 0 then
   local depth = redis.call('XLEN', stream)
   if depth >= max_queue then return {'queue_full', depth} end
@@ -142,18 +171,21 @@ if has_blob and max_input_bytes > 0 then
   if waiting + size > max_input_bytes then return {'inputs_full', waiting} end
 end
 if has_claim and redis.call('GET', claim) ~= ARGV[10] then return {'claim_expired', 0} end
-redis.call('HSET', job, unpack(ARGV, 17))
+redis.call('HSET', job, unpack(ARGV, 19))
 if has_blob then
   redis.call('SET', blob, ARGV[8], 'EX', ARGV[9])
   redis.call('HSET', job, 'input_bytes', size)
   redis.call('ZADD', inputs, now + tonumber(ARGV[9]), job_id .. ':' .. size)
   redis.call('INCRBY', input_bytes, size)
+  redis.call('INCRBY', tenant_bytes, size)
 end
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '1-0', 'event', ARGV[6])
 redis.call('EXPIRE', job, ARGV[4])
 redis.call('EXPIRE', log, ARGV[4])
 local entry = redis.call('XADD', stream, '*', 'job', ARGV[7])
 redis.call('HSET', job, 'entry_id', entry)
+redis.call('ZADD', tenant_jobs, now, job_id)
+redis.call('EXPIRE', tenant_jobs, ARGV[4])
 if deadline ~= '' then redis.call('ZADD', deadlines, deadline, job_id) end
 if has_claim then redis.call('SET', claim, ARGV[11], 'EX', ARGV[12]) end
 return {'ok', 0}
@@ -164,6 +196,31 @@ class QueueFull(Exception):
     def __init__(self, depth: int) -> None:
         super().__init__(f"{depth} jobs queued")
         self.depth = depth
+
+
+@dataclass(frozen=True)
+class TenantQuota:
+    """The submitting tenant's own limits, checked in the submit's transaction; ``None``: none."""
+
+    max_queued: int | None = None
+    max_input_bytes: int | None = None
+
+
+class TenantQueueFull(Exception):
+    """The tenant already has ``max_queued`` jobs queued or running: nothing was written."""
+
+    def __init__(self, active: int) -> None:
+        super().__init__(f"{active} jobs queued or running")
+        self.active = active
+
+
+class TenantInputsFull(Exception):
+    """The tenant's input images waiting in Redis take its share of the cap: nothing was
+    written."""
+
+    def __init__(self, waiting_bytes: int) -> None:
+        super().__init__(f"{waiting_bytes} bytes of the tenant's inputs waiting")
+        self.waiting_bytes = waiting_bytes
 
 
 class InputsFull(Exception):
@@ -190,10 +247,18 @@ class ClaimExpired(Exception):
 
 
 class JobStore:
-    def __init__(self, redis: Redis, keys: Keys, *, task_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        task_ttl_s: int,
+        usage_retention_days: int = USAGE_RETENTION_DAYS,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._task_ttl_s = task_ttl_s
+        self._usage_retention_s = usage_retention_days * SECONDS_PER_DAY
         self._emit = redis.register_script(_EMIT)
         self._submit = redis.register_script(_SUBMIT)
 
@@ -209,12 +274,16 @@ class JobStore:
         claim: KeyClaim | None = None,
         webhook: Webhook | None = None,
         api: SeedApi = "api",
+        quota: TenantQuota | None = None,
     ) -> None:
         """Write the record, its first event and the stream entry in one transaction; with
         ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``);
         with ``max_input_bytes``, only while the input bytes waiting in Redis stay within it
-        (else ``InputsFull``); with ``claim``, only while the claim holds (else
-        ``ClaimExpired``), finalising it too. A deadline is registered for the sweeper.
+        (else ``InputsFull``); with ``quota``, only while the tenant has fewer than its
+        ``max_queued`` jobs unfinished (else ``TenantQueueFull``) and its input bytes stay within
+        its ``max_input_bytes`` (else ``TenantInputsFull``); with ``claim``, only while the claim
+        holds (else ``ClaimExpired``), finalising it too. A deadline is registered for the
+        sweeper. The job counts as the tenant's until it ends (``emit``'s terminal change).
         One script: the checks and the writes are one atomic step and one round trip."""
         keys, now = self._keys, time.time()
         first = JobEvent(
@@ -234,6 +303,7 @@ class JobStore:
             "updated_at": now,
             "tenant": spec.tenant,
             "api": api,
+            "cost": job_cost(spec.params, spec.task),
         }
         if webhook is not None:
             record["webhook"] = webhook.url
@@ -248,6 +318,8 @@ class JobStore:
             keys.inputs,
             keys.input_bytes,
             claim.key if claim is not None else "",
+            keys.tenant_jobs(spec.tenant),
+            keys.tenant_input_bytes(spec.tenant),
         ]
         args: list[EncodableT] = [
             max_queue or 0,
@@ -266,6 +338,8 @@ class JobStore:
             max_input_bytes or 0,
             repr(now),
             spec.job_id,
+            (quota.max_queued or 0) if quota else 0,
+            (quota.max_input_bytes or 0) if quota else 0,
         ]
         args += [item for pair in record.items() for item in pair]
         outcome, depth = await self._submit(keys=script_keys, args=args)
@@ -273,6 +347,10 @@ class JobStore:
             raise QueueFull(int(depth))
         if outcome == "inputs_full":
             raise InputsFull(int(depth))
+        if outcome == "tenant_queue_full":
+            raise TenantQueueFull(int(depth))
+        if outcome == "tenant_inputs_full":
+            raise TenantInputsFull(int(depth))
         if outcome == "claim_expired":
             raise ClaimExpired(claim.key if claim else "")
 
@@ -301,7 +379,7 @@ class JobStore:
             patch["error"] = error
         if fields:
             patch["fields"] = {k: str(v) for k, v in fields.items()}
-        keys = self._keys
+        keys, now = self._keys, time.time()
         payload = await self._emit(
             keys=[
                 keys.job(job_id),
@@ -314,13 +392,20 @@ class JobStore:
             ],
             args=[
                 json.dumps(patch),
-                repr(time.time()),
+                repr(now),
                 self._task_ttl_s,
                 keys.progress_channel(job_id),
                 JOB_EVENT_LOG_MAXLEN,
                 WEBHOOK_PROGRESS_INTERVAL_S,
                 keys.job_stream(""),
                 WORKERS_GROUP,
+                keys.tenant_jobs(""),
+                keys.tenant_input_bytes(""),
+                LOCAL_TENANT,
+                # A job that ends here is added to its tenant's usage of this UTC day.
+                keys.usage_prefix,
+                usage_day(now),
+                self._usage_retention_s,
             ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)

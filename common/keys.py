@@ -110,6 +110,20 @@ class Keys:
         """Integer: the bytes of every input blob in ``inputs``; submits past the cap wait."""
         return f"{self.prefix}inputbytes"
 
+    def tenant_input_bytes(self, tenant: str) -> str:
+        """Integer: the bytes of one tenant's input blobs in ``inputs`` (its share of the cap);
+        deleted when it falls to zero."""
+        return f"{self.prefix}inputbytes:{tenant}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        """Sorted set: one tenant's jobs queued or running (not yet terminal), scored by their
+        submission time; its size is what ``max_queued`` limits."""
+        return f"{self.prefix}tenantjobs:{tenant}"
+
+    def rate(self, tenant: str) -> str:
+        """Sorted set: one tenant's submit requests in the last minute, scored by time in ms."""
+        return f"{self.prefix}rate:{tenant}"
+
     @property
     def sweeper_lock(self) -> str:
         """Lock: the one sweeper replica that may act (deadlines, expired inputs, consumers)."""
@@ -138,3 +152,14 @@ class Keys:
     def job_token_secret(self) -> str:
         """String: the secret signing read-only job tokens (``gateway.job_tokens``), made once."""
         return f"{self.prefix}jobtokensecret"
+
+    def usage(self, tenant: str, day: str) -> str:
+        """Hash: one tenant's usage on one UTC day (``YYYY-MM-DD``): finished jobs by route and
+        outcome, GPU-seconds, output bytes, cost (``common.usage``); expires after the usage
+        retention."""
+        return f"{self.usage_prefix}{tenant}:{day}"
+
+    @property
+    def usage_prefix(self) -> str:
+        """What every ``usage`` key begins with; Lua scripts append ``<tenant>:<day>``."""
+        return f"{self.prefix}usage:"

@@ -23,8 +23,8 @@ from pydantic import Field
 from common.catalog import Catalog, demo_catalog, write_catalog
 from common.logging import get_logger
 from common.redis_server import RedisServer
-from common.settings import CommonSettings
-from common.tenants import AuthMode
+from common.settings import KeySettings
+from common.tenants import AuthMode, new_webhook_secret
 
 log = get_logger(__name__)
 
@@ -36,7 +36,7 @@ REDIS_URL_FILE = "redis.url"
 WEBHOOK_SECRET_FILE = "webhook-secret"
 
 
-class LocalSettings(CommonSettings):
+class LocalSettings(KeySettings):
     # Embedded Redis data and demo checkpoints live here.
     state_dir: Path = Path(".darkroom")
     port: int = Field(default=8000, ge=1, le=65535)
@@ -87,13 +87,11 @@ def _demo_models(settings: LocalSettings) -> Path:
 
 def webhook_secret(state_dir: Path) -> tuple[str, Path]:
     """The local webhook signing secret, made on first use and kept (owner-readable only)."""
-    from notifier.signing import new_secret
-
     path = state_dir.resolve() / WEBHOOK_SECRET_FILE
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(new_secret() + "\n")
+        path.write_text(new_webhook_secret() + "\n")
     return path.read_text().strip(), path
 
 

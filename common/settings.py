@@ -27,6 +27,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from common.tenants import KeyLimits, Priority
+from common.usage import USAGE_RETENTION_DAYS
+
 ENV_PREFIX = "DARKROOM_"
 # Where the Kubernetes manifests mount the credentials Secret; skipped where it does not exist.
 DEFAULT_SECRETS_DIR = Path("/run/secrets/darkroom")
@@ -59,6 +62,8 @@ class CommonSettings(BaseSettings):
 
     # How long a finished job's record and event log stay readable (seed 1: TASK_TTL).
     task_ttl_s: int = Field(default=3600, ge=1, validation_alias=seed_alias("TASK_TTL"))
+    # How long a tenant's daily usage (GET /v1/usage) is kept.
+    usage_retention_days: int = Field(default=USAGE_RETENTION_DAYS, ge=1)
     # How long input and output bytes may wait in Redis for the next stage.
     blob_ttl_s: int = Field(default=6 * 3600, ge=60)
 
@@ -118,6 +123,41 @@ class CommonSettings(BaseSettings):
             return self.redis_url
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+class KeySettings(CommonSettings):
+    """What whoever creates API keys shares (``darkroom keys`` and the gateway's ``/v1/keys``):
+    the limits a new key gets where its request names none, and webhook-secret rotation."""
+
+    # Submit requests per key in any 60 s; empty or 'none': no limit.
+    key_default_rate_per_min: int | None = Field(default=60, ge=1)
+    # Jobs per key queued or running at once. Keep it well under every route's max_queue.
+    key_default_max_queued: int | None = Field(default=20, ge=1)
+    key_default_max_priority: Priority = "normal"
+    # The largest job per key, in megapixel-steps (common/cost.py); empty or 'none': no limit.
+    key_default_max_cost: float | None = Field(default=None, gt=0)
+    # After `darkroom keys webhook-secret NAME --rotate`, the old secret still verifies this long.
+    webhook_secret_grace_s: int = Field(default=24 * 3600, ge=0)
+
+    @field_validator(
+        "key_default_rate_per_min",
+        "key_default_max_queued",
+        "key_default_max_cost",
+        mode="before",
+    )
+    @classmethod
+    def _none_is_no_limit(cls, value: object) -> object:
+        # DARKROOM_KEY_DEFAULT_MAX_COST= (or =none): new keys get no such limit.
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
+
+    @property
+    def key_defaults(self) -> KeyLimits:
+        return KeyLimits(
+            rate_per_min=self.key_default_rate_per_min,
+            max_queued=self.key_default_max_queued,
+            max_priority=self.key_default_max_priority,
+            max_cost=self.key_default_max_cost,
+        )
 
 
 class ConsumerSettings(CommonSettings):

@@ -18,7 +18,15 @@ from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
 from common.redis import connect
 from common.tenants import TenantStore
-from gateway import routes_api, routes_cancel, routes_keys, routes_status, routes_v1
+from common.usage import UsageStore
+from gateway import (
+    routes_api,
+    routes_cancel,
+    routes_keys,
+    routes_status,
+    routes_usage,
+    routes_v1,
+)
 from gateway.auth import AuthMiddleware
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.docs import docs_routes
@@ -27,6 +35,7 @@ from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
 from gateway.openapi import build_openapi
+from gateway.quotas import RateLimiter
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
@@ -49,6 +58,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     api_routes: list[BaseRoute] = list(routes_status.routes)
     if role == "gateway":
         api_routes += routes_api.routes + routes_v1.routes + routes_cancel.routes
+        api_routes += routes_usage.routes
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
     routes = api_routes + docs_routes(TITLE)
@@ -60,7 +70,12 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings)
-        jobs = JobStore(redis, keys, task_ttl_s=settings.task_ttl_s)
+        jobs = JobStore(
+            redis,
+            keys,
+            task_ttl_s=settings.task_ttl_s,
+            usage_retention_days=settings.usage_retention_days,
+        )
         fanout = EventFanout(redis, keys)
         fanout.start()
         app.state.services = Services(
@@ -71,8 +86,15 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             fanout=fanout,
             feeds=FeedLimit(settings.sse_max_feeds),
             keys=keys,
-            tenants=TenantStore(redis, keys),
+            tenants=TenantStore(
+                redis,
+                keys,
+                defaults=settings.key_defaults,
+                webhook_grace_s=settings.webhook_secret_grace_s,
+            ),
+            rate=RateLimiter(redis, keys),
             job_tokens=JobTokens(redis, keys),
+            usage=UsageStore(redis, keys, retention_days=settings.usage_retention_days),
             submitter=Submitter(
                 jobs,
                 keys,

@@ -25,7 +25,8 @@ ERROR_STATUSES_WITH_BODY = {
     413: "The body or uploaded image is too large.",
     415: "Wrong Content-Type for this route.",
     422: "A field is invalid; `fields` names it.",
-    429: "The model's queue is full; retry after the Retry-After header's seconds.",
+    429: "A limit was reached (the model's queue, or the API key's quota); retry after the "
+    "Retry-After header's seconds.",
 }
 REF = "#/components/schemas/{model}"
 # With DARKROOM_AUTH=keys: either header carries the key (Swagger UI's Authorize button sets one).
@@ -53,12 +54,18 @@ class Operation:
     file_field: str | None = None
     sse: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # request header -> description
+    # The query parameters, as the model that validates them (each field one parameter).
+    query: type[BaseModel] | None = None
     description: str = ""
     # Open without an API key (health); ``admin``: needs an admin key.
     public: bool = False
     admin: bool = False
     # Also open with the job's read-only ``?token=`` (gateway.job_tokens).
     job_token: bool = False
+    # Response headers the answers may carry (name -> description), on 200 and 429.
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # Descriptions of answers particular to this operation (status -> text).
+    status_docs: dict[int, str] = field(default_factory=dict)
 
 
 def operation(**kwargs: Any) -> Callable[[F], F]:
@@ -117,6 +124,28 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
+def _query_parameters(query: type[BaseModel] | None) -> list[dict[str, Any]]:
+    if query is None:
+        return []
+    schema = query.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": prop,
+        }
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
+
+
 def _operation(
     route: Route, op: Operation, path_values: dict[str, list[str]], auth: bool
 ) -> dict[str, Any]:
@@ -144,7 +173,8 @@ def _operation(
                 "description": text,
             }
             for name, text in op.headers.items()
-        ],
+        ]
+        + _query_parameters(op.query),
         "responses": {},
     }
     if op.description:
@@ -208,6 +238,8 @@ def _operation(
         }
     has_body = op.json_body is not None or op.form_body is not None
     statuses = ERROR_STATUSES_WITH_BODY if has_body else {}
+    if op.query is not None:
+        statuses = {**statuses, 422: "A query parameter is invalid; `fields` names it."}
     if route.param_convertors:
         statuses = {**statuses, 404: "No such job or model (or it expired)."}
     if auth and not op.public:
@@ -216,6 +248,15 @@ def _operation(
             statuses[403] = "The API key is not an admin key."
     for status, text in statuses.items():
         out["responses"].setdefault(str(status), {"description": text, **error})
+    for code, doc in op.status_docs.items():
+        out["responses"].setdefault(str(code), dict(error))["description"] = doc
+    headers = {
+        name: {"description": doc, "required": False, "schema": {"type": "string"}}
+        for name, doc in op.response_headers.items()
+    }
+    for answer in ("200", "429"):
+        if headers and answer in out["responses"]:
+            out["responses"][answer]["headers"] = headers
     # Every other error (405, 500…) has the same JSON shape.
     out["responses"]["default"] = {"description": "Error", **error}
     return out

@@ -29,6 +29,8 @@ from gateway.services import services
 from gateway.submit import (
     SUBMIT_ERRORS,
     SUBMIT_HEADERS,
+    SUBMIT_RESPONSE_HEADERS,
+    SUBMIT_STATUS_DOCS,
     SUBMITTED_MESSAGE,
     Submitted,
     admission,
@@ -47,7 +49,7 @@ async def _json_job(request: Request, task: Task, model_cls: type[BaseModel]) ->
     svc = services(request)
     model = request.path_params["model"]
     svc.submitter.route(model, task)  # an unknown model is a 404 before the body is read
-    admit = admission(request, svc)
+    admit = await admission(request, svc)
     body: Any = await read_json(request, model_cls, max_bytes=svc.settings.max_json_bytes)
     if task == Task.T2V:
         return await svc.submitter.text_to_video(model, body, admission=admit)
@@ -58,7 +60,7 @@ async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> 
     svc = services(request)
     model = request.path_params["model"]
     route = svc.submitter.route(model, task)
-    admit = admission(request, svc)
+    admit = await admission(request, svc)
     form: Any
     form, image, (width, height) = await read_image_form(
         request,
@@ -79,6 +81,8 @@ async def _form_job(request: Request, task: Task, form_cls: type[BaseModel]) -> 
     json_body=TextToImageRequest,
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
     headers=SUBMIT_HEADERS,
+    response_headers=SUBMIT_RESPONSE_HEADERS,
+    status_docs=SUBMIT_STATUS_DOCS,
     description="Multi-angle models return one image per angle (`result_urls`).",
 )
 async def text_to_image(request: Request) -> JSONResponse:
@@ -92,6 +96,8 @@ async def text_to_image(request: Request) -> JSONResponse:
     file_field="image",
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
     headers=SUBMIT_HEADERS,
+    response_headers=SUBMIT_RESPONSE_HEADERS,
+    status_docs=SUBMIT_STATUS_DOCS,
     description="The output has the input's aspect ratio, scaled to the model's limits. "
     "Multi-angle models return one image per angle (`result_urls`).",
 )
@@ -105,6 +111,8 @@ async def image_to_image(request: Request) -> JSONResponse:
     json_body=TextToVideoRequest,
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
     headers=SUBMIT_HEADERS,
+    response_headers=SUBMIT_RESPONSE_HEADERS,
+    status_docs=SUBMIT_STATUS_DOCS,
     description="The result is an H.264 MP4. Omitted fields take the model's defaults "
     "(see GET /api/models).",
 )
@@ -119,6 +127,8 @@ async def text_to_video(request: Request) -> JSONResponse:
     file_field="image",
     responses={200: SubmitResponse, **SUBMIT_ERRORS},
     headers=SUBMIT_HEADERS,
+    response_headers=SUBMIT_RESPONSE_HEADERS,
+    status_docs=SUBMIT_STATUS_DOCS,
     description="The image is the first frame; the video keeps its aspect ratio, scaled to the "
     "model's limits. The result is an H.264 MP4.",
 )

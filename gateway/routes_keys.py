@@ -1,5 +1,7 @@
 """API keys over HTTP for admin keys: ``POST /v1/keys``, ``GET /v1/keys``,
-``DELETE /v1/keys/{name}``. Mounted only with ``DARKROOM_AUTH=keys`` (else they are 404)."""
+``DELETE /v1/keys/{name}``, and a tenant's webhook secret (``POST
+/v1/keys/{name}/webhook-secret``, ``.../rotate``). Mounted only with ``DARKROOM_AUTH=keys`` (else
+they are 404)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from common.tenants import (
     NameTaken,
     ReservedName,
     RevokedKey,
+    WebhookSecret,
 )
 from gateway.auth import require_admin
 from gateway.bodies import read_json
@@ -38,7 +41,9 @@ class KeyList(RootModel[list[KeyInfo]]):
     responses={201: CreatedKey, 409: ErrorResponse},
     admin=True,
     description="The key is in the answer only: Redis keeps its SHA-256. A key's name is its "
-    "tenant: the jobs it submits belong to that name.",
+    "tenant: the jobs it submits belong to that name. Limits left out take the server's "
+    "defaults for new keys (`DARKROOM_KEY_DEFAULT_*`); `null` means no limit. The answer "
+    "shows the limits the key got.",
 )
 async def create_key(request: Request) -> JSONResponse:
     admin = require_admin(request)
@@ -50,7 +55,16 @@ async def create_key(request: Request) -> JSONResponse:
         raise field_error("name", str(exc)) from None
     except NameTaken as exc:
         raise ApiError(409, "key_exists", f"{exc}.") from None
-    log.info("key.created", name=created.name, admin=created.admin, by=admin.name)
+    log.info(
+        "key.created",
+        name=created.name,
+        admin=created.admin,
+        by=admin.name,
+        rate_per_min=created.rate_per_min,
+        max_queued=created.max_queued,
+        max_priority=created.max_priority,
+        max_cost=created.max_cost,
+    )
     return JSONResponse(created.model_dump(mode="json"), status_code=201)
 
 
@@ -77,8 +91,46 @@ async def revoke_key(request: Request) -> JSONResponse:
     return JSONResponse(RevokedKey(name=name).model_dump())
 
 
+async def _webhook_secret(request: Request, *, rotate: bool) -> JSONResponse:
+    admin = require_admin(request)
+    name = request.path_params["name"]
+    secret = await services(request).tenants.webhook_secret(name, rotate=rotate)
+    if secret is None:
+        raise ApiError(404, "not_found", f"No API key named {name!r}.")
+    # Never the secret itself in a log line.
+    log.info("key.webhook_secret", name=name, rotated=rotate, by=admin.name)
+    return JSONResponse(secret.model_dump(mode="json"))
+
+
+@operation(
+    summary="A tenant's webhook signing secret (admin)",
+    tag="keys",
+    responses={200: WebhookSecret},
+    admin=True,
+    description="Made on first ask, the same afterwards. Standard Webhooks form: `whsec_` and "
+    "the base64 of 24 random bytes. Webhooks to this tenant are signed with it.",
+)
+async def webhook_secret(request: Request) -> JSONResponse:
+    return await _webhook_secret(request, rotate=False)
+
+
+@operation(
+    summary="Rotate a tenant's webhook signing secret (admin)",
+    tag="keys",
+    responses={200: WebhookSecret},
+    admin=True,
+    description="A new secret from now on; the previous one stays valid until "
+    "`previous_valid_until` (`DARKROOM_WEBHOOK_SECRET_GRACE_S` after the rotation), so "
+    "receivers can switch without missing a delivery.",
+)
+async def rotate_webhook_secret(request: Request) -> JSONResponse:
+    return await _webhook_secret(request, rotate=True)
+
+
 routes = [
     Route("/v1/keys", create_key, methods=["POST"]),
     Route("/v1/keys", list_keys, methods=["GET"]),
     Route("/v1/keys/{name}", revoke_key, methods=["DELETE"]),
+    Route("/v1/keys/{name}/webhook-secret", webhook_secret, methods=["POST"]),
+    Route("/v1/keys/{name}/webhook-secret/rotate", rotate_webhook_secret, methods=["POST"]),
 ]

@@ -12,7 +12,14 @@ from common.schemas import GenerateRequest, GenerateResponse
 from gateway.bodies import read_json
 from gateway.openapi import operation
 from gateway.services import services
-from gateway.submit import SUBMIT_ERRORS, SUBMIT_HEADERS, admission, submitted_headers
+from gateway.submit import (
+    SUBMIT_ERRORS,
+    SUBMIT_HEADERS,
+    SUBMIT_RESPONSE_HEADERS,
+    SUBMIT_STATUS_DOCS,
+    admission,
+    submitted_headers,
+)
 
 
 class StyleList(RootModel[list[StylePreset]]):
@@ -25,11 +32,13 @@ class StyleList(RootModel[list[StylePreset]]):
     json_body=GenerateRequest,
     responses={200: GenerateResponse, **SUBMIT_ERRORS},
     headers=SUBMIT_HEADERS,
+    response_headers=SUBMIT_RESPONSE_HEADERS,
+    status_docs=SUBMIT_STATUS_DOCS,
     description="`seed=-1` picks a random seed; the seed used is reported by /v1/jobs/{job_id}.",
 )
 async def generate(request: Request) -> JSONResponse:
     svc = services(request)
-    admit = admission(request, svc)
+    admit = await admission(request, svc)
     body = await read_json(request, GenerateRequest, max_bytes=svc.settings.max_json_bytes)
     submitted = await svc.submitter.generate(body, admission=admit)
     return JSONResponse(

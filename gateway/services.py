@@ -11,9 +11,11 @@ from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
 from common.tenants import TenantStore
+from common.usage import UsageStore
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
+from gateway.quotas import RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
 
@@ -30,6 +32,8 @@ class Services:
     keys: Keys
     tenants: TenantStore
     job_tokens: JobTokens
+    rate: RateLimiter
+    usage: UsageStore
 
 
 def services(request: Request) -> Services:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from common.settings import CommonSettings
+from common.settings import KeySettings
 from common.tenants import AuthMode
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(KeySettings):
     host: str = "0.0.0.0"
     # keys: every route but health, docs, /ui, /metrics and /output needs an API key
     # (``darkroom keys create``); off: no keys, every job belongs to the tenant ``local``.
@@ -32,6 +32,9 @@ class GatewaySettings(CommonSettings):
     # Input images waiting in Redis for their jobs, in all: past it a submit with an image gets
     # 503 + Retry-After and nothing is queued. Keep it well under Redis's maxmemory.
     max_waiting_input_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    # The same per tenant (with DARKROOM_AUTH=keys), so one tenant's uploads cannot take the
+    # whole cap; past it that tenant's submits with an image get 429 + Retry-After.
+    max_waiting_input_bytes_per_tenant: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     # The sweeper (one gateway replica at a time): deadlines are checked this often, and a
     # consumer idle this long with nothing pending is removed from its group.
     sweep_interval_ms: int = Field(default=250, ge=10)

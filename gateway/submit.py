@@ -1,12 +1,12 @@
-"""A validated request becomes a queued job: route limits, queue room, idempotency, seed, style,
-one transaction."""
+"""A validated request becomes a queued job: the key's quotas, route limits, queue room,
+idempotency, seed, style, one transaction."""
 
 from __future__ import annotations
 
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -14,7 +14,16 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from common.catalog import Catalog, ModelRoute
-from common.jobs import ClaimExpired, InputsFull, JobStore, KeyClaim, QueueFull
+from common.jobs import (
+    ClaimExpired,
+    InputsFull,
+    JobStore,
+    KeyClaim,
+    QueueFull,
+    TenantInputsFull,
+    TenantQueueFull,
+    TenantQuota,
+)
 from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import (
@@ -30,7 +39,7 @@ from common.schemas import (
     TextToVideoRequest,
     utcnow,
 )
-from common.tenants import LOCAL_TENANT
+from common.tenants import LOCAL_TENANT, KeyLimits
 from gateway.auth import tenant_of
 from gateway.errors import ApiError, field_error
 from gateway.idempotency import (
@@ -42,6 +51,7 @@ from gateway.idempotency import (
 )
 from gateway.job_tokens import HEADER as JOB_TOKEN_HEADER
 from gateway.job_tokens import JobTokens
+from gateway.quotas import RATE_HEADERS_DOCS, admit_rate, check_cost
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -61,36 +71,69 @@ SUBMIT_HEADERS = {
 }
 # What a client turned away by a full queue is told to wait; a render takes seconds at least.
 QUEUE_FULL_RETRY_AFTER_S = 5
-# A submit's answers besides 404/413/422: a reused Idempotency-Key, a full queue (for OpenAPI).
+# A submit's answers besides 404/413/422: a reused Idempotency-Key, a full queue or a key's
+# quota reached (for OpenAPI).
 SUBMIT_ERRORS: dict[int, type[BaseModel]] = {
     409: ErrorResponse,
     410: ErrorResponse,
     429: ErrorResponse,
     503: ErrorResponse,
 }
+SUBMIT_STATUS_DOCS = {
+    422: "A field is invalid (`fields` names it), or the job costs more than the API key's "
+    "`max_cost` (`max_cost_exceeded`; the cost is width × height / 10⁶ × steps × frames × "
+    "renders, in megapixel-steps). Nothing was queued.",
+    429: "A limit was reached and nothing was queued: the API key's submit rate "
+    "(`rate_limited`, with the RateLimit headers), its jobs queued or running at once "
+    "(`max_queued_exceeded`), its input images waiting (`tenant_inputs_full`), or the model's "
+    "queue (`queue_full`). Retry after the Retry-After header's seconds.",
+}
+SUBMIT_RESPONSE_HEADERS = {
+    JOB_TOKEN_HEADER: "The job's read-only token: `?token=` on its status and events routes "
+    "(for pages; see GET /v1/jobs/{job_id}/token).",
+    **RATE_HEADERS_DOCS,
+    "Retry-After": "On a 429: the seconds to wait before retrying.",
+}
 
 
 @dataclass(frozen=True)
 class Admission:
     """Per request, what a submit needs besides the job store: the ``Idempotency-Key``'s record
-    when one was sent, the ``Cancel-After`` deadline, and the tenant the job will belong to."""
+    when one was sent, the ``Cancel-After`` deadline, the tenant the job will belong to, its
+    key's limits and the tenant's quota checked with the write (none with auth off), and the
+    RateLimit headers for the answer."""
 
     idempotency: Idempotency | None = None
     # Unix time after which the job fails with "deadline exceeded" (``Cancel-After`` header).
     deadline_at: float | None = None
     tenant: str = LOCAL_TENANT
+    limits: KeyLimits = field(default_factory=KeyLimits)
+    quota: TenantQuota | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-def admission(request: Request, svc: Services) -> Admission:
-    """The request's admission; a 422 for an unusable ``Idempotency-Key`` or ``Cancel-After``,
-    before any body is read."""
+async def admission(request: Request, svc: Services) -> Admission:
+    """The request's admission, before any body is read: a 422 for an unusable
+    ``Idempotency-Key`` or ``Cancel-After``, a 429 past the key's submit rate (this request
+    counts against it)."""
     key = key_from_request(request)
     ttl_s = svc.settings.idempotency_ttl_s
-    tenant = tenant_of(request).name
+    tenant = tenant_of(request)
+    deadline_at = _deadline(request)
+    quota = None
+    if svc.settings.auth == "keys":  # with auth off only the global limits apply
+        quota = TenantQuota(
+            max_queued=tenant.limits.max_queued,
+            max_input_bytes=svc.settings.max_waiting_input_bytes_per_tenant,
+        )
+    headers = await admit_rate(svc.rate, tenant.name, tenant.limits)
     return Admission(
-        None if key is None else Idempotency(svc.redis, svc.keys, tenant, key, ttl_s=ttl_s),
-        _deadline(request),
-        tenant,
+        None if key is None else Idempotency(svc.redis, svc.keys, tenant.name, key, ttl_s=ttl_s),
+        deadline_at,
+        tenant.name,
+        tenant.limits,
+        quota,
+        headers,
     )
 
 
@@ -115,12 +158,14 @@ class Submitted:
     job_id: str
     # An earlier request with the same Idempotency-Key made this job; nothing new was queued.
     replayed: bool = False
+    # For the answer: the key's RateLimit headers.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 async def submitted_headers(tokens: JobTokens, submitted: Submitted) -> dict[str, str]:
-    """A submit's answer headers: the job's read-only token (every time, a replay included) and
-    whether an ``Idempotency-Key`` replayed an earlier job."""
-    headers = {JOB_TOKEN_HEADER: await tokens.issue(submitted.job_id)}
+    """A submit's answer headers: the job's read-only token (every time, a replay included), the
+    key's RateLimit fields, and whether an ``Idempotency-Key`` replayed an earlier job."""
+    headers = {JOB_TOKEN_HEADER: await tokens.issue(submitted.job_id), **submitted.headers}
     headers.update(replay_headers(submitted.replayed) or {})
     return headers
 
@@ -252,6 +297,7 @@ class Submitter:
     ) -> Submitted:
         """``request`` is what the client sent, validated; ``params`` adds the defaults and seed."""
         _check_limits(route, params)
+        check_cost(admission.limits, task, params)
         job_id = str(uuid.uuid4())
         once, claim = admission.idempotency, None
         if once is not None:
@@ -259,7 +305,7 @@ class Submitter:
             if earlier is not None:
                 structlog.contextvars.bind_contextvars(job_id=earlier)
                 log.info("job.replayed", model=route.name, task=task.value)
-                return Submitted(earlier, replayed=True)
+                return Submitted(earlier, replayed=True, headers=admission.headers)
             claim = once.commit_with_job()
         try:
             await self._submit(route, task, params, job_id, image, admission, claim)
@@ -270,7 +316,7 @@ class Submitter:
             if once is not None:
                 await once.release()
             raise
-        return Submitted(job_id)
+        return Submitted(job_id, headers=admission.headers)
 
     async def _submit(
         self,
@@ -302,7 +348,30 @@ class Submitter:
                 max_queue=route.max_queue,
                 max_input_bytes=self._max_waiting_input_bytes,
                 claim=claim,
+                quota=admission.quota,
             )
+        except TenantQueueFull as full:
+            limit = admission.quota.max_queued if admission.quota else None
+            log.info("quota.max_queued", active=full.active, max_queued=limit)
+            raise ApiError(
+                429,
+                "max_queued_exceeded",
+                f"This key has {full.active} jobs queued or running and its max_queued is "
+                f"{limit}; nothing was queued. Retry when one of them ends (in "
+                f"{QUEUE_FULL_RETRY_AFTER_S} s, say).",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)} | admission.headers,
+            ) from None
+        except TenantInputsFull as full:
+            limit = admission.quota.max_input_bytes if admission.quota else None
+            log.info("quota.inputs_full", waiting_bytes=full.waiting_bytes, limit=limit)
+            raise ApiError(
+                429,
+                "tenant_inputs_full",
+                f"This key's input images already take {full.waiting_bytes} bytes waiting for "
+                f"workers and this one would pass its share of {limit} bytes; nothing was "
+                f"queued, retry in {QUEUE_FULL_RETRY_AFTER_S} s.",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)} | admission.headers,
+            ) from None
         except QueueFull as full:
             log.warning(
                 "job.queue_full", model=route.name, depth=full.depth, max_queue=route.max_queue

@@ -4,7 +4,8 @@
   second wherever it waits: queued (even on a route no worker serves), rendering (its worker finds
   its claim gone and stops), or uploading (the uploader finds it ended and stores nothing).
   Ending it clears its queue entry and input bytes (``JobStore.emit``).
-- Input images whose TTL ran out without their job ending give their bytes back to the cap.
+- Input images whose TTL ran out without their job ending give their bytes back to the caps
+  (the global one and their tenant's).
 - Consumers that left their group (a restarted pod) are removed once idle with nothing pending;
   stale worker heartbeats are pruned.
 
@@ -29,6 +30,7 @@ from common.keys import Keys
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, backoff_s, describe
 from common.schemas import JobStatus, WorkerHeartbeat
+from common.tenants import LOCAL_TENANT
 from gateway.workers import HEARTBEAT_STALE_S
 
 log = get_logger(__name__)
@@ -41,12 +43,20 @@ DUE_PER_SWEEP = 200
 # A heartbeat this old is from a worker that will not come back under that name.
 HEARTBEAT_PRUNE_S = 4 * HEARTBEAT_STALE_S
 
-# KEYS: inputs, input bytes; ARGV: now, limit. Members are ``<job_id>:<bytes>``.
+# KEYS: inputs, input bytes; ARGV: now, limit, job record key prefix, tenant input bytes key
+# prefix, the tenant of a record without one. Members are ``<job_id>:<bytes>``; the job's record
+# (which outlives its input) names the tenant whose share the bytes were.
 _PRUNE_INPUTS = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(expired) do
+  local job_id, size = string.match(member, '^(.*):(%d+)$')
   redis.call('ZREM', KEYS[1], member)
-  redis.call('DECRBY', KEYS[2], tonumber(string.match(member, ':(%d+)$')))
+  redis.call('DECRBY', KEYS[2], tonumber(size))
+  local tenant = redis.call('HGET', ARGV[3] .. job_id, 'tenant') or ARGV[5]
+  local tenant_bytes = ARGV[4] .. tenant
+  if redis.call('DECRBY', tenant_bytes, tonumber(size)) <= 0 then
+    redis.call('DEL', tenant_bytes)
+  end
 end
 return #expired
 """
@@ -145,7 +155,13 @@ class Sweeper:
         pruned = int(
             await self._prune_inputs(
                 keys=[self._keys.inputs, self._keys.input_bytes],
-                args=[repr(time.time()), DUE_PER_SWEEP],
+                args=[
+                    repr(time.time()),
+                    DUE_PER_SWEEP,
+                    self._keys.job(""),
+                    self._keys.tenant_input_bytes(""),
+                    LOCAL_TENANT,
+                ],
             )
         )
         if pruned:

@@ -14,6 +14,7 @@ from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
 from common.logging import get_logger
 from common.redis import connect
+from common.usage import UsageStore
 from gpu_worker.registry import ModelRegistry, pick_device
 from gpu_worker.settings import WorkerSettings
 from gpu_worker.worker import Worker
@@ -40,7 +41,13 @@ async def run(settings: WorkerSettings) -> None:
         redis=redis,
         blobs=blobs,
         keys=keys,
-        jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s),
+        jobs=JobStore(
+            redis,
+            keys,
+            task_ttl_s=settings.task_ttl_s,
+            usage_retention_days=settings.usage_retention_days,
+        ),
+        usage=UsageStore(redis, keys, retention_days=settings.usage_retention_days),
         registry=registry,
         consumer_name=settings.consumer_name,
         blob_ttl_s=settings.blob_ttl_s,

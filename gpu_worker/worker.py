@@ -39,15 +39,18 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
+from common.cost import job_cost
 from common.health import redis_writable
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, describe, retry_transient
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
+from common.usage import UsageStore, render_token
 from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
 from gpu_worker.families import Artifact, StepCallback, batch_family, family
+from gpu_worker.metering import GpuMeter
 from gpu_worker.metrics import BATCH_SIZE, JOBS, PIPELINE_SECONDS, RENDER_STALLS
 from gpu_worker.progress import (
     CLAIM_LOST,
@@ -85,6 +88,9 @@ class Job:
     image: Image.Image | None = None
     reporter: ProgressReporter | None = None
     started_at: float = 0.0
+    # The latest render's share of its pipeline call's time, and its name for the charge.
+    gpu_s: float = 0.0
+    render: str = ""
 
     @property
     def log(self) -> contextlib.AbstractContextManager[object]:
@@ -99,6 +105,7 @@ class Worker:
         blobs: Redis,
         keys: Keys,
         jobs: JobStore,
+        usage: UsageStore,
         registry: ModelRegistry,
         consumer_name: str,
         blob_ttl_s: int,
@@ -112,6 +119,7 @@ class Worker:
         self._blobs = blobs
         self._keys = keys
         self._jobs = jobs
+        self._usage = usage
         self._registry = registry
         self._blob_ttl_s = blob_ttl_s
         self._drain_grace_s = drain_grace_s
@@ -377,11 +385,15 @@ class Worker:
             )
             self._rendering[job.delivery.msg_id] = job
         progress = BatchProgress([job.reporter for job in jobs if job.reporter is not None])
+        meter = GpuMeter([job_cost(job.spec.params, job.spec.task) for job in jobs])
         progress.start()
         try:
-            outputs = await self._on_render_thread(self._pipeline_call, jobs, progress.on_step)
+            outputs = await self._on_render_thread(
+                self._pipeline_call, jobs, progress.on_step, meter
+            )
         except RenderInterrupted as exc:
             await progress.close()
+            _metered(jobs, meter)
             for job in jobs:
                 await self._interrupted(job, _stop_reason(job) or exc.reason)
             return
@@ -392,6 +404,7 @@ class Worker:
         finally:
             for job in jobs:
                 self._rendering.pop(job.delivery.msg_id, None)
+        _metered(jobs, meter)
         if self._finishing is not None:
             await self._finishing
         rendered = list(zip(jobs, outputs, strict=True))
@@ -413,20 +426,27 @@ class Worker:
             job.started_at = time.perf_counter()
             return True
 
-    def _pipeline_call(self, jobs: list[Job], on_step: StepCallback) -> list[list[Artifact]]:
-        """On the render thread: one pipeline call for the batch; each job's outputs."""
+    def _pipeline_call(
+        self, jobs: list[Job], on_step: StepCallback, meter: GpuMeter
+    ) -> list[list[Artifact]]:
+        """On the render thread: one pipeline call for the batch; each job's outputs. ``meter``
+        times it from when the weights are at hand to its return."""
         spec = jobs[0].spec
         route = self._registry.routes[spec.model]
         pipelines = self._registry.pipelines(spec.model)  # loading makes no steps: not watched
 
         def watched(done: int, total: int) -> None:
             self._clock.tick()
-            on_step(done, total)
+            try:
+                on_step(done, total)
+            finally:  # after on_step: a job it stopped (its deadline passed) pays no further
+                meter.step([_stop_reason(job) is None for job in jobs])
             if done == self._hang_at_step:  # test aid: a CUDA call that never returns
                 threading.Event().wait()
 
         began = time.perf_counter()
         self._clock.start(route.stall_after_s)
+        meter.start()
         try:
             if len(jobs) == 1:
                 return [family(route.family).render(pipelines, spec, jobs[0].image, watched)]
@@ -436,6 +456,7 @@ class Worker:
                 pipelines, [job.spec for job in jobs], [job.image for job in jobs], watched
             )
         finally:
+            meter.stop()
             self._clock.stop()
             PIPELINE_SECONDS.labels(spec.model).inc(time.perf_counter() - began)
             BATCH_SIZE.labels(spec.model).observe(len(jobs))
@@ -523,7 +544,12 @@ class Worker:
 
     async def _hand_off(self, job: Job, outputs: list[Encoded]) -> bool:
         """Atomically and only if the job is still this worker's: the output bytes to blobs,
-        the ``rendered`` entry and the ack. A worker that lost its claim writes nothing."""
+        the ``rendered`` entry and the ack. A worker that lost its claim writes nothing.
+        The render's GPU time is charged first (once, however often this is retried), so it
+        is on the record before the job can complete."""
+        if not self.consumer.holds(job.delivery):
+            return False
+        await self._usage.charge_gpu(job.spec.job_id, job.gpu_s, job.render)
         spec = job.spec
         blobs = [
             OutputBlob(
@@ -557,13 +583,24 @@ class Worker:
             elif reason == RENDER_STALLED:  # the watchdog gave it to another worker already
                 log.warning("job.render_returned_after_stall")
             elif reason == DEADLINE_EXCEEDED:
+                await self._charge_stopped(job)
                 await self._fail(job, DEADLINE_EXCEEDED)
             elif reason == SHUTTING_DOWN:
                 await self._release(job)
             else:
                 log.info("job.canceled")
                 JOBS.labels(job.spec.model, "canceled").inc()
+                await self._charge_stopped(job)
                 await self.consumer.ack(job.delivery)
+
+    async def _charge_stopped(self, job: Job) -> None:
+        """A render its job's end stopped (canceled, out of time) is paid for the steps it
+        rendered; the job has usually ended already, so the time goes to its usage directly.
+        Best effort: the job's end must not wait on it."""
+        try:
+            await self._usage.charge_gpu(job.spec.job_id, job.gpu_s, job.render)
+        except REDIS_TRANSIENT as exc:
+            log.warning("usage.charge_failed", gpu_s=round(job.gpu_s, 3), error=describe(exc))
 
     async def _fail(self, job: Job, error: str) -> None:
         await self._jobs.emit(
@@ -638,6 +675,12 @@ async def all_of(calls: Iterable[Awaitable[T]]) -> list[T]:
 async def _set_after(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
+
+
+def _metered(jobs: list[Job], meter: GpuMeter) -> None:
+    """Note each job's share of the pipeline call, under a new name for its charge."""
+    for job, gpu_s in zip(jobs, meter.seconds, strict=True):
+        job.gpu_s, job.render = gpu_s, render_token()
 
 
 def _stop_reason(job: Job) -> str | None:

@@ -17,13 +17,19 @@ async def run(settings: NotifierSettings) -> None:
     stop = stop_event_on_signals()
     keys = Keys(settings.key_prefix)
     redis = connect(settings)
-    tenants = TenantStore(redis, keys)
+    tenants = TenantStore(redis, keys)  # it only reads secrets, or makes a first one
     local_secret = settings.webhook_secret
 
     async def secrets_for(tenant: str) -> list[str]:
-        if tenant == LOCAL_TENANT and local_secret is not None:
-            return [local_secret.get_secret_value()]
-        return await tenants.webhook_secrets(tenant)
+        """The tenant's signing secrets, newest first; a tenant that never asked for one gets
+        one now (``darkroom keys webhook-secret NAME`` shows it). Jobs made with auth off are
+        signed with ``DARKROOM_WEBHOOK_SECRET``."""
+        if tenant == LOCAL_TENANT:
+            return [] if local_secret is None else [local_secret.get_secret_value()]
+        found = await tenants.webhook_secrets(tenant)
+        if not found and (made := await tenants.webhook_secret(tenant)) is not None:
+            found = [made.secret]
+        return found
 
     sender = Sender(
         Guard(parse_nets(settings.webhook_allow_nets)),

@@ -7,18 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
 
-SECRET_PREFIX = "whsec_"
-SECRET_BYTES = 24
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+from common.tenants import WEBHOOK_SECRET_PREFIX
 
 
 def secret_key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    return base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX))
 
 
 def signature(secrets_newest_first: list[str], msg_id: str, timestamp: int, body: str) -> str:

@@ -33,7 +33,12 @@ async def run(settings: UploaderSettings) -> None:
                 blobs=blobs,
                 keys=keys,
                 storage=storage,
-                jobs=JobStore(redis, keys, task_ttl_s=settings.task_ttl_s),
+                jobs=JobStore(
+                    redis,
+                    keys,
+                    task_ttl_s=settings.task_ttl_s,
+                    usage_retention_days=settings.usage_retention_days,
+                ),
                 consumer_name=settings.consumer_name,
                 block_ms=settings.block_ms,
                 claim_idle_ms=settings.claim_idle_ms,

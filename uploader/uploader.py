@@ -180,6 +180,7 @@ class Uploader:
             return
         began = time.perf_counter()
         urls: list[str] = []
+        output_bytes = 0
         for key, blob in zip(keys, rendered.outputs, strict=True):
             data: bytes | None = await self._blobs.get(blob.key)  # type: ignore[assignment]  # undecoded client
             if data is None:
@@ -196,19 +197,22 @@ class Uploader:
                 self.consumer.leave_pending(delivery)  # redelivered later; bytes still in Redis
                 return
             urls.append(url)
+            output_bytes += len(data)
         completed = await self._jobs.emit(
             rendered.job_id,
             status=JobStatus.COMPLETED,
             progress=100,
             message=COMPLETED_MESSAGE,
             result_urls=urls,
+            # On the record with "completed", so the tenant's usage counts them.
+            fields={"output_bytes": output_bytes},
         )
         if completed is None:  # canceled, or out of time, while uploading
             await self._discard(rendered.job_id, keys)
         else:
             # Keys, not URLs: a presigned URL is a credential and stays out of the logs.
             duration_ms = round((time.perf_counter() - began) * 1000)
-            log.info("job.completed", keys=keys, duration_ms=duration_ms)
+            log.info("job.completed", keys=keys, output_bytes=output_bytes, duration_ms=duration_ms)
         await self._finish(rendered, delivery)
 
     async def _put(self, key: str, data: bytes, content_type: str) -> str | None:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from common.keys import Keys
 from common.redis_server import RedisServer, free_port
-from common.tenants import Tenant, TenantStore
+from common.tenants import KeyLimits, TenantStore
 from tests.support.stack import REPO_ROOT
 
 
@@ -45,8 +45,9 @@ async def test_create_list_revoke(tmp_path: Path, redis_server: RedisServer, red
     admin = darkroom(tmp_path, env, "create", "--name", "ops", "--admin")
     admin_key = admin.stdout.strip().splitlines()[-1]
     # The printed keys are the ones the services accept.
-    assert await store.verify(key) == Tenant(name="ci-bot", admin=False)
-    assert await store.verify(admin_key) == Tenant(name="ops", admin=True)
+    ci_bot, ops = await store.verify(key), await store.verify(admin_key)
+    assert ci_bot is not None and (ci_bot.name, ci_bot.admin) == ("ci-bot", False)
+    assert ops is not None and (ops.name, ops.admin) == ("ops", True)
 
     listed = darkroom(tmp_path, env, "list")
     assert listed.returncode == 0, listed.stderr
@@ -87,3 +88,87 @@ def test_no_redis_reachable_is_a_clear_error(tmp_path: Path) -> None:
     failed = darkroom(tmp_path, env, "list")
     assert failed.returncode == 1
     assert "cannot use Redis" in failed.stderr and "Traceback" not in failed.stderr
+
+
+async def test_create_with_limits_lists_them_and_defaults_come_from_settings(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    prefix = f"cli-{uuid.uuid4().hex[:8]}:"
+    env = clean_env(
+        prefix,
+        REDIS_URL=redis_server.url,
+        DARKROOM_KEY_DEFAULT_RATE_PER_MIN="7",
+        DARKROOM_KEY_DEFAULT_MAX_COST="none",
+    )
+    store = TenantStore(redis, Keys(prefix))
+    limited = darkroom(
+        tmp_path,
+        env,
+        "create",
+        "--name",
+        "render-farm",
+        "--rate-per-min",
+        "30",
+        "--max-queued",
+        "4",
+        "--max-priority",
+        "low",
+        "--max-cost",
+        "250.5",
+    )
+    assert limited.returncode == 0, limited.stderr
+    tenant = await store.verify(limited.stdout.strip().splitlines()[-1])
+    assert tenant is not None
+    assert tenant.limits == KeyLimits(
+        rate_per_min=30, max_queued=4, max_priority="low", max_cost=250.5
+    )
+    # Left out: the settings' defaults (DARKROOM_KEY_DEFAULT_*); "none": no limit.
+    plain = darkroom(tmp_path, env, "create", "--name", "plain", "--max-queued", "none")
+    assert plain.returncode == 0, plain.stderr
+    tenant = await store.verify(plain.stdout.strip().splitlines()[-1])
+    assert tenant is not None
+    assert tenant.limits == KeyLimits(
+        rate_per_min=7, max_queued=None, max_priority="normal", max_cost=None
+    )
+
+    listed = darkroom(tmp_path, env, "list")
+    header, *lines = listed.stdout.splitlines()
+    assert header.split()[:6] == ["NAME", "ADMIN", "RATE/MIN", "QUEUED", "PRIORITY", "MAX"]
+    rows = {line.split()[0]: line.split() for line in lines}
+    assert rows["render-farm"][:6] == ["render-farm", "no", "30", "4", "low", "250.5"]
+    assert rows["plain"][:6] == ["plain", "no", "7", "-", "normal", "-"]
+
+    for bad in (["--rate-per-min", "0"], ["--max-cost", "lots"], ["--max-priority", "urgent"]):
+        refused = darkroom(tmp_path, env, "create", "--name", "bad", *bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "bad" not in {info.name for info in await store.list()}
+
+
+async def test_webhook_secret_is_printed_rotated_and_the_old_one_kept_for_the_grace(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    prefix = f"cli-{uuid.uuid4().hex[:8]}:"
+    env = clean_env(prefix, REDIS_URL=redis_server.url)
+    store = TenantStore(redis, Keys(prefix))
+    assert darkroom(tmp_path, env, "create", "--name", "hooks").returncode == 0
+
+    first = darkroom(tmp_path, env, "webhook-secret", "hooks")
+    assert first.returncode == 0, first.stderr
+    secret = first.stdout.strip().splitlines()[-1]
+    assert secret.startswith("whsec_")
+    again = darkroom(tmp_path, env, "webhook-secret", "hooks")
+    assert again.stdout.strip().splitlines()[-1] == secret
+
+    rotated = darkroom(tmp_path, env, "webhook-secret", "hooks", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new = rotated.stdout.strip().splitlines()[-1]
+    assert new.startswith("whsec_") and new != secret
+    assert "previous secret stays valid until" in rotated.stdout
+    assert await store.webhook_secrets("hooks") == [new, secret]
+
+    missing = darkroom(tmp_path, env, "webhook-secret", "nobody")
+    assert missing.returncode == 1 and "no key named" in missing.stderr
+    # With no grace at all, a rotation retires the old secret at once.
+    instant = clean_env(prefix, REDIS_URL=redis_server.url, DARKROOM_WEBHOOK_SECRET_GRACE_S="0")
+    latest = darkroom(tmp_path, instant, "webhook-secret", "hooks", "--rotate")
+    assert await store.webhook_secrets("hooks") == [latest.stdout.strip().splitlines()[-1]]

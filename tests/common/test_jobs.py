@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from common.jobs import UNFINISHED_TTL_S, ClaimExpired, InputsFull, JobStore, KeyClaim
+from common.jobs import (
+    UNFINISHED_TTL_S,
+    ClaimExpired,
+    InputsFull,
+    JobStore,
+    KeyClaim,
+    TenantInputsFull,
+    TenantQueueFull,
+    TenantQuota,
+)
 from common.keys import Keys
 from common.schemas import JobSpec, JobStatus
 from tests.support.jobs import submit_job
@@ -139,3 +148,74 @@ async def test_input_bytes_past_the_cap_queue_nothing(store: JobStore, redis: Re
 
     await store.emit(first.job_id, status=JobStatus.CANCELED)  # its bytes make room
     await submit(store, image=b"c" * 1000, max_input_bytes=room)
+
+
+async def tenant_jobs(redis: Redis, tenant: str) -> int:
+    return int(await redis.zcard(KEYS.tenant_jobs(tenant)))
+
+
+async def test_a_tenant_at_max_queued_is_refused_until_one_of_its_jobs_ends(
+    store: JobStore, redis: Redis
+) -> None:
+    tenant, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    quota = TenantQuota(max_queued=2)
+    first = await submit(store, tenant=tenant, quota=quota)
+    second = await submit(store, tenant=tenant, quota=quota)
+    queued = await redis.xlen(KEYS.job_stream("sd"))
+    with pytest.raises(TenantQueueFull) as refused:
+        await submit(store, tenant=tenant, quota=quota)
+    assert refused.value.active == 2
+    assert await redis.xlen(KEYS.job_stream("sd")) == queued  # nothing written
+    # Another tenant with the same limit is not held back by this one.
+    await submit(store, tenant=other, quota=quota)
+
+    # Whichever way a job ends, it stops counting: canceled, then completed.
+    await store.emit(first.job_id, status=JobStatus.CANCELED)
+    third = await submit(store, tenant=tenant, quota=quota)
+    await store.emit(second.job_id, status=JobStatus.PROCESSING, progress=50)
+    with pytest.raises(TenantQueueFull):  # rendering still counts
+        await submit(store, tenant=tenant, quota=quota)
+    await store.emit(second.job_id, status=JobStatus.COMPLETED)
+    await submit(store, tenant=tenant, quota=quota)
+    # A late event for a finished job changes nothing, and frees nothing twice.
+    assert await store.emit(second.job_id, status=JobStatus.FAILED) is None
+    assert await tenant_jobs(redis, tenant) == 2
+    await store.emit(third.job_id, status=JobStatus.FAILED)
+    assert await tenant_jobs(redis, tenant) == 1
+
+
+async def test_a_tenants_input_bytes_have_their_own_cap_under_the_global_one(
+    store: JobStore, redis: Redis
+) -> None:
+    tenant, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    quota = TenantQuota(max_input_bytes=2500)
+    first = await submit(store, b"a" * 1000, tenant=tenant, quota=quota)
+    await submit(store, b"b" * 1000, tenant=tenant, quota=quota)
+    with pytest.raises(TenantInputsFull) as refused:
+        await submit(store, b"c" * 1000, tenant=tenant, quota=quota)
+    assert refused.value.waiting_bytes == 2000
+    await submit(store, tenant=tenant, quota=quota)  # no image, no input bytes
+    await submit(store, b"d" * 1000, tenant=other, quota=quota)
+    assert int(await redis.get(KEYS.tenant_input_bytes(tenant)) or 0) == 2000
+
+    await store.emit(first.job_id, status=JobStatus.CANCELED)
+    assert int(await redis.get(KEYS.tenant_input_bytes(tenant)) or 0) == 1000
+    await submit(store, b"c" * 1000, tenant=tenant, quota=quota)
+
+    # The global cap stays the ceiling above every tenant's.
+    room = await waiting_input_bytes(redis)
+    with pytest.raises(InputsFull):
+        await submit(store, b"e" * 10, tenant=other, quota=quota, max_input_bytes=room)
+
+
+async def test_jobs_whose_records_expired_unfinished_stop_counting(
+    store: JobStore, redis: Redis
+) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    quota = TenantQuota(max_queued=1)
+    await submit(store, tenant=tenant, quota=quota)
+    # As if it had been submitted longer ago than any unfinished record lives.
+    (member,) = await redis.zrange(KEYS.tenant_jobs(tenant), 0, -1)
+    await redis.zadd(KEYS.tenant_jobs(tenant), {member: time.time() - UNFINISHED_TTL_S - 1})
+    await submit(store, tenant=tenant, quota=quota)
+    assert await tenant_jobs(redis, tenant) == 1

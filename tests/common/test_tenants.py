@@ -3,6 +3,7 @@ only its hash."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import pytest
@@ -12,12 +13,16 @@ from common.keys import Keys
 from common.tenants import (
     KEY_PREFIX,
     LOCAL_TENANT,
+    NO_LIMITS,
     CreateKeyRequest,
+    KeyLimits,
     NameTaken,
     ReservedName,
     Tenant,
     TenantStore,
+    priority_allowed,
 )
+from tests.support.waiting import async_wait_for
 
 KEYS = Keys("tenants-test:")
 
@@ -101,3 +106,71 @@ async def test_keys_still_verify_while_redis_is_out_of_memory(
     await store.verify(erin.key)
     (info,) = await store.list()
     assert info.last_used_at is not None
+
+
+DEFAULTS = KeyLimits(rate_per_min=60, max_queued=20, max_priority="normal", max_cost=None)
+
+
+async def test_a_key_gets_the_limits_it_names_and_the_defaults_for_the_rest(
+    redis: Redis, store: TenantStore
+) -> None:
+    store = TenantStore(redis, KEYS, defaults=DEFAULTS)
+    plain = await store.create(CreateKeyRequest(name="plain"))
+    named = await store.create(
+        CreateKeyRequest(name="named", rate_per_min=5, max_queued=2, max_cost=100.5)
+    )
+    # null: no limit, even where the default has one.
+    free = await store.create(
+        CreateKeyRequest.model_validate(
+            {"name": "free", "rate_per_min": None, "max_queued": None, "max_priority": None}
+        )
+    )
+    assert await store.verify(plain.key) == Tenant(name="plain", limits=DEFAULTS)
+    expected = KeyLimits(rate_per_min=5, max_queued=2, max_priority="normal", max_cost=100.5)
+    assert await store.verify(named.key) == Tenant(name="named", limits=expected)
+    assert await store.verify(free.key) == Tenant(name="free", limits=NO_LIMITS)
+    listed = {info.name: info for info in await store.list()}
+    fields = set(KeyLimits.model_fields)
+    assert KeyLimits.model_validate(listed["named"].model_dump(include=fields)) == expected
+    assert listed["free"].rate_per_min is None and listed["free"].max_priority == "high"
+    assert named.max_cost == 100.5 and plain.rate_per_min == 60
+
+
+def test_max_priority_allows_its_class_and_those_below() -> None:
+    normal = KeyLimits(max_priority="normal")
+    assert [priority_allowed(normal, p) for p in ("high", "normal", "low")] == [False, True, True]
+    assert all(priority_allowed(NO_LIMITS, p) for p in ("high", "normal", "low"))
+    assert [priority_allowed(KeyLimits(max_priority="low"), p) for p in ("normal", "low")] == [
+        False,
+        True,
+    ]
+
+
+async def test_webhook_secret_is_made_once_and_a_rotated_one_stays_valid_for_the_grace(
+    redis: Redis, store: TenantStore
+) -> None:
+    store = TenantStore(redis, KEYS, webhook_grace_s=1.0)
+    await store.create(CreateKeyRequest(name="hooks"))
+    assert await store.webhook_secrets("hooks") == []
+    first = await store.webhook_secret("hooks")
+    assert first is not None and first.previous_valid_until is None
+    assert first.secret.startswith("whsec_")
+    assert len(base64.b64decode(first.secret.removeprefix("whsec_"), validate=True)) == 24
+    again = await store.webhook_secret("hooks")
+    assert again is not None and again.secret == first.secret
+    assert await store.webhook_secrets("hooks") == [first.secret]
+
+    rotated = await store.webhook_secret("hooks", rotate=True)
+    assert rotated is not None and rotated.secret != first.secret
+    assert rotated.previous_valid_until is not None
+    assert await store.webhook_secrets("hooks") == [rotated.secret, first.secret]
+    # Readable by the services: the record holds both, as they are.
+    record = await redis.hgetall(KEYS.tenant("hooks"))
+    assert record["webhook_secret"] == rotated.secret
+    assert record["webhook_secret_previous"] == first.secret
+
+    async def only_the_new_one() -> bool:
+        return await store.webhook_secrets("hooks") == [rotated.secret]
+
+    await async_wait_for(only_the_new_one, timeout_s=5, what="the grace period to end")
+    assert await store.webhook_secret("nobody") is None

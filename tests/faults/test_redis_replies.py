@@ -152,14 +152,17 @@ def test_a_failover_to_a_replica_and_back_wedges_nothing(
         wait_for(lambda: worker_ready(probe_port), timeout_s=30, what="the worker ready")
         before = [submit(client, LONG) for _ in range(4)]
         wait_for(lambda: rendering(client, before), timeout_s=60, what="a render to start")
-        # The standby takes over; the services still talk to the old primary, now its read-only
-        # replica, as they would until a Sentinel or DNS points them over.
+        # A planned failover (Redis's FAILOVER, as a managed service's maintenance does it): the
+        # primary pauses writes until the standby has every one, then they swap roles. The
+        # services still talk to the old primary, now its read-only replica, as they would until
+        # a Sentinel or DNS points them over. (An unplanned one may lose the writes the replica
+        # had not received yet: Redis replicates asynchronously.)
         refused = stack.log("worker").count('"job.hand_off_retry"')
-        new.replicaof("NO", "ONE")
-        old.replicaof("127.0.0.1", standby.port)
+        old.execute_command("FAILOVER", "TO", "127.0.0.1", standby.port, "TIMEOUT", 10_000)
         ledger.fault("redis primary demoted to a read-only replica mid-render")
         demoted_until = time.monotonic() + FAULT_S
         wait_for(lambda: _linked(old), timeout_s=30, what="the old primary following")
+        assert new.info("replication")["role"] == "master"
         assert_refused_for_now(client)
         wait_for(lambda: not worker_ready(probe_port), timeout_s=10, what="the worker not ready")
         hold_until_a_hand_off_is_refused(stack, refused, demoted_until)

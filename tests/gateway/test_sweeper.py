@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 from redis.asyncio import Redis
@@ -90,12 +91,16 @@ async def test_a_job_held_by_a_worker_is_taken_from_it(redis: Redis, jobs: JobSt
 
 
 async def test_expired_inputs_give_their_bytes_back(redis: Redis, jobs: JobStore) -> None:
+    """To the global cap and to their tenant's share of it."""
     before = int(await redis.get(KEYS.input_bytes) or 0)
-    await submit(jobs, image=b"i" * 5000, ttl_s=1)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await submit_job(jobs, KEYS, b"i" * 5000, blob_ttl_s=1, tenant=tenant)
     assert int(await redis.get(KEYS.input_bytes) or 0) == before + 5000
+    assert int(await redis.get(KEYS.tenant_input_bytes(tenant)) or 0) == 5000
     await asyncio.sleep(1.1)
     assert await sweeper(redis, jobs).prune_expired_inputs() >= 1
     assert int(await redis.get(KEYS.input_bytes) or 0) == before
+    assert not await redis.exists(KEYS.tenant_input_bytes(tenant))
 
 
 async def test_departed_consumers_leave_their_group(redis: Redis, jobs: JobStore) -> None:

@@ -25,6 +25,7 @@ from common.jobs import JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.redis_server import RedisServer, free_port
 from common.schemas import JobSpec, JobStatus, RenderedJob, RenderParams, Task
+from common.usage import UsageStore, today
 from gpu_worker.families import family
 from gpu_worker.registry import ModelRegistry
 from gpu_worker.worker import Worker
@@ -57,9 +58,11 @@ class Deployment:
         self.keys = Keys(f"worker-test-{uuid.uuid4().hex[:8]}:")
         self.redis, self.blobs = redis, blobs
         self.jobs = JobStore(redis, self.keys, task_ttl_s=600)
+        self.usage = UsageStore(redis, self.keys)
         self.worker = Worker(
-            redis=redis, blobs=blobs, keys=self.keys, jobs=self.jobs, registry=registry,
-            consumer_name="w", blob_ttl_s=600, block_ms=100, claim_idle_ms=5000,
+            redis=redis, blobs=blobs, keys=self.keys, jobs=self.jobs, usage=self.usage,
+            registry=registry, consumer_name="w", blob_ttl_s=600, block_ms=100,
+            claim_idle_ms=5000,
         )  # fmt: skip
 
     async def submit(self, prompt: str, seed: int, **params: int) -> JobSpec:
@@ -228,7 +231,8 @@ async def test_probes_say_ready_only_after_the_models_are_warm(
     port = free_port()
     worker = Worker(
         redis=deployment.redis, blobs=deployment.blobs, keys=deployment.keys,
-        jobs=deployment.jobs, registry=registry, consumer_name="probe", blob_ttl_s=600,
+        jobs=deployment.jobs, usage=deployment.usage, registry=registry,
+        consumer_name="probe", blob_ttl_s=600,
         block_ms=100, claim_idle_ms=5000,
     )  # fmt: skip
     async with health_server(port, worker.readiness), httpx.AsyncClient() as client:
@@ -263,3 +267,47 @@ async def _answers(client: httpx.AsyncClient, url: str) -> bool:
 
 async def _ready(client: httpx.AsyncClient, base: str) -> bool:
     return (await client.get(base + "/readyz")).status_code == 200
+
+
+def pipeline_seconds() -> float:
+    return REGISTRY.get_sample_value("darkroom_pipeline_seconds_total", {"model": "sd"}) or 0.0
+
+
+async def test_a_batch_shares_its_gpu_time_and_a_job_canceled_in_it_pays_only_its_steps(
+    deployment: Deployment,
+) -> None:
+    steps = 60
+    kept = await deployment.submit("kept", seed=1, width=256, height=256, num_inference_steps=steps)
+    canceled = await deployment.submit(
+        "canceled", seed=2, width=256, height=256, num_inference_steps=steps
+    )
+
+    async def cancel_at_step_5() -> None:
+        async def at_step_5() -> bool:
+            record = await deployment.jobs.get(canceled.job_id)
+            assert record is not None
+            return "step" in record.message and int(record.message.split()[-1].split("/")[0]) >= 5
+
+        await async_wait_for(at_step_5, timeout_s=60, what="the batch to render 5 steps")
+        # As DELETE /api/{id} does: the job ends now, its render stops at a later step.
+        assert await deployment.jobs.emit(canceled.job_id, status=JobStatus.CANCELED) is not None
+
+    calls_before, jobs_before = batch_calls()
+    seconds_before = pipeline_seconds()
+    await deployment.run_until_settled([kept], meanwhile=cancel_at_step_5)
+    assert batch_calls() == (calls_before + 1, jobs_before + 2)  # one call for both
+    rendered_s = pipeline_seconds() - seconds_before
+
+    async def gpu_s(spec: JobSpec) -> float:
+        return float(await deployment.redis.hget(deployment.keys.job(spec.job_id), "gpu_s") or 0)
+
+    kept_s, canceled_s = await gpu_s(kept), await gpu_s(canceled)
+    # Every second of the call is paid for, once.
+    assert kept_s + canceled_s == pytest.approx(rendered_s, rel=0.05)
+    # Half of the steps both rendered, then nothing: far less than the job that rendered on.
+    assert 0 < canceled_s < kept_s / 2, (canceled_s, kept_s)
+    # The canceled job is counted on its tenant's day with the time it rendered (charged after
+    # it ended); the kept one is not finished until the uploader stores it.
+    (day,) = (await deployment.usage.read(canceled.tenant, today(), today())).days
+    assert [(r.model, r.canceled, r.completed) for r in day.jobs] == [("sd", 1, 0)]
+    assert day.gpu_s == pytest.approx(canceled_s)

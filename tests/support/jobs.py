@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from common.jobs import JobStore
+from common.jobs import JobStore, TenantQuota
 from common.keys import Keys
 from common.schemas import JobSpec, RenderParams, Task, utcnow
+from common.tenants import LOCAL_TENANT
 
 
 async def submit_job(
@@ -17,6 +18,8 @@ async def submit_job(
     deadline_at: float | None = None,
     blob_ttl_s: int = 60,
     max_input_bytes: int | None = None,
+    tenant: str = LOCAL_TENANT,
+    quota: TenantQuota | None = None,
 ) -> JobSpec:
     """A small sd job (i2i when ``image`` is given), queued as the gateway would queue it."""
     job_id = str(uuid.uuid4())
@@ -36,6 +39,7 @@ async def submit_job(
         ),
         input_blob=keys.input_blob(job_id) if image else None,
         deadline_at=deadline_at,
+        tenant=tenant,
     )
     await store.submit(
         spec,
@@ -43,5 +47,6 @@ async def submit_job(
         input_bytes=image,
         blob_ttl_s=blob_ttl_s,
         max_input_bytes=max_input_bytes,
+        quota=quota,
     )
     return spec
