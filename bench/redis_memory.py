@@ -29,7 +29,6 @@ import redis
 
 from bench.scaling import machine
 from common.catalog import demo_catalog, write_catalog
-from common.keys import Keys
 from common.redis_server import RedisServer, free_port
 from gpu_worker.tiny import make_all
 from tests.support.client import noise_png

@@ -100,7 +100,9 @@ class Webhook(BaseModel):
     events: list[WebhookEventKind]
 
 
-class _Request(BaseModel):
+class SubmitRequest(BaseModel):
+    """What every submit body shares: the webhook fields."""
+
     # A misspelled field is refused rather than silently ignored.
     model_config = ConfigDict(extra="forbid")
 
@@ -142,7 +144,7 @@ class _Request(BaseModel):
         return Webhook(url=self.webhook, events=list(dict.fromkeys(events)))
 
 
-class TextToImageRequest(_Request):
+class TextToImageRequest(SubmitRequest):
     """Seed 1: ``POST /api/{model}/t2i``."""
 
     prompt: Prompt
@@ -155,7 +157,7 @@ class TextToImageRequest(_Request):
     angles: Angles = None
 
 
-class ImageToImageForm(_Request):
+class ImageToImageForm(SubmitRequest):
     """Seed 1: ``POST /api/{model}/i2i``, multipart fields besides the ``image`` file."""
 
     prompt: Annotated[str, Field(max_length=2000)] = ""
@@ -172,7 +174,7 @@ class ImageToImageForm(_Request):
         return _split_commas(value)
 
 
-class TextToVideoRequest(_Request):
+class TextToVideoRequest(SubmitRequest):
     """``POST /api/{model}/t2v``. Omitted fields take the model's defaults (``GET /api/models``)."""
 
     prompt: Prompt
@@ -186,7 +188,7 @@ class TextToVideoRequest(_Request):
     seed: Seed = None
 
 
-class ImageToVideoForm(_Request):
+class ImageToVideoForm(SubmitRequest):
     """``POST /api/{model}/i2v``, multipart fields besides the ``image`` file (the first frame)."""
 
     prompt: Annotated[str, Field(max_length=2000)] = ""
@@ -206,7 +208,7 @@ def _split_commas(value: object) -> object:
     return value
 
 
-class GenerateRequest(_Request):
+class GenerateRequest(SubmitRequest):
     """Seed 2: ``POST /v1/generate``. ``seed=-1`` asks for a random seed."""
 
     prompt: Prompt

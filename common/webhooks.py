@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from common.keys import Keys
 
 DeliveryState = Literal["pending", "delivered", "failed", "blocked"]
-# How long a notifier may take over one attempt (timeout included) before another may retry it.
-LEASE_S = 60.0
+# How long past its timeout a notifier may take over one attempt before another sends it again.
+LEASE_MARGIN_S = 5.0
 
 
 def delivery_id(job_id: str, seq: int) -> str:
@@ -145,9 +145,10 @@ return 1
 class Deliveries:
     """Delivery records. ``redis`` must decode responses (``common.redis.connect``)."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, lease_s: float = 60.0) -> None:
         self._redis = redis
         self._keys = keys
+        self._lease_s = lease_s
         self._accept = redis.register_script(_ACCEPT)
         self._lease = redis.register_script(_LEASE)
         self._record = redis.register_script(_RECORD)
@@ -187,9 +188,9 @@ class Deliveries:
         )
 
     async def lease(self, now: float, limit: int) -> list[StoredDelivery]:
-        """Up to ``limit`` deliveries due by ``now``, each this caller's for ``LEASE_S``."""
+        """Up to ``limit`` deliveries due by ``now``, each this caller's for the lease."""
         ids: list[str] = await self._lease(
-            keys=[self._keys.webhook_due], args=[repr(now), repr(now + LEASE_S), limit]
+            keys=[self._keys.webhook_due], args=[repr(now), repr(now + self._lease_s), limit]
         )
         found = await self._many(ids)
         missing = {i for i in ids} - {d.id for d in found}

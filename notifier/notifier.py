@@ -24,7 +24,14 @@ from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
 from common.keys import NOTIFIERS_GROUP, Keys
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, backoff_s, describe, retry_transient
-from common.webhooks import Attempt, Deliveries, DeliveryState, StoredDelivery, delivery_id
+from common.webhooks import (
+    LEASE_MARGIN_S,
+    Attempt,
+    Deliveries,
+    DeliveryState,
+    StoredDelivery,
+    delivery_id,
+)
 from notifier.payload import body
 from notifier.sender import Outcome, Sender
 from notifier.settings import NotifierSettings
@@ -52,7 +59,9 @@ class Notifier:
         settings: NotifierSettings,
     ) -> None:
         self._keys = keys
-        self._deliveries = Deliveries(redis, keys)
+        # An attempt takes at most its timeout: past that and a margin, it is sent again.
+        lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+        self._deliveries = Deliveries(redis, keys, lease_s=lease_s)
         self._sender = sender
         self._secrets_for = secrets_for
         self._settings = settings
