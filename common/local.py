@@ -112,6 +112,9 @@ def up(settings: LocalSettings) -> int:
     env["DARKROOM_HOST"] = settings.host
     env["DARKROOM_AUTH"] = settings.auth
     env.pop("DARKROOM_STATE_DIR", None)
+    if settings.auth == "off" and settings.host == "127.0.0.1":
+        # One user on one machine: webhooks may go to a receiver on this machine too.
+        env.setdefault("DARKROOM_WEBHOOK_ALLOW_NETS", "127.0.0.0/8,::1/128")
     secret_from = "DARKROOM_WEBHOOK_SECRET"
     if "DARKROOM_WEBHOOK_SECRET" not in env:
         env["DARKROOM_WEBHOOK_SECRET"], secret_path = webhook_secret(settings.state_dir)
@@ -128,6 +131,7 @@ def up(settings: LocalSettings) -> int:
         host=settings.host,
         auth=settings.auth,
         webhook_secret=secret_from,
+        webhook_allow_nets=env.get("DARKROOM_WEBHOOK_ALLOW_NETS", ""),
         message=f"listening on {settings.host}:{settings.port} with auth {settings.auth}"
         + (
             " (this machine only; no API keys needed)"
