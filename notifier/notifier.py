@@ -32,6 +32,7 @@ from common.webhooks import (
     StoredDelivery,
     delivery_id,
 )
+from notifier.metrics import ATTEMPT_SECONDS, ATTEMPTS, NO_SECRET
 from notifier.payload import body
 from notifier.sender import Outcome, Sender
 from notifier.settings import NotifierSettings
@@ -45,6 +46,9 @@ IDLE_POLL_S = 0.5
 # A recorded outcome Redis refuses is retried this long; after that the lease runs out and the
 # delivery is sent again (at least once).
 REDIS_RETRY_S = 30.0
+NO_SECRET_ERROR = (
+    "no signing secret: set DARKROOM_WEBHOOK_SECRET for jobs made with auth off; not sent"
+)
 GONE_BEFORE = "the receiver answered 410 Gone to an earlier delivery; not sent"
 
 
@@ -165,8 +169,14 @@ class Notifier:
         if await self._deliveries.is_gone(delivery.tenant, delivery.url):
             skipped = Attempt(at=datetime.now(UTC), duration_ms=0, error=GONE_BEFORE)
             outcome = Outcome(skipped, "gone")
+        elif not (secrets := await self._secrets_for(delivery.tenant)):
+            # Nothing unsigned goes out: it waits, retried, until a secret is configured.
+            NO_SECRET.inc()
+            unsigned = Attempt(at=datetime.now(UTC), duration_ms=0, error=NO_SECRET_ERROR)
+            outcome = Outcome(unsigned, "retry")
+            log.error("webhook.no_secret", tenant=delivery.tenant, error=NO_SECRET_ERROR)
         else:
-            outcome = await self._sender.send(delivery, await self._secrets_for(delivery.tenant))
+            outcome = await self._sender.send(delivery, secrets)
         attempt, made = outcome.attempt, len(delivery.attempts) + 1
         state: DeliveryState = "failed"
         next_at: float | None = None
@@ -184,6 +194,8 @@ class Notifier:
             for_s=REDIS_RETRY_S,
             event="webhook.record_retry",
         )
+        ATTEMPTS.labels(delivery.type, state).inc()
+        ATTEMPT_SECONDS.observe(attempt.duration_ms / 1000)
         log.info(
             "webhook.attempt",
             type=delivery.type,
