@@ -29,7 +29,6 @@ import redis
 
 from bench.scaling import machine
 from common.catalog import demo_catalog, write_catalog
-from common.keys import Keys
 from common.redis_server import RedisServer, free_port
 from gpu_worker.tiny import make_all
 from tests.support.client import noise_png
@@ -132,12 +131,9 @@ def finished_cost(models_file: Path, root: Path, jobs: int, task_ttl_s: int) -> 
             job_ids = submit_jobs(client, "/api/sd/t2i", T2I, jobs)
             records = wait_all_terminal(stack, r, job_ids, timeout_s=jobs)
             took_s = time.monotonic() - began
-            # Early records may have expired already: count completions from the events stream.
-            ended = {
-                json.loads(fields["event"])["job_id"]: json.loads(fields["event"])["status"]
-                for _, fields in r.xrange(Keys(stack.prefix).events)
-            }
-            completed = sum(ended.get(job_id) == "completed" for job_id in records)
+            completed = sum(
+                record is not None and record.status == "completed" for record in records.values()
+            )
             peak = used_memory(r)
             time.sleep(task_ttl_s + 2)  # every record's and event log's TTL has passed
             after = used_memory(r)

@@ -166,6 +166,18 @@ class Run:
         return self.submit_cost.plus(self.process_cost)
 
 
+def finished(r: redis.Redis, keys: Keys, job_ids: list[str]) -> int:
+    """How many of the jobs have ended (one pipelined read of their statuses)."""
+    with r.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "status")
+        statuses = pipe.execute()
+    return sum(
+        s in (b"completed", b"failed", b"canceled", "completed", "failed", "canceled")
+        for s in statuses
+    )
+
+
 def stream_added(r: redis.Redis, stream: str) -> int:
     """Entries ever added to a stream (acked entries are deleted; Redis keeps the count)."""
     try:
@@ -217,7 +229,6 @@ def run_once(
     try:
         signal_all(fleet, signal.SIGSTOP)
         rendered_before = stream_added(r, keys.rendered)
-        finished_before = stream_added(r, keys.events)
         before = RedisCounters.read(r)
         began = time.monotonic()
         with httpx.Client(base_url=front.base_url, timeout=60) as client:
@@ -233,7 +244,7 @@ def run_once(
             what=f"{jobs} hand-offs",
         )
         done_at = wait_until(
-            lambda: stream_added(r, keys.events) - finished_before >= jobs,
+            lambda: finished(r, keys, job_ids) >= jobs,
             timeout_s=RUN_TIMEOUT_S,
             what=f"{jobs} jobs to finish",
         )

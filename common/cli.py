@@ -24,6 +24,7 @@ def _load_all_settings_classes() -> None:
     import common.local  # noqa: F401
     import gateway.settings  # noqa: F401
     import gpu_worker.settings  # noqa: F401
+    import notifier.settings  # noqa: F401
     import uploader.settings  # noqa: F401
 
 
@@ -57,6 +58,13 @@ def _uploader() -> None:
     asyncio.run(run(_build(UploaderSettings)))
 
 
+def _notifier() -> None:
+    from notifier.main import run
+    from notifier.settings import NotifierSettings
+
+    asyncio.run(run(_build(NotifierSettings)))
+
+
 def _up() -> None:
     from common.local import LocalSettings, up
 
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="darkroom", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
-        "up", help="gateway, worker and uploader with embedded Redis and demo models"
+        "up", help="gateway, worker, uploader and notifier with embedded Redis and demo models"
     )
     commands.add_parser(
         "gateway", help="the complete HTTP API (submit, status, SSE, docs, /output)"
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("status", help="status and SSE routes only")
     commands.add_parser("worker", help="a GPU worker")
     commands.add_parser("uploader", help="the uploader")
+    commands.add_parser("notifier", help="the webhook notifier")
     models = commands.add_parser("models", help="model utilities")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
     tiny = model_commands.add_parser("make-tiny", help="write tiny random-weight checkpoints")
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
             _worker()
         case "uploader":
             _uploader()
+        case "notifier":
+            _notifier()
         case "models":
             _make_tiny(args.out_dir)
         case "keys":

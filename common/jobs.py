@@ -24,14 +24,23 @@ from redis.typing import EncodableT, FieldT
 
 from common.cost import job_cost
 from common.keys import WORKERS_GROUP, Keys
-from common.schemas import JobEvent, JobRecord, JobSpec, JobStatus, RenderParams, Task
+from common.schemas import (
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    RenderParams,
+    SeedApi,
+    Task,
+    Webhook,
+)
 from common.tenants import LOCAL_TENANT
 from common.usage import RECORD_USAGE_LUA, SECONDS_PER_DAY, USAGE_RETENTION_DAYS, usage_day
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
-# The terminal-events stream has no reader yet (webhooks will be one): keep only the latest.
-TERMINAL_EVENTS_MAXLEN = 10_000
+# A job's webhook hears of its progress at most this often (its start and end always).
+WEBHOOK_PROGRESS_INTERVAL_S = 2.0
 # The error of a job that passed its ``Cancel-After`` deadline, wherever it was.
 DEADLINE_EXCEEDED = "deadline exceeded"
 # Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
@@ -40,11 +49,11 @@ UNFINISHED_TTL_S = 7 * 24 * 3600
 _EMIT = (
     RECORD_USAGE_LUA
     + """
-local job, log, terminal_stream = KEYS[1], KEYS[2], KEYS[3]
+local job, log, webhook_stream = KEYS[1], KEYS[2], KEYS[3]
 local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local patch = cjson.decode(ARGV[1])
 local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local log_maxlen, terminal_maxlen = ARGV[5], ARGV[6]
+local log_maxlen, progress_interval_s = ARGV[5], tonumber(ARGV[6])
 local stream_prefix, group = ARGV[7], ARGV[8]
 local tenant_jobs_prefix, tenant_bytes_prefix, local_tenant = ARGV[9], ARGV[10], ARGV[11]
 local usage_prefix, usage_day, usage_ttl_s = ARGV[12], ARGV[13], ARGV[14]
@@ -54,6 +63,7 @@ local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 
 if not cur[1] then return false end
 local status = cur[2]
 if status == 'completed' or status == 'failed' or status == 'canceled' then return false end
+local previous = status
 
 local progress = tonumber(cur[3]) or 0
 if patch.progress and patch.progress > progress then progress = patch.progress end
@@ -81,7 +91,6 @@ redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, seq .. '-0', 'event', payload
 if status == 'completed' or status == 'failed' or status == 'canceled' then
   redis.call('EXPIRE', job, ttl_s)
   redis.call('EXPIRE', log, ttl_s)
-  redis.call('XADD', terminal_stream, 'MAXLEN', '~', terminal_maxlen, '*', 'event', payload)
   -- Nothing of a finished job waits anywhere: its queue entry (a worker holding it finds its
   -- claim gone and hands nothing on), its deadline, its input bytes.
   if cur[7] and cur[8] then
@@ -102,6 +111,26 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
     end
   end
   record_usage(job, status, usage_prefix, usage_day, usage_ttl_s)
+end
+-- A job that asked for a webhook puts the kinds of event it asked for on the notifier's stream.
+local hook = redis.call('HMGET', job, 'webhook', 'webhook_events', 'webhook_progress_at',
+  'tenant', 'api', 'params')
+if hook[1] then
+  local kind, event_type = nil, nil
+  if status == 'completed' or status == 'failed' or status == 'canceled' then
+    kind, event_type = 'completed', 'job.' .. status
+  elseif status == 'processing' and previous == 'pending' then
+    kind, event_type = 'start', 'job.started'
+  elseif status == 'processing' and tonumber(now) - (tonumber(hook[3]) or 0) >= progress_interval_s
+  then
+    kind, event_type = 'progress', 'job.progress'
+  end
+  if kind and string.find(',' .. hook[2] .. ',', ',' .. kind .. ',', 1, true) then
+    if kind ~= 'completed' then redis.call('HSET', job, 'webhook_progress_at', now) end
+    redis.call('XADD', webhook_stream, '*', 'job_id', cur[1], 'seq', seq, 'type', event_type,
+      'url', hook[1], 'tenant', hook[4] or '', 'api', hook[5] or 'api', 'params', hook[6] or '{}',
+      'event', payload)
+  end
 end
 redis.call('PUBLISH', channel, payload)
 return payload
@@ -246,6 +275,8 @@ class JobStore:
         max_queue: int | None = None,
         max_input_bytes: int | None = None,
         claim: KeyClaim | None = None,
+        webhook: Webhook | None = None,
+        api: SeedApi = "api",
         quota: TenantQuota | None = None,
     ) -> None:
         """Write the record, its first event and the stream entry in one transaction; with
@@ -274,8 +305,12 @@ class JobStore:
             "created_at": spec.created_at.isoformat(),
             "updated_at": now,
             "tenant": spec.tenant,
+            "api": api,
             "cost": job_cost(spec.params, spec.task),
         }
+        if webhook is not None:
+            record["webhook"] = webhook.url
+            record["webhook_events"] = ",".join(webhook.events)
         blob = input_bytes is not None and spec.input_blob is not None
         script_keys = [
             keys.job_stream(spec.model),
@@ -352,7 +387,7 @@ class JobStore:
             keys=[
                 keys.job(job_id),
                 keys.job_events(job_id),
-                keys.events,
+                keys.webhook_events,
                 keys.deadlines,
                 keys.inputs,
                 keys.input_bytes,
@@ -364,7 +399,7 @@ class JobStore:
                 self._task_ttl_s,
                 keys.progress_channel(job_id),
                 JOB_EVENT_LOG_MAXLEN,
-                TERMINAL_EVENTS_MAXLEN,
+                WEBHOOK_PROGRESS_INTERVAL_S,
                 keys.job_stream(""),
                 WORKERS_GROUP,
                 keys.tenant_jobs(""),

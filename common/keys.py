@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 WORKERS_GROUP = "workers"
 UPLOADERS_GROUP = "uploaders"
+NOTIFIERS_GROUP = "notifiers"
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,30 @@ class Keys:
         return f"{self.prefix}rendered"
 
     @property
-    def events(self) -> str:
-        """Capped stream of terminal events, for webhooks and audit."""
+    def webhook_events(self) -> str:
+        """Stream of the events that jobs asked webhooks for; group ``notifiers``. Acked entries
+        are deleted: it holds only work."""
         return f"{self.prefix}events"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        """Hash: one webhook delivery (URL, tenant, payload, state, attempts), kept for the
+        whole retry schedule plus a day, beyond its job's record."""
+        return f"{self.prefix}webhook:{delivery_id}"
+
+    def webhook_deliveries(self, job_id: str) -> str:
+        """Sorted set: a job's webhook delivery ids by creation time (the delivery log)."""
+        return f"{self.prefix}webhooks:{job_id}"
+
+    @property
+    def webhook_due(self) -> str:
+        """Sorted set: delivery ids by the Unix time of their next attempt. A notifier leases one
+        by moving its time forward; if it dies mid-attempt, the lease runs out and another sends
+        it again, with the same ``webhook-id``."""
+        return f"{self.prefix}webhookdue"
+
+    def webhook_gone(self, tenant: str, url_sha256: str) -> str:
+        """String: a receiver URL that answered 410 Gone; nothing more is sent to it."""
+        return f"{self.prefix}webhookgone:{tenant}:{url_sha256}"
 
     @property
     def dead(self) -> str:

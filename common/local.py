@@ -4,8 +4,9 @@ With no Redis configured it starts an embedded ``redis-server`` (its URL in
 ``.darkroom/redis.url`` while it runs, for ``darkroom keys``); with no model catalogue it
 writes tiny demo checkpoints (once) and serves every route from them. The gateway listens on
 127.0.0.1 with auth off unless ``DARKROOM_HOST`` / ``DARKROOM_AUTH`` say otherwise. Gateway,
-worker and uploader run as child processes, exactly as ``darkroom gateway|worker|uploader`` would
-on Kubernetes.
+worker, uploader and notifier run as child processes, exactly as ``darkroom gateway|worker|
+uploader|notifier`` would on Kubernetes. Webhooks of its jobs are signed with the secret in
+``.darkroom/webhook-secret`` (made once) unless ``DARKROOM_WEBHOOK_SECRET`` is set.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from common.catalog import Catalog, demo_catalog, write_catalog
 from common.logging import get_logger
 from common.redis_server import RedisServer
 from common.settings import KeySettings
-from common.tenants import AuthMode
+from common.tenants import AuthMode, new_webhook_secret
 
 log = get_logger(__name__)
 
-SERVICES = ("gateway", "worker", "uploader")
+SERVICES = ("gateway", "worker", "uploader", "notifier")
 STOP_GRACE_S = 30.0
 # Where a running ``darkroom up`` leaves its embedded Redis's URL, under the state directory.
 REDIS_URL_FILE = "redis.url"
+# The secret that signs the webhooks of jobs made with auth off, made once, under the state dir.
+WEBHOOK_SECRET_FILE = "webhook-secret"
 
 
 class LocalSettings(KeySettings):
@@ -82,6 +85,16 @@ def _demo_models(settings: LocalSettings) -> Path:
     return catalog_file
 
 
+def webhook_secret(state_dir: Path) -> tuple[str, Path]:
+    """The local webhook signing secret, made on first use and kept (owner-readable only)."""
+    path = state_dir.resolve() / WEBHOOK_SECRET_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(new_webhook_secret() + "\n")
+    return path.read_text().strip(), path
+
+
 def up(settings: LocalSettings) -> int:
     env = dict(os.environ)
     redis_server = None
@@ -99,6 +112,13 @@ def up(settings: LocalSettings) -> int:
     env["DARKROOM_HOST"] = settings.host
     env["DARKROOM_AUTH"] = settings.auth
     env.pop("DARKROOM_STATE_DIR", None)
+    if settings.auth == "off" and settings.host == "127.0.0.1":
+        # One user on one machine: webhooks may go to a receiver on this machine too.
+        env.setdefault("DARKROOM_WEBHOOK_ALLOW_NETS", "127.0.0.0/8,::1/128")
+    secret_from = "DARKROOM_WEBHOOK_SECRET"
+    if "DARKROOM_WEBHOOK_SECRET" not in env:
+        env["DARKROOM_WEBHOOK_SECRET"], secret_path = webhook_secret(settings.state_dir)
+        secret_from = str(secret_path)
 
     children = {
         name: subprocess.Popen([sys.executable, "-m", "common.cli", name], env=env)
@@ -110,6 +130,8 @@ def up(settings: LocalSettings) -> int:
         docs=f"http://localhost:{settings.port}/docs",
         host=settings.host,
         auth=settings.auth,
+        webhook_secret=secret_from,
+        webhook_allow_nets=env.get("DARKROOM_WEBHOOK_ALLOW_NETS", ""),
         message=f"listening on {settings.host}:{settings.port} with auth {settings.auth}"
         + (
             " (this machine only; no API keys needed)"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.tenants import LOCAL_TENANT
+from common.webhook_targets import MAX_URL_CHARS, BadWebhookUrl, parse
 
 MAX_SEED = 2**32 - 1
 
@@ -83,12 +84,67 @@ Frames = Annotated[int | None, Field(default=None, ge=1, le=1000)]
 Fps = Annotated[int | None, Field(default=None, ge=1, le=120)]
 
 
-class _Request(BaseModel):
+# What a job's webhook is told about: it starting, its progress (at most every 2 s), its end.
+WebhookEventKind = Literal["start", "progress", "completed"]
+DEFAULT_WEBHOOK_EVENTS: list[WebhookEventKind] = ["completed"]
+
+
+# Which seed API a job came through: its webhooks speak that API's fields.
+SeedApi = Literal["api", "v1"]
+
+
+class Webhook(BaseModel):
+    """Where a job's events go, and which ones."""
+
+    url: str
+    events: list[WebhookEventKind]
+
+
+class SubmitRequest(BaseModel):
+    """What every submit body shares: the webhook fields."""
+
     # A misspelled field is refused rather than silently ignored.
     model_config = ConfigDict(extra="forbid")
 
+    webhook: str | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="An https:// or http:// URL that receives the job's events as signed POSTs "
+        "(Standard Webhooks). Private, loopback and link-local addresses are refused.",
+    )
+    webhook_events_filter: list[WebhookEventKind] | None = Field(
+        default=None,
+        min_length=1,
+        description="Which events the webhook receives: any of start, progress (at most one "
+        "every 2 s), completed (any end: completed, failed or canceled). Default: completed. "
+        "In a form, repeated fields or one comma-separated value.",
+    )
 
-class TextToImageRequest(_Request):
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse(value)
+            except BadWebhookUrl as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("webhook_events_filter", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def webhook_target(self) -> Webhook | None:
+        if self.webhook is None:
+            return None
+        events = self.webhook_events_filter or DEFAULT_WEBHOOK_EVENTS
+        return Webhook(url=self.webhook, events=list(dict.fromkeys(events)))
+
+
+class TextToImageRequest(SubmitRequest):
     """Seed 1: ``POST /api/{model}/t2i``."""
 
     prompt: Prompt
@@ -101,7 +157,7 @@ class TextToImageRequest(_Request):
     angles: Angles = None
 
 
-class ImageToImageForm(_Request):
+class ImageToImageForm(SubmitRequest):
     """Seed 1: ``POST /api/{model}/i2i``, multipart fields besides the ``image`` file."""
 
     prompt: Annotated[str, Field(max_length=2000)] = ""
@@ -118,7 +174,7 @@ class ImageToImageForm(_Request):
         return _split_commas(value)
 
 
-class TextToVideoRequest(_Request):
+class TextToVideoRequest(SubmitRequest):
     """``POST /api/{model}/t2v``. Omitted fields take the model's defaults (``GET /api/models``)."""
 
     prompt: Prompt
@@ -132,7 +188,7 @@ class TextToVideoRequest(_Request):
     seed: Seed = None
 
 
-class ImageToVideoForm(_Request):
+class ImageToVideoForm(SubmitRequest):
     """``POST /api/{model}/i2v``, multipart fields besides the ``image`` file (the first frame)."""
 
     prompt: Annotated[str, Field(max_length=2000)] = ""
@@ -152,7 +208,7 @@ def _split_commas(value: object) -> object:
     return value
 
 
-class GenerateRequest(_Request):
+class GenerateRequest(SubmitRequest):
     """Seed 2: ``POST /v1/generate``. ``seed=-1`` asks for a random seed."""
 
     prompt: Prompt

@@ -9,17 +9,19 @@ Kubernetes Secret), each file named like a variable (``REDIS_PASSWORD``, ``AWS_S
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SecretsSettingsSource,
     SettingsConfigDict,
@@ -74,11 +76,26 @@ class CommonSettings(BaseSettings):
     # The model catalogue (TOML) shared by gateway and workers; unset means the production one.
     models_file: Path | None = None
 
+    # Networks (CIDRs, comma-separated) webhooks may reach although private or loopback: the
+    # gateway checks literal addresses at submit, the notifier every address it resolves.
+    webhook_allow_nets: Annotated[tuple[str, ...], NoDecode] = ()
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
     # Files named like settings, one value each (read before the model is built: see below).
     secrets_dir: Path = DEFAULT_SECRETS_DIR
+
+    @field_validator("webhook_allow_nets", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        values = value.split(",") if isinstance(value, str) else value
+        if isinstance(values, (list, tuple)):
+            nets = tuple(str(v).strip() for v in values if str(v).strip())
+            for net in nets:
+                ipaddress.ip_network(net, strict=False)  # a ValueError names the bad one
+            return nets
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -27,6 +27,7 @@ from check_policy import check_policy, self_test
 import common.local  # noqa: F401
 import gateway.settings  # noqa: F401
 import gpu_worker.settings  # noqa: F401
+import notifier.settings  # noqa: F401
 import uploader.settings  # noqa: F401
 from common.catalog import Catalog
 from common.keys import Keys
@@ -38,6 +39,8 @@ DEFAULT_DRAIN_GRACE_S = 60
 # Time left after the drain for the process to release its job and exit.
 MIN_EXIT_MARGIN_S = 10
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
+# The roles that are stream consumers: scaled by KEDA on their streams, drained on SIGTERM.
+CONSUMERS = {"worker", "uploader", "notifier"}
 FORMULA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A formula term: a trigger, or a trigger divided by its route's batch size.
 FORMULA_TERM = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:/\s*([0-9]+)\s*)?")
@@ -92,7 +95,7 @@ def check_pod_specs(workloads: list[Doc], config_maps: dict[str, Doc], problems:
             if container not in spec["containers"]:
                 continue  # init containers (tiny-models) talk to no Redis
             check_secrets_mount(doc, container, env, problems)
-            if _role(container) in {"worker", "uploader"}:
+            if _role(container) in CONSUMERS:
                 grace_s = float(env.get("DARKROOM_DRAIN_GRACE_S") or DEFAULT_DRAIN_GRACE_S)
                 termination_s = spec.get("terminationGracePeriodSeconds", 30)
                 if termination_s < grace_s + MIN_EXIT_MARGIN_S:
@@ -191,6 +194,8 @@ def check_scaling(
             check_batches(scaled, batches, problems)
         elif role == "uploader":
             expected = {keys.rendered}
+        elif role == "notifier":
+            expected = {keys.webhook_events}
         else:
             problems.add(where(scaled), f"scales a {role!r} Deployment; expected a consumer")
             continue
@@ -217,7 +222,7 @@ def check_scaling(
     scaled_targets = [s["spec"]["scaleTargetRef"]["name"] for s in scaled_objects]
     for name, deployment in deployments.items():
         role = _role(deployment["spec"]["template"]["spec"]["containers"][0])
-        if role in {"worker", "uploader"} and scaled_targets.count(name) != 1:
+        if role in CONSUMERS and scaled_targets.count(name) != 1:
             problems.add(where(deployment), "a consumer needs exactly one ScaledObject")
     if all_routes - routes_served:
         problems.add("workers", f"no worker Deployment serves {sorted(all_routes - routes_served)}")

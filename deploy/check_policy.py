@@ -45,6 +45,12 @@ GATED_HUB_IDS = {"black-forest-labs/FLUX.1-dev"}
 # cloud metadata): an ipBlock of 0.0.0.0/0 must except at least these.
 PRIVATE_V4 = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
 PRIVATE_V6 = {"fc00::/7", "fe80::/10"}
+# Webhook URLs are the tenants' to choose: the notifier's way out also leaves out shared (CGNAT,
+# some clusters' pod range) and loopback addresses, as its own SSRF guard does.
+WEBHOOK_EXCEPT = {
+    "0.0.0.0/0": PRIVATE_V4 | {"100.64.0.0/10", "127.0.0.0/8"},
+    "::/0": PRIVATE_V6 | {"::1/128"},
+}
 POD_KINDS = {"Deployment", "StatefulSet", "Job"}
 
 K8S_UNITS = {
@@ -431,6 +437,8 @@ class Policy:
         """/metrics reachable from monitoring; egress to anywhere leaves out private ranges."""
         monitors = self.build.of("PodMonitor")
         for doc, pod in self.build.pods():
+            if any(role(c) == "notifier" for c in pod["containers"]):
+                self._notifier_egress(doc)
             for container in pod["containers"]:
                 port = self.build.env(container).get("DARKROOM_HEALTH_PORT")
                 if port is None:
@@ -469,6 +477,20 @@ class Policy:
                         self.add(
                             where(policy),
                             f"egress to {block['cidr']} must except {sorted(private)}",
+                        )
+
+    def _notifier_egress(self, doc: Doc) -> None:
+        for policy in policies_for(self.build, template_labels(doc), "Egress"):
+            for rule in policy["spec"].get("egress", []):
+                for peer in rule.get("to", []):
+                    block = peer.get("ipBlock", {})
+                    needed = WEBHOOK_EXCEPT.get(block.get("cidr"), set())
+                    missing = needed - set(block.get("except", []))
+                    if missing:
+                        self.add(
+                            where(doc),
+                            f"NetworkPolicy/{policy['metadata']['name']} lets webhooks reach "
+                            f"{sorted(missing)}: except them from {block['cidr']}",
                         )
 
     # Images, storage of the pods, results -----------------------------------------------------
@@ -754,6 +776,14 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
             if r.get("to") and "ipBlock" in r["to"][0]
         )["to"][0]["ipBlock"].pop("except"),
         "must except",
+    ),
+    "webhooks to the CGNAT range": (
+        lambda d: next(
+            r
+            for r in _find(d, "NetworkPolicy", "notifier")["spec"]["egress"]
+            if r.get("to") and "ipBlock" in r["to"][0]
+        )["to"][0]["ipBlock"]["except"].remove("100.64.0.0/10"),
+        "lets webhooks reach",
     ),
     "unsigned result URLs": (lambda d: _config(d, "DARKROOM_S3_PRESIGN", "false"), "unsigned"),
     "the generic bucket": (lambda d: _config(d, "S3_BUCKET_NAME", None), "S3_BUCKET_NAME"),

@@ -19,6 +19,7 @@ from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
 from common.redis import connect
 from common.tenants import TenantStore
 from common.usage import UsageStore
+from common.webhook_targets import parse_nets
 from gateway import (
     routes_api,
     routes_cancel,
@@ -26,6 +27,7 @@ from gateway import (
     routes_status,
     routes_usage,
     routes_v1,
+    routes_webhooks,
 )
 from gateway.auth import AuthMiddleware
 from gateway.body_limit import BodyLimitMiddleware
@@ -58,6 +60,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
     api_routes: list[BaseRoute] = list(routes_status.routes)
     if role == "gateway":
         api_routes += routes_api.routes + routes_v1.routes + routes_cancel.routes
+        api_routes += routes_webhooks.routes
         api_routes += routes_usage.routes
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
@@ -101,6 +104,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
                 catalog,
                 blob_ttl_s=settings.blob_ttl_s,
                 max_waiting_input_bytes=settings.max_waiting_input_bytes,
+                webhook_allow_nets=parse_nets(settings.webhook_allow_nets),
             ),
         )
         stop = asyncio.Event()

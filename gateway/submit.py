@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,12 +35,16 @@ from common.schemas import (
     ImageToVideoForm,
     JobSpec,
     RenderParams,
+    SeedApi,
+    SubmitRequest,
     Task,
     TextToImageRequest,
     TextToVideoRequest,
+    Webhook,
     utcnow,
 )
 from common.tenants import LOCAL_TENANT, KeyLimits
+from common.webhook_targets import BadWebhookUrl, Network, check_literal
 from gateway.auth import tenant_of
 from gateway.errors import ApiError, field_error
 from gateway.idempotency import (
@@ -179,12 +184,14 @@ class Submitter:
         *,
         blob_ttl_s: int,
         max_waiting_input_bytes: int | None = None,
+        webhook_allow_nets: Sequence[Network] = (),
     ) -> None:
         self._jobs = jobs
         self._keys = keys
         self._catalog = catalog
         self._blob_ttl_s = blob_ttl_s
         self._max_waiting_input_bytes = max_waiting_input_bytes
+        self._webhook_allow_nets = webhook_allow_nets
 
     def route(self, model: str, task: Task) -> ModelRoute:
         route = self._catalog.routes.get(model)
@@ -291,13 +298,14 @@ class Submitter:
         route: ModelRoute,
         task: Task,
         params: RenderParams,
-        request: BaseModel,
+        request: SubmitRequest,
         admission: Admission,
         image: bytes | None = None,
     ) -> Submitted:
         """``request`` is what the client sent, validated; ``params`` adds the defaults and seed."""
         _check_limits(route, params)
         check_cost(admission.limits, task, params)
+        webhook = self._webhook(request)
         job_id = str(uuid.uuid4())
         once, claim = admission.idempotency, None
         if once is not None:
@@ -308,7 +316,7 @@ class Submitter:
                 return Submitted(earlier, replayed=True, headers=admission.headers)
             claim = once.commit_with_job()
         try:
-            await self._submit(route, task, params, job_id, image, admission, claim)
+            await self._submit(route, task, params, job_id, image, admission, claim, webhook)
         except ClaimExpired:
             assert once is not None
             raise once.expired() from None
@@ -317,6 +325,18 @@ class Submitter:
                 await once.release()
             raise
         return Submitted(job_id, headers=admission.headers)
+
+    def _webhook(self, request: SubmitRequest) -> tuple[Webhook, SeedApi] | None:
+        """The job's webhook and the seed API its payloads speak; a URL whose host is an
+        address webhooks may not reach is a 422 here, before anything is queued."""
+        webhook = request.webhook_target()
+        if webhook is None:
+            return None
+        try:
+            check_literal(webhook.url, self._webhook_allow_nets)
+        except BadWebhookUrl as exc:
+            raise field_error("webhook", str(exc)) from None
+        return webhook, "v1" if isinstance(request, GenerateRequest) else "api"
 
     async def _submit(
         self,
@@ -327,6 +347,7 @@ class Submitter:
         image: bytes | None,
         admission: Admission,
         claim: KeyClaim | None,
+        webhook: tuple[Webhook, SeedApi] | None,
     ) -> None:
         spec = JobSpec(
             job_id=job_id,
@@ -349,6 +370,8 @@ class Submitter:
                 max_input_bytes=self._max_waiting_input_bytes,
                 claim=claim,
                 quota=admission.quota,
+                webhook=webhook[0] if webhook else None,
+                api=webhook[1] if webhook else "api",
             )
         except TenantQueueFull as full:
             limit = admission.quota.max_queued if admission.quota else None

@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
-# The gateway, status and uploader image: the project and its runtime dependencies exactly as
-# uv.lock pins them, without the "worker" dependency group (no torch, diffusers, …).
+# The gateway, status, uploader and notifier image: the project and its runtime dependencies
+# exactly as uv.lock pins them, without the "worker" dependency group (no torch, diffusers, …).
 # The build context is the repository root:
 #   docker build -f deploy/docker/service.Dockerfile -t darkroom-service .
 # service.Dockerfile.dockerignore, beside this file, keeps .venv, .git and the tests out of it.
-# Run as `darkroom gateway` (the default), `darkroom status` or `darkroom uploader`.
+# Run as `darkroom gateway` (the default), `darkroom status`, `darkroom uploader` or
+# `darkroom notifier`.
 
 # uv as the lock was written with; both Python stages on the same base, so the virtual
 # environment's interpreter path (/usr/local/bin/python3.11) holds in the final image.
@@ -28,6 +29,7 @@ COPY pyproject.toml uv.lock README.md ./
 COPY common ./common
 COPY gateway ./gateway
 COPY gpu_worker ./gpu_worker
+COPY notifier ./notifier
 COPY uploader ./uploader
 # The project as a wheel, not editable, so /src stays behind in this stage.
 RUN --mount=type=cache,target=/root/.cache/uv \

@@ -31,6 +31,7 @@ COPY pyproject.toml uv.lock README.md ./
 COPY common ./common
 COPY gateway ./gateway
 COPY gpu_worker ./gpu_worker
+COPY notifier ./notifier
 COPY uploader ./uploader
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-default-groups --group worker --no-editable
