@@ -14,6 +14,7 @@ import redis
 
 from common.redis_server import free_port
 from tests.support.client import png_size, wait_terminal
+from tests.support.receiver import Receiver
 from tests.support.stack import REPO_ROOT
 from tests.support.waiting import wait_for
 
@@ -44,6 +45,7 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             start_new_session=True,
         )
     base = f"http://localhost:{port}"
+    receiver = Receiver().start()
     try:
         wait_for(
             lambda: _healthy(base + "/", process, log),
@@ -59,6 +61,8 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
                         "width": 128,
                         "height": 128,
                         "num_inference_steps": 2,
+                        # Its notifier signs with the secret it made, and lets loopback in.
+                        "webhook": receiver.url,
                     },
                 )
                 .raise_for_status()
@@ -69,6 +73,10 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             (url,) = job["result_urls"]
             assert url.startswith(f"{base}/output/generations/")
             assert png_size(client.get(url).content) == (128, 128)
+        secret = (tmp_path / ".darkroom" / "webhook-secret").read_text().strip()
+        wait_for(lambda: receiver.of_job(job_id), timeout_s=30, what="the webhook")
+        payload = receiver.of_job(job_id)[0].verified(secret)
+        assert payload["type"] == "job.completed" and payload["data"]["result_urls"] == [url]
         assert (
             tmp_path / ".darkroom" / "models" / "stable-diffusion" / "model_index.json"
         ).exists()
@@ -92,6 +100,7 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         stored = redis.Redis(port=redis_port, decode_responses=True).hgetall("darkroom:apikeys")
         assert list(stored.values()) == ["laptop"]
     finally:
+        receiver.stop()
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
     assert code == 0, log.read_text()[-3000:]
