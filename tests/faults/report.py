@@ -5,9 +5,11 @@
 
 Any test run writes the ledger when ``FAULT_LEDGER`` names a file. Jobs submitted over HTTP and
 jobs the component tests wrote straight to Redis are counted apart; in each, completed + failed as
-intended + lost by crash add up to at most submitted. Exits non-zero if a test failed, or if any
-job was lost or duplicated, or any 5xx was seen; jobs a Redis crash took back within its promise
-(the last second, AOF everysec) are reported, not failed.
+intended + lost by crash add up to at most submitted. Webhooks count the terminal events of jobs
+that asked for one: due, delivered, deliveries beyond the first, lost. Exits non-zero if a test
+failed, or if any job or terminal webhook event was lost, any job duplicated, or any 5xx was
+seen; jobs a Redis crash took back within its promise (the last second, AOF everysec) are
+reported, not failed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ TESTS = [
 ]
 JOB_FIGURES = ("submitted", "completed", "failed_as_intended", "lost_by_crash", "lost",
                "duplicated")  # fmt: skip
+WEBHOOK_FIGURES = {
+    "webhooks_due": "events due",
+    "webhooks_delivered": "delivered",
+    "webhooks_duplicated": "duplicated deliveries",
+    "webhooks_lost": "lost",
+}
 GROUPS = {True: "Jobs submitted over HTTP", False: "Jobs written straight to Redis (no gateway)"}
 
 
@@ -61,15 +69,18 @@ def _rows(ledger: Path) -> list[dict[str, Any]]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> bool:
-    """Print the figures; ``True`` when nothing was lost or duplicated and no 5xx was seen."""
+    """Print the figures; ``True`` when no job or terminal webhook event was lost, no job
+    duplicated and no 5xx seen."""
     faults: Counter[str] = Counter()
     jobs: dict[bool, Counter[str]] = {True: Counter(), False: Counter()}
     bad: Counter[str] = Counter()
+    webhooks: Counter[str] = Counter()
     for row in rows:
         faults.update(row["faults"])
         # Ledgers written before these figures existed: a missing figure is a zero.
         jobs[row.get("over_http", True)].update({n: row.get(n, 0) for n in JOB_FIGURES})
         bad.update({n: row[n] for n in ("bad_inputs", "server_errors")})
+        webhooks.update({n: row.get(n, 0) for n in WEBHOOK_FIGURES})
     print("\nFaults injected")
     for kind, count in sorted(faults.items()):
         print(f"  {kind:<44} {count:>6}")
@@ -80,8 +91,11 @@ def summarize(rows: list[dict[str, Any]]) -> bool:
     print("Bad input")
     print(f"  {'requests tried':<44} {bad['bad_inputs']:>6}")
     print(f"  {'5xx seen':<44} {bad['server_errors']:>6}")
+    print("Webhooks (terminal events of jobs that asked for one)")
+    for name, label in WEBHOOK_FIGURES.items():
+        print(f"  {label:<44} {webhooks[name]:>6}")
     broken = sum(group[n] for group in jobs.values() for n in ("lost", "duplicated"))
-    return not (broken or bad["server_errors"])
+    return not (broken or bad["server_errors"] or webhooks["webhooks_lost"])
 
 
 if __name__ == "__main__":

@@ -10,12 +10,18 @@ a worker SIGKILLed or SIGTERMed (and started again), the uploader SIGKILLed (and
 S3 down for a while, Redis crashed (SIGKILL; its AOF is fsynced once a second) and started again,
 Redis full (``maxmemory``) for a few seconds, Redis demoted to a read-only replica of a standby and
 promoted back (a failover and its return).
+A notifier runs beside them, and a share of the jobs ask for a webhook to a receiver on loopback;
+two more faults strike it: the notifier SIGKILLed (and started again) and the receiver down for a
+while (and started again on the same port). The retry schedule is seconds long, yet it outlasts
+any outage the soak makes.
 A submit that meets an outage is retried with the same ``Idempotency-Key``, as a careful client
 would, so a retry never makes a second job. When the time is up the faults stop, and every job
 must complete with exactly one object in the bucket, except that a Redis crash may take back what
 was acknowledged in the last second before it (``CRASH_LOSS_S``), and so may a failover: such jobs
 are counted apart as lost by crash; one acknowledged earlier and gone is lost. (S3 AccessDenied is
-not in the mix: it fails jobs by design; ``test_storage_faults.py`` covers it.)
+not in the mix: it fails jobs by design; ``test_storage_faults.py`` covers it.) Every job that
+asked for a webhook must have its terminal event delivered, signed (checked by the
+``standardwebhooks`` package), at least once and under one ``webhook-id`` however often.
 ``tests/faults/test_soak.py`` runs a short soak in the suite; this command runs a long one.
 """
 
@@ -28,17 +34,21 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
 
 from common.catalog import demo_catalog, write_catalog
 from common.redis_server import RedisServer, free_port
-from tests.support.fleet import UUID_RE, wait_all_terminal
+from common.schemas import JobRecord
+from common.tenants import new_webhook_secret
+from tests.support.fleet import UUID_RE, check_alive, wait_all_terminal
 from tests.support.ledger import Ledger
+from tests.support.receiver import Received, Receiver
 from tests.support.s3_server import S3Server, start_s3_server
 from tests.support.stack import Stack, stack_env
 
@@ -49,6 +59,20 @@ LONG = {"prompt": "soak, long", "width": 512, "height": 512, "num_inference_step
 SUBMIT_RETRY_S = 120.0
 # Redis's promise with ``appendfsync everysec``: a crash loses at most the last second of writes.
 CRASH_LOSS_S = 1.0
+# The share of jobs that ask for a webhook (their terminal event: the default filter).
+WEBHOOK_SHARE = 0.5
+# How long the receiver stays down, at most; the retry schedule outlasts two such outages back to
+# back (attempts over about 30 s, the last three 8 s apart), so a terminal event is never out of
+# attempts when the faults stop.
+RECEIVER_OUTAGE_S = (1.0, 6.0)
+WEBHOOK_SCHEDULE_S = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
+# An attempt's timeout; a notifier killed mid-send leaves its delivery to be sent again once its
+# lease (this plus ``common.webhooks.LEASE_MARGIN_S``) runs out.
+WEBHOOK_TIMEOUT_S = 2.0
+# After the jobs end, how long their terminal events may take to arrive: the whole schedule with
+# its jitter, a lease and a margin.
+WEBHOOK_SETTLE_S = sum(WEBHOOK_SCHEDULE_S) * 1.2 + WEBHOOK_TIMEOUT_S + 15.0
+TERMINAL_EVENTS = ("job.completed", "job.failed", "job.canceled")
 
 
 class Soak:
@@ -59,6 +83,8 @@ class Soak:
         root.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(root / "redis", appendonly=True, appendfsync="everysec")
         self.redis.start()
+        self.receiver = Receiver().start()
+        self.webhook_secret = new_webhook_secret()
         port = free_port()
         env = stack_env(
             redis_url=self.redis.url,
@@ -72,6 +98,11 @@ class Soak:
                 "DARKROOM_CLAIM_IDLE_MS": "2000",
                 "DARKROOM_DRAIN_GRACE_S": "3",
                 "DARKROOM_TORCH_THREADS": "1",
+                "DARKROOM_WEBHOOK_ALLOW_NETS": "127.0.0.0/8,::1/128",
+                "DARKROOM_WEBHOOK_RETRY_SCHEDULE_S": ",".join(map(str, WEBHOOK_SCHEDULE_S)),
+                "DARKROOM_WEBHOOK_TIMEOUT_S": str(WEBHOOK_TIMEOUT_S),
+                # Auth is off: every job is the local tenant's, signed with this secret.
+                "DARKROOM_WEBHOOK_SECRET": self.webhook_secret,
             },
         )
         self.stack = Stack(name="soak", workdir=root, env=env, port=port)
@@ -79,6 +110,9 @@ class Soak:
         # When each job's submit was acknowledged (200), and when Redis crashed (monotonic s).
         self.acked_at: dict[str, float] = {}
         self.crashed_at: list[float] = []
+        # The same crashes on the wall clock, which the receiver's timestamps use.
+        self.crashed_at_wall: list[float] = []
+        self.hooked: set[str] = set()  # jobs that asked for a webhook
         self._stop_submitting = threading.Event()
 
     @property
@@ -91,10 +125,12 @@ class Soak:
             "redis SIGKILL (AOF everysec)": self._redis_crash,
             "redis OOM (random length)": self._redis_full,
             "redis failover to a replica and back": self._redis_failover,
+            "notifier SIGKILL (random moment)": self._restart_notifier,
+            "webhook receiver outage (random length)": self._receiver_outage,
         }
 
     def run(self, duration_s: float) -> Ledger:
-        self.stack.start("worker:a", "worker:b", "uploader", "gateway")
+        self.stack.start("worker:a", "worker:b", "uploader", "notifier", "gateway")
         submitter = threading.Thread(target=self._submit_until_stopped, name="soak-submitter")
         submitter.start()
         try:
@@ -117,15 +153,21 @@ class Soak:
     def close(self) -> None:
         self.stack.stop_all()
         self.redis.stop(kill=True)
+        self.receiver.stop()
 
     # -- the client ---------------------------------------------------------------------------
 
     def _submit_until_stopped(self) -> None:
         with httpx.Client(base_url=self.stack.base_url, timeout=30) as client:
             while not self._stop_submitting.is_set():
-                body = LONG if self.rng.random() < 0.2 else SMALL
+                body: dict[str, object] = LONG if self.rng.random() < 0.2 else SMALL
+                hooked = self.rng.random() < WEBHOOK_SHARE
+                if hooked:
+                    body = {**body, "webhook": self.receiver.url}
                 job_id = self._submit(client, body)
                 self.acked_at[job_id] = time.monotonic()
+                if hooked:
+                    self.hooked.add(job_id)
                 time.sleep(self.rng.uniform(0.1, 0.5))
 
     def _submit(self, client: httpx.Client, body: dict[str, object]) -> str:
@@ -157,6 +199,16 @@ class Soak:
         self.stack.stop("uploader", signal.SIGKILL)
         self.stack.start("uploader")
 
+    def _restart_notifier(self) -> None:
+        self.stack.stop("notifier", signal.SIGKILL)
+        self.stack.start("notifier")
+
+    def _receiver_outage(self) -> None:
+        """Connections refused for a while; then the receiver listens on the same port again."""
+        self.receiver.stop()
+        time.sleep(self.rng.uniform(*RECEIVER_OUTAGE_S))
+        self.receiver.start()
+
     def _s3_outage(self) -> None:
         self.s3.stop()
         time.sleep(self.rng.uniform(1.0, 5.0))
@@ -164,6 +216,7 @@ class Soak:
 
     def _redis_crash(self) -> None:
         self.crashed_at.append(time.monotonic())
+        self.crashed_at_wall.append(time.time())
         self.redis.stop(kill=True)  # no shutdown: only what the AOF already holds survives
         time.sleep(self.rng.uniform(0.5, 2.0))
         self.redis.start()
@@ -192,6 +245,8 @@ class Soak:
             self.crashed_at.append(time.monotonic())
             new.replicaof("NO", "ONE")
             old.replicaof("127.0.0.1", standby.port)
+            # What the old primary took until now is gone with it.
+            self.crashed_at_wall.append(time.time())
             _wait_linked(old)
             time.sleep(self.rng.uniform(1.0, 4.0))
             old.replicaof("NO", "ONE")
@@ -217,6 +272,47 @@ class Soak:
         statuses = [rec.status.value if rec else "missing" for rec in kept.values()]
         self.ledger.outcome(statuses, [stored[job_id] for job_id in kept])
         self.ledger.duplicated += len(set(stored) - set(records))  # objects of no known job
+        self._check_webhooks({job_id: rec for job_id, rec in kept.items() if rec is not None})
+
+    def _check_webhooks(self, records: dict[str, JobRecord]) -> None:
+        """Every ended job that asked for a webhook: its terminal event delivered, signed, at
+        least once, one ``webhook-id`` however often (receivers deduplicate on it)."""
+        due = {job_id: rec for job_id, rec in records.items() if job_id in self.hooked}
+        deadline = time.monotonic() + WEBHOOK_SETTLE_S
+        while True:
+            check_alive(self.stack)  # a notifier that died says so now, with its log
+            got = self._terminal_events(due)
+            if len(got) == len(due) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for job_id, seen in got.items():
+            types = {payload["type"] for _, payload in seen}
+            if types != {f"job.{due[job_id].status.value}"}:
+                raise AssertionError(f"job {job_id} ended {due[job_id].status}; webhooks: {types}")
+            ids = {received.webhook_id for received, _ in seen}
+            if len(ids) > 1 and not self._taken_back(min(r.at for r, _ in seen)):
+                raise AssertionError(f"job {job_id}'s terminal event came under ids {ids}")
+        self.ledger.webhooks_due += len(due)
+        self.ledger.webhooks_delivered += len(got)
+        self.ledger.webhooks_duplicated += sum(len(seen) - 1 for seen in got.values())
+        self.ledger.webhooks_lost += len(due) - len(got)
+
+    def _terminal_events(
+        self, due: dict[str, JobRecord]
+    ) -> dict[str, list[tuple[Received, dict[str, Any]]]]:
+        """The terminal events received for each due job, each with its verified payload."""
+        found: defaultdict[str, list[tuple[Received, dict[str, Any]]]] = defaultdict(list)
+        for received in list(self.receiver.received):
+            # Raises WebhookVerificationError unless the signature holds.
+            payload = received.verified(self.webhook_secret)
+            if payload["type"] in TERMINAL_EVENTS and payload["data"]["id"] in due:
+                found[payload["data"]["id"]].append((received, payload))
+        return found
+
+    def _taken_back(self, delivered_at: float) -> bool:
+        """A Redis crash or failover soon after a terminal event was delivered may take the event
+        back with the job's end: the job ends again, and its event may then carry a new id."""
+        return any(0 <= crashed - delivered_at <= CRASH_LOSS_S for crashed in self.crashed_at_wall)
 
     def _new(self, job_id: str) -> bool:
         """Acknowledged within ``CRASH_LOSS_S`` before a crash: the AOF may not hold it yet."""
@@ -277,7 +373,12 @@ def main() -> None:
         f"before a Redis crash or failover), lost {ledger.lost}, duplicated {ledger.duplicated}, "
         f"5xx {ledger.server_errors}"
     )
-    if ledger.lost or ledger.duplicated or ledger.server_errors:
+    print(
+        f"webhooks: terminal events due {ledger.webhooks_due}, delivered "
+        f"{ledger.webhooks_delivered}, duplicated deliveries {ledger.webhooks_duplicated}, "
+        f"lost {ledger.webhooks_lost}"
+    )
+    if ledger.lost or ledger.duplicated or ledger.server_errors or ledger.webhooks_lost:
         raise SystemExit(1)
 
 

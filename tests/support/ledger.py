@@ -34,6 +34,13 @@ class Ledger:
     duplicated: int = 0
     bad_inputs: int = 0
     server_errors: int = 0
+    # Terminal events of jobs that asked for a webhook: due (the job ended), delivered (the
+    # receiver verified at least one), deliveries beyond the first (at-least-once allows them),
+    # and lost (due, never delivered).
+    webhooks_due: int = 0
+    webhooks_delivered: int = 0
+    webhooks_duplicated: int = 0
+    webhooks_lost: int = 0
 
     @property
     def over_http(self) -> bool:
