@@ -61,6 +61,8 @@ SUBMIT_RETRY_S = 120.0
 CRASH_LOSS_S = 1.0
 # The share of jobs that ask for a webhook (their terminal event: the default filter).
 WEBHOOK_SHARE = 0.5
+# A soak makes at least this many faults, past its duration if need be.
+MIN_FAULTS = 3
 # How long the receiver stays down, at most; the retry schedule outlasts two such outages back to
 # back (attempts over about 30 s, the last three 8 s apart), so a terminal event is never out of
 # attempts when the faults stop.
@@ -78,6 +80,7 @@ TERMINAL_EVENTS = ("job.completed", "job.failed", "job.canceled")
 class Soak:
     def __init__(self, root: Path, models_file: Path, s3: S3Server, seed: int) -> None:
         self.rng = random.Random(seed)
+        self.fault_rng = random.Random(seed + 1)
         self.root = root
         self.s3 = s3
         root.mkdir(parents=True, exist_ok=True)
@@ -136,10 +139,15 @@ class Soak:
         try:
             deadline = time.monotonic() + duration_s
             kinds: list[str] = []
-            while time.monotonic() < deadline:
-                time.sleep(self.rng.uniform(2.0, 6.0))
-                # Every kind once, in a random order, then again: a short soak sees variety.
-                kinds = kinds or self.rng.sample(sorted(self.faults), len(self.faults))
+            made = 0
+            # At least MIN_FAULTS, however slow this machine makes each one (a worker restart
+            # can take half a minute on two busy cores): a short soak still sees variety.
+            while time.monotonic() < deadline or made < MIN_FAULTS:
+                time.sleep(self.fault_rng.uniform(2.0, 6.0))
+                # Every kind once, in a random order, then again. The faults draw from their own
+                # generator, so the seed alone fixes their order (the submitter draws from its).
+                kinds = kinds or self.fault_rng.sample(sorted(self.faults), len(self.faults))
+                made += 1
                 kind = kinds.pop()
                 print(f"soak: {kind}", flush=True)
                 self.faults[kind]()
