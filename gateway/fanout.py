@@ -75,7 +75,8 @@ class EventFanout:
 
     @property
     def feed_count(self) -> int:
-        return sum(len(queues) for queues in self._feeds.values())
+        """Open feeds (a batch's counts once, though it hears many jobs)."""
+        return len(self._tenants)
 
     @contextlib.contextmanager
     def subscribe(self, job_id: str, tenant: str) -> Iterator[FeedQueue]:

@@ -4,6 +4,7 @@ ordinary jobs, and it expires with its last item."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -112,12 +113,11 @@ async def test_a_batch_past_the_routes_max_queue_is_refused_whole(
     store: BatchStore, redis: Redis
 ) -> None:
     tenant, model = f"t-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:6]}"
-    await store.submit(str(uuid.uuid4()), items(3, tenant, model), tenant=tenant, api="api",
-                       message="queued", max_queue=5)  # fmt: skip
+    options: dict[str, Any] = {"tenant": tenant, "api": "api", "message": "queued", "max_queue": 5}
+    await store.submit(str(uuid.uuid4()), items(3, tenant, model), **options)
     batch = items(3, tenant, model)
     with pytest.raises(QueueFull):
-        await store.submit(str(uuid.uuid4()), batch, tenant=tenant, api="api",
-                           message="queued", max_queue=5)  # fmt: skip
+        await store.submit(str(uuid.uuid4()), batch, **options)
     assert await redis.xlen(KEYS.job_stream(model)) == 3
     assert not await redis.exists(*(KEYS.job(item.spec.job_id) for item in batch))
 

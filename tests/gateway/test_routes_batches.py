@@ -146,9 +146,7 @@ def test_a_batch_is_n_jobs_for_max_queued_and_one_request_for_the_rate(
     assert queued(r, stack, name) == 5
 
 
-def test_another_tenants_batch_is_404_and_an_admin_sees_it(
-    http: httpx.Client, admin: str
-) -> None:
+def test_another_tenants_batch_is_404_and_an_admin_sees_it(http: httpx.Client, admin: str) -> None:
     _, owner = new_key(http, admin)
     _, other = new_key(http, admin)
     batch_id = http.post("/api/sd/batch", json=batch(2), headers=owner).json()["batch_id"]
