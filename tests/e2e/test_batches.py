@@ -86,7 +86,8 @@ def test_cancel_stops_the_rest_of_a_running_batch(client: httpx.Client) -> None:
         return "step" in client.get(f"/api/{second}/status").json()["message"]
 
     wait_for(second_rendering, timeout_s=120, what="the batch's second job to render")
-    assert client.get(f"/api/{first}/status").json()["status"] == "completed"
+    # Its upload may still be under way as the next render starts.
+    assert wait_terminal(client, f"/api/{first}/status")["status"] == "completed"
     answer = client.delete(f"/api/batches/{batch_id}")
     assert answer.status_code == 200, answer.text
     after = answer.json()
