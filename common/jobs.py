@@ -46,8 +46,34 @@ DEADLINE_EXCEEDED = "deadline exceeded"
 # Even a job that never finishes (say, its queue was deleted by hand) leaves Redis eventually.
 UNFINISHED_TTL_S = 7 * 24 * 3600
 
+# A batch's item ended (``common.batches``): one fewer unfinished. Until the last ends, the
+# batch keeps its ended items readable (they expire with it); the last one starts the batch's
+# ``task_ttl_s``, and its items', so a batch and its items expire together, like a job.
+BATCH_ITEM_ENDED_LUA = """
+local function batch_item_ended(batch_id, job, log, ttl_s, batch_prefix, items_prefix,
+                                job_prefix, log_prefix)
+  local batch, items = batch_prefix .. batch_id, items_prefix .. batch_id
+  if redis.call('EXISTS', batch) == 0 then return end
+  if redis.call('HINCRBY', batch, 'unfinished', -1) > 0 then
+    local left = redis.call('TTL', batch)
+    if left > 0 then
+      redis.call('EXPIRE', job, left)
+      redis.call('EXPIRE', log, left)
+    end
+    return
+  end
+  redis.call('EXPIRE', batch, ttl_s)
+  redis.call('EXPIRE', items, ttl_s)
+  for _, id in ipairs(redis.call('LRANGE', items, 0, -1)) do
+    redis.call('EXPIRE', job_prefix .. id, ttl_s)
+    redis.call('EXPIRE', log_prefix .. id, ttl_s)
+  end
+end
+"""
+
 _EMIT = (
     RECORD_USAGE_LUA
+    + BATCH_ITEM_ENDED_LUA
     + """
 local job, log, webhook_stream = KEYS[1], KEYS[2], KEYS[3]
 local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -111,6 +137,8 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
     end
   end
   record_usage(job, status, usage_prefix, usage_day, usage_ttl_s)
+  local batch = redis.call('HGET', job, 'batch')
+  if batch then batch_item_ended(batch, job, log, ttl_s, ARGV[15], ARGV[16], ARGV[17], ARGV[18]) end
 end
 -- A job that asked for a webhook puts the kinds of event it asked for on the notifier's stream.
 local hook = redis.call('HMGET', job, 'webhook', 'webhook_events', 'webhook_progress_at',
@@ -249,6 +277,44 @@ class ClaimExpired(Exception):
     """The submit's ``KeyClaim`` no longer holds: nothing was written."""
 
 
+def first_event(spec: JobSpec, message: str, now: float) -> JobEvent:
+    """A new job's first event (``seq`` 1, pending): its log's first entry."""
+    return JobEvent(
+        seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0, message=message, ts=now
+    )
+
+
+def record_fields(
+    spec: JobSpec,
+    message: str,
+    now: float,
+    *,
+    webhook: Webhook | None = None,
+    api: SeedApi = "api",
+) -> dict[FieldT, EncodableT]:
+    """A new job's record, as the submit scripts write it (one job, or a batch's items)."""
+    record: dict[FieldT, EncodableT] = {
+        "job_id": spec.job_id,
+        "status": JobStatus.PENDING.value,
+        "progress": 0,
+        "message": message,
+        "model": spec.model,
+        "task": spec.task.value,
+        "params": spec.params.model_dump_json(),
+        "seq": 1,
+        "attempts": 0,
+        "created_at": spec.created_at.isoformat(),
+        "updated_at": now,
+        "tenant": spec.tenant,
+        "api": api,
+        "cost": job_cost(spec.params, spec.task),
+    }
+    if webhook is not None:
+        record["webhook"] = webhook.url
+        record["webhook_events"] = ",".join(webhook.events)
+    return record
+
+
 class JobStore:
     def __init__(
         self,
@@ -289,28 +355,8 @@ class JobStore:
         sweeper. The job counts as the tenant's until it ends (``emit``'s terminal change).
         One script: the checks and the writes are one atomic step and one round trip."""
         keys, now = self._keys, time.time()
-        first = JobEvent(
-            seq=1, job_id=spec.job_id, status=JobStatus.PENDING, progress=0, message=message, ts=now
-        )
-        record: dict[FieldT, EncodableT] = {
-            "job_id": spec.job_id,
-            "status": JobStatus.PENDING.value,
-            "progress": 0,
-            "message": message,
-            "model": spec.model,
-            "task": spec.task.value,
-            "params": spec.params.model_dump_json(),
-            "seq": 1,
-            "attempts": 0,
-            "created_at": spec.created_at.isoformat(),
-            "updated_at": now,
-            "tenant": spec.tenant,
-            "api": api,
-            "cost": job_cost(spec.params, spec.task),
-        }
-        if webhook is not None:
-            record["webhook"] = webhook.url
-            record["webhook_events"] = ",".join(webhook.events)
+        first = first_event(spec, message, now)
+        record = record_fields(spec, message, now, webhook=webhook, api=api)
         blob = input_bytes is not None and spec.input_blob is not None
         script_keys = [
             keys.job_stream(spec.model),
@@ -409,6 +455,11 @@ class JobStore:
                 keys.usage_prefix,
                 usage_day(now),
                 self._usage_retention_s,
+                # A batch's item that ends may end its batch (``common.batches``).
+                keys.batch(""),
+                keys.batch_jobs(""),
+                keys.job(""),
+                keys.job_events(""),
             ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)

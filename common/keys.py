@@ -83,6 +83,15 @@ class Keys:
         """Capped stream of one job's events; entry id ``<seq>-0``, so a replay is a range."""
         return f"{self.prefix}jobevents:{job_id}"
 
+    def batch(self, batch_id: str) -> str:
+        """Hash: a batch's record (tenant, seed API, size, items not yet ended); its items are
+        ordinary jobs. Lives while any item is unfinished, then ``task_ttl_s`` like a job."""
+        return f"{self.prefix}batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        """List: a batch's job ids in request order; expires with the batch's record."""
+        return f"{self.prefix}batchjobs:{batch_id}"
+
     @property
     def workers(self) -> str:
         """Hash: each live worker's latest heartbeat (its loaded routes and device), by consumer

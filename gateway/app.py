@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
+from common.batches import BatchStore
 from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
@@ -22,6 +23,7 @@ from common.usage import UsageStore
 from common.webhook_targets import parse_nets
 from gateway import (
     routes_api,
+    routes_batches,
     routes_cancel,
     routes_keys,
     routes_status,
@@ -57,9 +59,10 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlette:
     catalog = Catalog.load(settings.models_file)
     keys = Keys(settings.key_prefix)
-    api_routes: list[BaseRoute] = list(routes_status.routes)
+    api_routes: list[BaseRoute] = [*routes_status.routes, *routes_batches.read_routes]
     if role == "gateway":
         api_routes += routes_api.routes + routes_v1.routes + routes_cancel.routes
+        api_routes += routes_batches.submit_routes
         api_routes += routes_webhooks.routes
         api_routes += routes_usage.routes
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
@@ -98,6 +101,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             rate=RateLimiter(redis, keys),
             job_tokens=JobTokens(redis, keys),
             usage=UsageStore(redis, keys, retention_days=settings.usage_retention_days),
+            batches=BatchStore(redis, keys),
             submitter=Submitter(
                 jobs,
                 keys,

@@ -139,6 +139,13 @@ def may_see(tenant: Tenant, record: JobRecord) -> bool:
     return tenant.admin or record.tenant == tenant.name
 
 
+def may_see_batch(tenant: Tenant, owner: str) -> bool:
+    """A batch of ``owner``'s: like its jobs, but never through a job token (it opens one job)."""
+    if tenant.job_id is not None:
+        return False
+    return tenant.admin or owner == tenant.name
+
+
 def require_admin(request: Request) -> Tenant:
     tenant = tenant_of(request)
     if not tenant.admin:

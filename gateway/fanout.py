@@ -75,20 +75,29 @@ class EventFanout:
 
     @property
     def feed_count(self) -> int:
-        return sum(len(queues) for queues in self._feeds.values())
+        """Open feeds (a batch's counts once, though it hears many jobs)."""
+        return len(self._tenants)
 
     @contextlib.contextmanager
     def subscribe(self, job_id: str, tenant: str) -> Iterator[FeedQueue]:
+        with self.subscribe_many([job_id], tenant) as queue:
+            yield queue
+
+    @contextlib.contextmanager
+    def subscribe_many(self, job_ids: list[str], tenant: str) -> Iterator[FeedQueue]:
+        """One queue hearing every one of these jobs (a batch's feed)."""
         queue: FeedQueue = asyncio.Queue(FEED_QUEUE_SIZE)
-        self._feeds[job_id].add(queue)
+        for job_id in job_ids:
+            self._feeds[job_id].add(queue)
         self._tenants[queue] = tenant
         try:
             yield queue
         finally:
             del self._tenants[queue]
-            self._feeds[job_id].discard(queue)
-            if not self._feeds[job_id]:
-                del self._feeds[job_id]
+            for job_id in job_ids:
+                self._feeds[job_id].discard(queue)
+                if not self._feeds[job_id]:
+                    del self._feeds[job_id]
 
     def _revoke(self, tenant: str) -> None:
         closed = 0

@@ -68,6 +68,7 @@ class ClaimState(StrEnum):
 class IdempotencyRecord(BaseModel):
     """The ``idem:<key>`` string: which job a key made, and a digest of the request that made it."""
 
+    # Or the batch's, for a batch submit: one key covers the whole batch.
     job_id: str
     fingerprint: str
     state: ClaimState
@@ -114,9 +115,10 @@ class Idempotency:
         self._held: IdempotencyRecord | None = None
         self._release = redis.register_script(_RELEASE)
 
-    async def claim(self, fingerprint: str, job_id: str) -> str | None:
+    async def claim(self, fingerprint: str, job_id: str, *, batch: bool = False) -> str | None:
         """``None`` when this request now holds the key and should enqueue ``job_id``; otherwise
-        the id of the job an earlier request with the same key and fingerprint made.
+        the id of the job an earlier request with the same key and fingerprint made. With
+        ``batch`` the id is a batch's (``common.batches``): one key covers the whole batch.
 
         Raises 409 when the key was used for a different request, or when the request holding it
         neither finished nor gave it back within ``IN_FLIGHT_WAIT_S``; 410 when the key's job
@@ -140,8 +142,9 @@ class Idempotency:
                     )
                 # Committed means queued (one transaction); pending means not queued yet.
                 if found.state == ClaimState.COMMITTED:
-                    if not await self._redis.exists(self._keys.job(found.job_id)):
-                        raise self._job_expired(found.job_id)
+                    record = self._keys.batch if batch else self._keys.job
+                    if not await self._redis.exists(record(found.job_id)):
+                        raise self._job_expired(found.job_id, "batch" if batch else "job")
                     return found.job_id
             if time.monotonic() > deadline:
                 raise ApiError(
@@ -177,12 +180,12 @@ class Idempotency:
             headers={"Retry-After": str(IN_FLIGHT_RETRY_AFTER_S)},
         )
 
-    def _job_expired(self, job_id: str) -> ApiError:
+    def _job_expired(self, job_id: str, what: str) -> ApiError:
         log.info("idempotency.job_expired", key=self._key, job_id=job_id)
         return ApiError(
             410,
             "idempotency_job_expired",
-            f"{HEADER} {self._key!r} made job {job_id}, which has since finished and expired: "
+            f"{HEADER} {self._key!r} made {what} {job_id}, which has since finished and expired: "
             "its status and results are no longer kept. Nothing was queued; send a new key to "
             "submit the request again.",
         )

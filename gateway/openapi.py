@@ -53,6 +53,10 @@ class Operation:
     form_body: type[BaseModel] | None = None
     file_field: str | None = None
     sse: bool = False
+    # A feed of something else than one job's events: what its ``data:`` holds, and the
+    # description of its 200 and 204 answers.
+    sse_model: type[BaseModel] | None = None
+    sse_docs: dict[int, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # request header -> description
     # The query parameters, as the model that validates them (each field one parameter).
     query: type[BaseModel] | None = None
@@ -97,7 +101,7 @@ def build_openapi(
     models: set[type[BaseModel]] = {ErrorResponse, JobEvent}
     for _, op in ops:
         models.update(op.responses.values())
-        models.update(m for m in (op.json_body, op.form_body) if m is not None)
+        models.update(m for m in (op.json_body, op.form_body, op.sse_model) if m is not None)
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)], ref_template=REF
     )
@@ -224,12 +228,14 @@ def _operation(
             "Last-Event-ID is sent: then exactly the events after it, or the current state if the "
             "id is past the job's last event); the stream ends after the terminal event "
             "(completed, failed, canceled). Comment lines are sent as heartbeats.",
-            "content": {"text/event-stream": {"schema": _ref(JobEvent)}},
+            "content": {"text/event-stream": {"schema": _ref(op.sse_model or JobEvent)}},
         }
         out["responses"]["204"] = {
             "description": "Last-Event-ID is at or past the finished job's terminal event: "
             "nothing more will come, and EventSource stops reconnecting."
         }
+        for status, doc in op.sse_docs.items():
+            out["responses"][str(status)]["description"] = doc
         out["responses"]["422"] = {"description": "Last-Event-ID is not an event id.", **error}
         out["responses"]["503"] = {
             "description": "This server holds as many open feeds as it may; retry after the "

@@ -84,7 +84,7 @@ async def v1_job(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"))
 
 
-def _last_event_id(request: Request) -> int | None:
+def last_event_id_of(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None or raw == "":
         return None
@@ -98,7 +98,7 @@ def _last_event_id(request: Request) -> int | None:
 
 
 async def _feed(request: Request, param: str) -> Response:
-    last_event_id = _last_event_id(request)
+    last_event_id = last_event_id_of(request)
     record = await _record(request, param)
     if last_event_id is not None and last_event_id >= record.seq:
         if record.status.terminal:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from common.batches import BatchStore
 from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
@@ -34,6 +35,7 @@ class Services:
     job_tokens: JobTokens
     rate: RateLimiter
     usage: UsageStore
+    batches: BatchStore
 
 
 def services(request: Request) -> Services:

@@ -210,6 +210,13 @@ class Submitter:
     async def text_to_image(
         self, model: str, request: TextToImageRequest, *, admission: Admission
     ) -> Submitted:
+        route, params = self.t2i_params(model, request)
+        return await self._enqueue(route, Task.T2I, params, request, admission)
+
+    def t2i_params(
+        self, model: str, request: TextToImageRequest
+    ) -> tuple[ModelRoute, RenderParams]:
+        """The route and render parameters of a text-to-image request (defaults, seed)."""
         route = self.route(model, Task.T2I)
         params = RenderParams(
             prompt=request.prompt,
@@ -221,7 +228,7 @@ class Submitter:
             seed=_resolve_seed(request.seed),
             angles=_angles(route, request.angles),
         )
-        return await self._enqueue(route, Task.T2I, params, request, admission)
+        return route, params
 
     async def image_to_image(
         self,
@@ -274,6 +281,11 @@ class Submitter:
         return await self._enqueue(route, Task.I2V, params, form, admission, image)
 
     async def generate(self, request: GenerateRequest, *, admission: Admission) -> Submitted:
+        route, params = self.generate_params(request)
+        return await self._enqueue(route, Task.T2I, params, request, admission)
+
+    def generate_params(self, request: GenerateRequest) -> tuple[ModelRoute, RenderParams]:
+        """The route and render parameters of a seed-2 request (style applied, seed chosen)."""
         route = self.route(self._catalog.v1_route, Task.T2I)
         style = self._catalog.styles.get(request.style_id)
         if style is None:
@@ -291,7 +303,22 @@ class Submitter:
             guidance_scale=request.guidance_scale,
             seed=_resolve_seed(None if request.seed == -1 else request.seed),
         )
-        return await self._enqueue(route, Task.T2I, params, request, admission)
+        return route, params
+
+    def check(
+        self,
+        route: ModelRoute,
+        task: Task,
+        params: RenderParams,
+        request: SubmitRequest,
+        admission: Admission,
+    ) -> tuple[Webhook, SeedApi] | None:
+        """What ``_enqueue`` checks before writing (the route's limits, the key's ``max_cost``,
+        the webhook's address), for a caller that writes jobs itself (``gateway.batch_submit``);
+        the job's webhook when it asked for one."""
+        _check_limits(route, params)
+        check_cost(admission.limits, task, params)
+        return self._webhook(request)
 
     async def _enqueue(
         self,
