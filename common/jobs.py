@@ -29,6 +29,7 @@ from common.schemas import (
     JobRecord,
     JobSpec,
     JobStatus,
+    RenderedJob,
     RenderParams,
     SeedApi,
     Task,
@@ -167,14 +168,15 @@ return payload
 
 
 # KEYS: stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key ('' if
-# none), tenant's jobs, tenant's input bytes. ARGV: max queue (0: none), has blob, has claim,
-# unfinished TTL, event log maxlen, first event, spec, blob bytes, blob TTL, claim held, claim
-# final, claim TTL, deadline ('' if none), max input bytes (0: none), now, job id, tenant's max
-# queued (0: none), tenant's max input bytes (0: none), then the record's fields.
+# none), tenant's jobs, tenant's input bytes, the rendered stream. ARGV: max queue (0: none), has
+# blob, has claim, unfinished TTL, event log maxlen, first event, spec, blob bytes, blob TTL,
+# claim held, claim final, claim TTL, deadline ('' if none), max input bytes (0: none), now, job
+# id, tenant's max queued (0: none), tenant's max input bytes (0: none), the ``rendered`` entry of
+# a job already rendered ('' for a job to render), then the record's fields.
 _SUBMIT = """
 local stream, job, log, blob = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local deadlines, inputs, input_bytes, claim = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local tenant_jobs, tenant_bytes = KEYS[9], KEYS[10]
+local tenant_jobs, tenant_bytes, rendered = KEYS[9], KEYS[10], KEYS[11]
 local max_queue, has_blob, has_claim = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1'
 local deadline, max_input_bytes, now = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 local job_id, size = ARGV[16], string.len(ARGV[8])
@@ -201,7 +203,7 @@ if has_blob and max_input_bytes > 0 then
   if waiting + size > max_input_bytes then return {'inputs_full', waiting} end
 end
 if has_claim and redis.call('GET', claim) ~= ARGV[10] then return {'claim_expired', 0} end
-redis.call('HSET', job, unpack(ARGV, 19))
+redis.call('HSET', job, unpack(ARGV, 20))
 redis.call('ZREMRANGEBYSCORE', tenant_jobs, '-inf', live_since)
 if has_blob then
   redis.call('SET', blob, ARGV[8], 'EX', ARGV[9])
@@ -213,8 +215,13 @@ end
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '1-0', 'event', ARGV[6])
 redis.call('EXPIRE', job, ARGV[4])
 redis.call('EXPIRE', log, ARGV[4])
-local entry = redis.call('XADD', stream, '*', 'job', ARGV[7])
-redis.call('HSET', job, 'entry_id', entry)
+if ARGV[19] ~= '' then
+  -- Already rendered (a result-cache hit): straight to the uploader; no queue entry to clear.
+  redis.call('XADD', rendered, '*', 'rendered', ARGV[19])
+else
+  local entry = redis.call('XADD', stream, '*', 'job', ARGV[7])
+  redis.call('HSET', job, 'entry_id', entry)
+end
 redis.call('ZADD', tenant_jobs, now, job_id)
 redis.call('EXPIRE', tenant_jobs, ARGV[4])
 if deadline ~= '' then redis.call('ZADD', deadlines, deadline, job_id) end
@@ -344,6 +351,7 @@ class JobStore:
         webhook: Webhook | None = None,
         api: SeedApi = "api",
         quota: TenantQuota | None = None,
+        rendered: RenderedJob | None = None,
     ) -> None:
         """Write the record, its first event and the stream entry in one transaction; with
         ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``);
@@ -351,12 +359,17 @@ class JobStore:
         (else ``InputsFull``); with ``quota``, only while the tenant has fewer than its
         ``max_queued`` jobs unfinished (else ``TenantQueueFull``) and its input bytes stay within
         its ``max_input_bytes`` (else ``TenantInputsFull``); with ``claim``, only while the claim
-        holds (else ``ClaimExpired``), finalising it too. A deadline is registered for the
-        sweeper. The job counts as the tenant's until it ends (``emit``'s terminal change).
-        One script: the checks and the writes are one atomic step and one round trip."""
+        holds (else ``ClaimExpired``), finalising it too. With ``rendered`` (a result-cache
+        hit: nothing to render) the entry goes to the uploader's ``rendered`` stream instead of
+        the route's queue, whatever its length, and the job costs nothing. A deadline is
+        registered for the sweeper. The job counts as the tenant's until it ends (``emit``'s
+        terminal change). One script: the checks and the writes are one atomic step and one
+        round trip."""
         keys, now = self._keys, time.time()
         first = first_event(spec, message, now)
         record = record_fields(spec, message, now, webhook=webhook, api=api)
+        if rendered is not None:
+            record["cost"] = 0  # a result-cache hit renders nothing
         blob = input_bytes is not None and spec.input_blob is not None
         script_keys = [
             keys.job_stream(spec.model),
@@ -369,9 +382,11 @@ class JobStore:
             claim.key if claim is not None else "",
             keys.tenant_jobs(spec.tenant),
             keys.tenant_input_bytes(spec.tenant),
+            keys.rendered,
         ]
         args: list[EncodableT] = [
-            max_queue or 0,
+            # A job already rendered waits for no GPU: a full queue does not turn it away.
+            (max_queue or 0) if rendered is None else 0,
             int(blob),
             int(claim is not None),
             UNFINISHED_TTL_S,
@@ -389,6 +404,7 @@ class JobStore:
             spec.job_id,
             (quota.max_queued or 0) if quota else 0,
             (quota.max_input_bytes or 0) if quota else 0,
+            rendered.model_dump_json() if rendered is not None else "",
         ]
         args += [item for pair in record.items() for item in pair]
         outcome, depth = await self._submit(keys=script_keys, args=args)

@@ -143,6 +143,11 @@ class Keys:
         Tenant names hold no ``:`` (``common.tenants.NAME_PATTERN``)."""
         return f"{self.prefix}idem:{tenant}:{key}"
 
+    def result_cache(self, digest: str) -> str:
+        """String: a finished result's stored object keys (``common.result_cache``), by the
+        digest of its request and its route's render fingerprint; expires with the objects."""
+        return f"{self.prefix}cache:{digest}"
+
     def tenant(self, name: str) -> str:
         """Hash: one API key's record (admin flag, creation and last use, the key's SHA-256)."""
         return f"{self.prefix}tenant:{name}"

@@ -119,6 +119,11 @@ class SubmitRequest(BaseModel):
         "every 2 s), completed (any end: completed, failed or canceled). Default: completed. "
         "In a form, repeated fields or one comma-separated value.",
     )
+    cache: bool = Field(
+        default=True,
+        description="false: render anew even if an identical request was rendered before, and "
+        "keep no copy for later ones. Only requests that name their seed are ever cached.",
+    )
 
     @field_validator("webhook")
     @classmethod
@@ -314,6 +319,11 @@ class WorkerHeartbeat(BaseModel):
     failed: dict[str, str] = Field(
         default_factory=dict, description="Routes whose weights failed to load here: the error."
     )
+    fingerprints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Loaded routes: a digest of how this worker renders them (weights and their "
+        "revision, LoRAs, dtype, device, library versions); the result cache's half of a key.",
+    )
     ts: float
 
 
@@ -357,6 +367,8 @@ class JobSpec(BaseModel):
     deadline_at: float | None = None
     # Who submitted it: the API key's name (``local`` with auth off).
     tenant: str = LOCAL_TENANT
+    # The request's half of its result-cache key (``common.result_cache``); None: not cached.
+    cache_request: str | None = None
 
 
 class OutputBlob(BaseModel):
@@ -372,6 +384,10 @@ class RenderedJob(BaseModel):
     created_at: datetime
     outputs: list[OutputBlob]
     input_blob: str | None = None
+    # Store the result in the result cache under this digest once the job completes.
+    cache_digest: str | None = None
+    # A result-cache hit: nothing was rendered; these stored objects are the result.
+    cached_keys: list[str] = Field(default_factory=list)
 
 
 class JobEvent(BaseModel):

@@ -21,6 +21,7 @@ from common.redis import connect
 from common.tenants import TenantStore
 from common.usage import UsageStore
 from common.webhook_targets import parse_nets
+from gateway import metrics as gateway_metrics
 from gateway import (
     routes_api,
     routes_batches,
@@ -40,6 +41,7 @@ from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
 from gateway.openapi import build_openapi
 from gateway.quotas import RateLimiter
+from gateway.result_cache import CacheLookup
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
@@ -68,6 +70,8 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
     routes = api_routes + docs_routes(TITLE)
+    if role == "gateway":
+        routes += gateway_metrics.routes
     local_output = role == "gateway" and settings.storage == "local"
     if local_output:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +113,16 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
                 blob_ttl_s=settings.blob_ttl_s,
                 max_waiting_input_bytes=settings.max_waiting_input_bytes,
                 webhook_allow_nets=parse_nets(settings.webhook_allow_nets),
+                cache=(
+                    CacheLookup(
+                        redis,
+                        keys,
+                        shared=settings.result_cache_scope == "global",
+                        local_dir=settings.output_dir if settings.storage == "local" else None,
+                    )
+                    if settings.result_cache
+                    else None
+                ),
             ),
         )
         stop = asyncio.Event()

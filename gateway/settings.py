@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from common.settings import KeySettings
@@ -42,3 +44,8 @@ class GatewaySettings(KeySettings):
     # Image uploads received at once by one gateway: multipart parts over 1 MiB spill to /tmp,
     # so /tmp must hold this many of the largest (deploy/ sizes it so); past it 503 + Retry-After.
     max_concurrent_uploads: int = Field(default=48, ge=1)
+    # The result cache: a seeded request identical to one rendered before is answered with that
+    # result, without a GPU (common/result_cache.py). "tenant": each tenant hits only its own
+    # results; "global": every tenant shares them (one tenant's hit reveals another's render).
+    result_cache: bool = True
+    result_cache_scope: Literal["tenant", "global"] = "tenant"

@@ -1,5 +1,6 @@
 """A validated request becomes a queued job: the key's quotas, route limits, queue room,
-idempotency, seed, style, one transaction."""
+idempotency, seed, style, one transaction. A seeded request rendered before is answered from the
+result cache instead: the same job, handed straight to the uploader."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from common.schemas import (
     ImageToImageForm,
     ImageToVideoForm,
     JobSpec,
+    RenderedJob,
     RenderParams,
     SeedApi,
     SubmitRequest,
@@ -57,6 +59,7 @@ from gateway.idempotency import (
 from gateway.job_tokens import HEADER as JOB_TOKEN_HEADER
 from gateway.job_tokens import JobTokens
 from gateway.quotas import RATE_HEADERS_DOCS, admit_rate, check_cost
+from gateway.result_cache import CacheHit, CacheLookup
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -185,7 +188,9 @@ class Submitter:
         blob_ttl_s: int,
         max_waiting_input_bytes: int | None = None,
         webhook_allow_nets: Sequence[Network] = (),
+        cache: CacheLookup | None = None,
     ) -> None:
+        self._cache = cache
         self._jobs = jobs
         self._keys = keys
         self._catalog = catalog
@@ -343,7 +348,10 @@ class Submitter:
                 return Submitted(earlier, replayed=True, headers=admission.headers)
             claim = once.commit_with_job()
         try:
-            await self._submit(route, task, params, job_id, image, admission, claim, webhook)
+            cache_request, hit = await self._cached(route, task, params, request, admission, image)
+            await self._submit(
+                route, task, params, job_id, image, admission, claim, webhook, cache_request, hit
+            )
         except ClaimExpired:
             assert once is not None
             raise once.expired() from None
@@ -352,6 +360,23 @@ class Submitter:
                 await once.release()
             raise
         return Submitted(job_id, headers=admission.headers)
+
+    async def _cached(
+        self,
+        route: ModelRoute,
+        task: Task,
+        params: RenderParams,
+        request: SubmitRequest,
+        admission: Admission,
+        image: bytes | None,
+    ) -> tuple[str | None, CacheHit | None]:
+        """The request's half of its result-cache key (``None``: not cacheable) and the cached
+        result, if any. Only a request that names its seed is the same render every time."""
+        seed = getattr(request, "seed", None)
+        if self._cache is None or not request.cache or seed is None or seed == -1:
+            return None, None
+        digest = self._cache.request_digest(admission.tenant, route.name, task, params, image)
+        return digest, await self._cache.find(route.name, digest)
 
     def _webhook(self, request: SubmitRequest) -> tuple[Webhook, SeedApi] | None:
         """The job's webhook and the seed API its payloads speak; a URL whose host is an
@@ -375,7 +400,11 @@ class Submitter:
         admission: Admission,
         claim: KeyClaim | None,
         webhook: tuple[Webhook, SeedApi] | None,
+        cache_request: str | None = None,
+        hit: CacheHit | None = None,
     ) -> None:
+        if hit is not None:
+            image = None  # nothing will read it
         spec = JobSpec(
             job_id=job_id,
             tenant=admission.tenant,
@@ -385,6 +414,15 @@ class Submitter:
             params=params,
             created_at=utcnow(),
             input_blob=self._keys.input_blob(job_id) if image is not None else None,
+            cache_request=cache_request,
+        )
+        # A hit goes to the uploader, which signs fresh URLs of the earlier result's objects.
+        rendered = (
+            None
+            if hit is None
+            else RenderedJob(
+                job_id=job_id, created_at=spec.created_at, outputs=[], cached_keys=hit.result.keys
+            )
         )
         try:
             # Acked entries are deleted, so the stream's length is jobs waiting or in flight.
@@ -399,6 +437,7 @@ class Submitter:
                 quota=admission.quota,
                 webhook=webhook[0] if webhook else None,
                 api=webhook[1] if webhook else "api",
+                rendered=rendered,
             )
         except TenantQueueFull as full:
             limit = admission.quota.max_queued if admission.quota else None
@@ -451,6 +490,8 @@ class Submitter:
             width=params.width,
             height=params.height,
             steps=params.num_inference_steps,
+            cache="hit" if hit else "miss" if cache_request else "off",
+            **({"cached_from": hit.result.job_id} if hit else {}),
         )
 
 

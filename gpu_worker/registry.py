@@ -26,6 +26,7 @@ from common.catalog import Catalog, ModelRoute
 from common.logging import get_logger
 from common.schemas import JobSpec, RenderParams, Task
 from gpu_worker.families import Pipeline, batch_family, family
+from gpu_worker.fingerprint import UnknownWeights, route_fingerprint
 from gpu_worker.metrics import MODEL_LOAD_FAILED
 from gpu_worker.optimize import optimize
 
@@ -103,6 +104,8 @@ class ModelRegistry:
         # Least recently used first.
         self._loaded: OrderedDict[str, tuple[dict[Task, Pipeline], int]] = OrderedDict()
         self._failed: dict[str, tuple[str, float]] = {}  # route → (error, monotonic time)
+        # Route → render fingerprint, taken at its latest successful load.
+        self._fingerprints: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -115,6 +118,12 @@ class ModelRegistry:
 
     def is_loaded(self, route_name: str) -> bool:
         return route_name in self._loaded
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """Each route's render fingerprint as of its latest load (``gpu_worker.fingerprint``);
+        a route never loaded here, or whose weights' identity is unknown, has none."""
+        return dict(self._fingerprints)
 
     @property
     def load_errors(self) -> dict[str, str]:
@@ -176,11 +185,19 @@ class ModelRegistry:
         except Exception as exc:
             error = " ".join(f"{type(exc).__name__}: {exc}".split())[:LOAD_ERROR_CHARS]
             self._failed[route.name] = (error, time.monotonic())
+            self._fingerprints.pop(route.name, None)
             MODEL_LOAD_FAILED.labels(route.name).set(1)
             log.error("model.load_failed", model=route.name, weights=route.weights, exc_info=exc)
             raise RouteUnavailable(route.name, error) from exc
         self._failed.pop(route.name, None)
         MODEL_LOAD_FAILED.labels(route.name).set(0)
+        try:
+            self._fingerprints[route.name] = route_fingerprint(
+                route, self._dtype(route), self.device
+            )
+        except UnknownWeights as exc:  # served, but its results are not cached
+            self._fingerprints.pop(route.name, None)
+            log.warning("model.fingerprint_unknown", model=route.name, error=str(exc))
         return pipelines
 
     def _load(self, route: ModelRoute) -> dict[Task, Pipeline]:

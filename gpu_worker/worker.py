@@ -45,6 +45,7 @@ from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, describe, retry_transient
+from common.result_cache import entry_digest
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
 from common.usage import UsageStore, render_token
 from gpu_worker.batching import WaitingJobs
@@ -235,6 +236,7 @@ class Worker:
                 routes=self._registry.route_names,
                 loaded=self._registry.loaded_route_names,
                 failed=self._registry.load_errors,
+                fingerprints=self._registry.fingerprints,
                 ts=time.time(),
             )
             # On an outage the consumer loop reports it; a silent worker is stale after a while.
@@ -559,11 +561,18 @@ class Worker:
             )
             for i, output in enumerate(outputs)
         ]
+        # The result is cached under the request joined with how this worker rendered it.
+        fingerprint = self._registry.fingerprints.get(spec.model)
         rendered = RenderedJob(
             job_id=spec.job_id,
             created_at=spec.created_at,
             outputs=blobs,
             input_blob=spec.input_blob,
+            cache_digest=(
+                entry_digest(spec.cache_request, fingerprint)
+                if spec.cache_request and fingerprint
+                else None
+            ),
         )
         return await self.consumer.forward(
             job.delivery,

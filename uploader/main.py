@@ -44,6 +44,7 @@ async def run(settings: UploaderSettings) -> None:
                 claim_idle_ms=settings.claim_idle_ms,
                 upload_concurrency=settings.upload_concurrency,
                 drain_grace_s=settings.drain_grace_s,
+                result_cache_ttl_s=settings.result_cache_ttl,
             )
             try:
                 await uploader.run(stop)

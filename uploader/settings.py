@@ -6,6 +6,10 @@ from pydantic import Field, model_validator
 
 from common.settings import ConsumerSettings, seed_alias
 
+# S3 objects may be removed by a lifecycle rule Darkroom cannot see: cached entries pointing at
+# them expire after a day unless DARKROOM_RESULT_CACHE_TTL_S says otherwise.
+DEFAULT_S3_RESULT_CACHE_TTL_S = 24 * 3600
+
 
 class UploaderSettings(ConsumerSettings):
     aws_access_key_id: str | None = Field(
@@ -31,6 +35,16 @@ class UploaderSettings(ConsumerSettings):
     claim_idle_ms: int = Field(default=30_000, ge=1000)
     # Uploads in flight at once: one slow PUT holds one slot, not the jobs behind it.
     upload_concurrency: int = Field(default=8, ge=1)
+    # How long a finished result stays in the result cache: keep it below the life of the
+    # stored objects (an S3 lifecycle rule). Unset: local storage keeps entries until deleted
+    # (the gateway drops one whose file is gone), S3 keeps them DEFAULT_S3_RESULT_CACHE_TTL_S.
+    result_cache_ttl_s: int | None = Field(default=None, ge=1)
+
+    @property
+    def result_cache_ttl(self) -> int | None:
+        if self.result_cache_ttl_s is not None or self.storage == "local":
+            return self.result_cache_ttl_s
+        return DEFAULT_S3_RESULT_CACHE_TTL_S
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> UploaderSettings:

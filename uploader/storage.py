@@ -71,6 +71,10 @@ class Storage(Protocol):
         """Remove ``key``; a key that is not there is not an error."""
         ...
 
+    async def url(self, key: str) -> str:
+        """A fresh URL of the stored ``key`` to hand to a client (presigned ones re-signed)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -105,6 +109,9 @@ class LocalStorage:
 
     def url_for(self, key: str) -> str:
         return f"{self.public_base_url}/output/{quote(key, safe='/~')}"
+
+    async def url(self, key: str) -> str:
+        return self.url_for(key)
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         path = self.path_for(key)
@@ -228,17 +235,23 @@ class S3Storage:
             await self._client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
             )
-            if self.presign:
-                url: str = await self._client.generate_presigned_url(
-                    "get_object",
-                    Params={"Bucket": self.bucket, "Key": key},
-                    ExpiresIn=self.presign_expires_s,
-                )
-                return url
         except (ClientError, BotoCoreError) as exc:
             # aiobotocore wraps aiohttp's connection and timeout errors in BotoCoreError subclasses.
             raise self._error(f"putting s3://{self.bucket}/{key}", exc) from exc
-        return self.url_for(key)
+        return await self.url(key)
+
+    async def url(self, key: str) -> str:
+        if not self.presign:
+            return self.url_for(key)
+        try:
+            url: str = await self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=self.presign_expires_s,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"signing a URL of s3://{self.bucket}/{key}", exc) from exc
+        return url
 
     async def delete(self, key: str) -> None:
         try:

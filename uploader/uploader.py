@@ -6,6 +6,10 @@ result, so a crash at any point re-delivers the entry; keys derive from the job 
 upload overwrites. A permanent storage error (AccessDenied, NoSuchBucket…) fails the job at once;
 a transient one is retried with backoff. A job that ended meanwhile (canceled, or failed by its
 deadline) is not stored, or its objects are removed again.
+
+A completed job that asked for it is recorded in the result cache (``common.result_cache``). A
+cache hit comes through here too, with the stored keys of the earlier result and no bytes: the
+uploader signs fresh URLs for them (it alone holds the storage credentials) and completes it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, backoff_s, describe, retry_transient
+from common.result_cache import SERVED_FROM_CACHE, CachedResult, ResultCache
 from common.schemas import JobStatus, RenderedJob
 from uploader.settings import UploaderSettings
 from uploader.storage import LocalStorage, S3Storage, Storage, StorageError, result_key
@@ -83,10 +88,14 @@ class Uploader:
         claim_idle_ms: int,
         upload_concurrency: int = 8,
         drain_grace_s: float = 60.0,
+        result_cache_ttl_s: int | None = None,
     ) -> None:
         self._blobs = blobs
         self._jobs = jobs
         self._storage = storage
+        self._cache = ResultCache(redis, keys)
+        # How long a cached result is served: no longer than its objects live (None: as long).
+        self._cache_ttl_s = result_cache_ttl_s
         self._drain_grace_s = drain_grace_s
         self._slots = asyncio.Semaphore(upload_concurrency)
         self._stop = asyncio.Event()
@@ -166,6 +175,9 @@ class Uploader:
                 self._slots.release()
 
     async def _handle(self, rendered: RenderedJob, delivery: Delivery) -> None:
+        if rendered.cached_keys:
+            await self._serve_cached(rendered, delivery)
+            return
         keys = [
             result_key(rendered.job_id, rendered.created_at, index, blob.extension)
             for index, blob in enumerate(rendered.outputs)
@@ -213,6 +225,50 @@ class Uploader:
             # Keys, not URLs: a presigned URL is a credential and stays out of the logs.
             duration_ms = round((time.perf_counter() - began) * 1000)
             log.info("job.completed", keys=keys, output_bytes=output_bytes, duration_ms=duration_ms)
+            if rendered.cache_digest is not None:
+                result = CachedResult(job_id=rendered.job_id, keys=keys)
+                await self._remember(rendered.cache_digest, result)
+        await self._finish(rendered, delivery)
+
+    async def _remember(self, digest: str, result: CachedResult) -> None:
+        """Best effort: a result not cached is rendered again next time, nothing worse."""
+        try:
+            await self._cache.record(digest, result, ttl_s=self._cache_ttl_s)
+        except REDIS_TRANSIENT as exc:
+            log.warning("cache.record_failed", error=describe(exc))
+
+    async def _serve_cached(self, rendered: RenderedJob, delivery: Delivery) -> None:
+        """A cache hit: complete the job with fresh URLs of the earlier job's objects. They are
+        that job's, so nothing is ever deleted here, whatever became of this one."""
+        record = await self._jobs.get(rendered.job_id)
+        if record is None or record.status.terminal:
+            log.info("job.skipped", reason="expired" if record is None else record.status.value)
+            await self._finish(rendered, delivery)
+            return
+        began = time.perf_counter()
+        try:
+            urls = [await self._storage.url(key) for key in rendered.cached_keys]
+        except StorageError as exc:
+            await self._jobs.emit(
+                rendered.job_id,
+                status=JobStatus.FAILED,
+                message="Generation failed",
+                error=f"Could not sign the cached result's URL: {exc.summary}",
+            )
+            log.error("job.failed", error=str(exc), cached=True)
+        else:
+            completed = await self._jobs.emit(
+                rendered.job_id,
+                status=JobStatus.COMPLETED,
+                progress=100,
+                message=SERVED_FROM_CACHE,
+                result_urls=urls,
+            )
+            if completed is not None:
+                duration_ms = round((time.perf_counter() - began) * 1000)
+                log.info(
+                    "job.completed", keys=rendered.cached_keys, cached=True, duration_ms=duration_ms
+                )
         await self._finish(rendered, delivery)
 
     async def _put(self, key: str, data: bytes, content_type: str) -> str | None:
@@ -298,5 +354,6 @@ class Uploader:
             keys.append(rendered.input_blob)
         async with self._blobs.pipeline(transaction=True) as pipe:
             self.consumer.ack_in(pipe, delivery)
-            pipe.delete(*keys)
+            if keys:  # a cache hit brought no bytes
+                pipe.delete(*keys)
             await pipe.execute()

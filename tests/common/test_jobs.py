@@ -21,7 +21,7 @@ from common.jobs import (
     TenantQuota,
 )
 from common.keys import Keys
-from common.schemas import JobSpec, JobStatus
+from common.schemas import JobSpec, JobStatus, RenderedJob
 from tests.conftest import redis_of_its_own
 from tests.support.jobs import submit_job
 
@@ -243,3 +243,26 @@ async def test_a_full_redis_refuses_a_submit_with_a_quota_and_nothing_is_written
             assert await redis.xlen(KEYS.job_stream("sd")) == 1
         finally:
             await redis.aclose()
+
+
+async def test_a_job_already_rendered_goes_to_the_uploader_not_the_queue(
+    store: JobStore, redis: Redis
+) -> None:
+    spec = await submit(store)  # an ordinary job first, to see the queue hold only it
+    hit = JobSpec.model_validate(spec.model_dump() | {"job_id": str(uuid.uuid4())})
+    rendered = RenderedJob(
+        job_id=hit.job_id, created_at=hit.created_at, outputs=[], cached_keys=["generations/a.png"]
+    )
+    await store.submit(hit, message="queued", rendered=rendered, max_queue=1)
+
+    queued = [f["job"] for _, f in await redis.xrange(KEYS.job_stream("sd"))]
+    assert spec.model_dump_json() in queued and len(queued) > 1  # full, for max_queue=1
+    assert all(JobSpec.model_validate_json(job).job_id != hit.job_id for job in queued)
+    handed = await redis.xrange(KEYS.rendered)
+    assert [RenderedJob.model_validate_json(f["rendered"]) for _, f in handed] == [rendered]
+    await redis.delete(KEYS.rendered)
+    fields = await redis.hmget(KEYS.job(hit.job_id), "entry_id", "cost", "tenant")
+    assert fields == [None, "0", "local"]  # no queue entry to clear; it renders nothing
+    assert await redis.zscore(KEYS.tenant_jobs("local"), hit.job_id) is not None
+    await store.emit(hit.job_id, status=JobStatus.COMPLETED, message="done")
+    assert await redis.zscore(KEYS.tenant_jobs("local"), hit.job_id) is None

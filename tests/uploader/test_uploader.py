@@ -9,12 +9,14 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, Keys
 from common.redis_server import RedisServer
+from common.result_cache import SERVED_FROM_CACHE, CachedResult, ResultCache
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, RenderParams, Task, utcnow
 from tests.support.s3_server import S3Server
 from tests.support.slow_s3 import SlowS3Proxy
@@ -38,7 +40,7 @@ class Rig:
         self.bucket = f"darkroom-{uuid.uuid4().hex[:12]}"
         s3.client().create_bucket(Bucket=self.bucket)
 
-    async def hand_off(self) -> RenderedJob:
+    async def hand_off(self, cache_digest: str | None = None) -> RenderedJob:
         """A job rendered and handed to the uploader: record "processing", bytes in a blob."""
         spec = JobSpec(
             job_id=str(uuid.uuid4()), model="sd", task=Task.T2I, params=PARAMS, created_at=utcnow()
@@ -49,7 +51,12 @@ class Rig:
             key=self.keys.blob(spec.job_id, "output:0"), content_type="image/png", extension="png"
         )
         await self.blobs.set(blob.key, PNG, ex=600)
-        rendered = RenderedJob(job_id=spec.job_id, created_at=spec.created_at, outputs=[blob])
+        rendered = RenderedJob(
+            job_id=spec.job_id,
+            created_at=spec.created_at,
+            outputs=[blob],
+            cache_digest=cache_digest,
+        )
         await self.redis.xadd(self.keys.rendered, {"rendered": rendered.model_dump_json()})
         return rendered
 
@@ -62,6 +69,8 @@ class Rig:
         name: str = "u",
         drain_grace_s: float = 60.0,
         upload_concurrency: int = 8,
+        presign: bool = False,
+        result_cache_ttl_s: int | None = None,
     ) -> AsyncIterator[tuple[Uploader, asyncio.Event, asyncio.Task[None]]]:
         """A running uploader; the block may set the stop event and await the task itself."""
         storage = await S3Storage.open(
@@ -72,11 +81,12 @@ class Rig:
             secret_access_key=self.s3.secret_access_key,
             connect_timeout_s=1.0,
             read_timeout_s=30.0,
+            presign=presign,
         )
         uploader = Uploader(
             redis=self.redis, blobs=self.blobs, keys=self.keys, jobs=self.jobs, storage=storage,
             consumer_name=name, block_ms=100, claim_idle_ms=30_000, drain_grace_s=drain_grace_s,
-            upload_concurrency=upload_concurrency,
+            upload_concurrency=upload_concurrency, result_cache_ttl_s=result_cache_ttl_s,
         )  # fmt: skip
         stop = asyncio.Event()
         task = asyncio.create_task(uploader.run(stop))
@@ -265,3 +275,51 @@ async def test_a_duplicate_delivery_never_removes_the_completed_jobs_object(
         await rig.wait_until_settled()
 
     assert len(rig.stored(rendered.job_id)) == 1
+
+
+async def test_a_completed_job_is_cached_and_a_hit_gets_a_freshly_signed_url(rig: Rig) -> None:
+    rendered = await rig.hand_off(cache_digest="d1")
+    async with rig.uploader(presign=True, result_cache_ttl_s=300):
+        await rig.wait_until_settled()
+        (key,) = rig.stored(rendered.job_id)
+        found = await ResultCache(rig.redis, rig.keys).find(["d1"])
+        assert found == ("d1", CachedResult(job_id=rendered.job_id, keys=[key]))
+        assert 0 < await rig.redis.ttl(rig.keys.result_cache("d1")) <= 300
+
+        # A hit, as the gateway writes it: the job, straight to the uploader with the keys.
+        spec = JobSpec(
+            job_id=str(uuid.uuid4()), model="sd", task=Task.T2I, params=PARAMS, created_at=utcnow()
+        )
+        hit = RenderedJob(
+            job_id=spec.job_id, created_at=spec.created_at, outputs=[], cached_keys=[key]
+        )
+        await rig.jobs.submit(spec, message="Queued", rendered=hit)
+        await rig.wait_until_settled()
+
+    record = await rig.jobs.get(spec.job_id)
+    assert record is not None and record.status == JobStatus.COMPLETED
+    assert record.message == SERVED_FROM_CACHE
+    (url,) = record.result_urls
+    assert "X-Amz-Signature=" in url and key in url
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url)).raise_for_status().content == PNG
+    assert rig.stored(spec.job_id) == []  # nothing new stored
+
+
+async def test_a_hit_canceled_before_the_uploader_deletes_nothing(rig: Rig) -> None:
+    rendered = await rig.hand_off()
+    async with rig.uploader():
+        await rig.wait_until_settled()
+    (key,) = rig.stored(rendered.job_id)
+
+    spec = JobSpec(
+        job_id=str(uuid.uuid4()), model="sd", task=Task.T2I, params=PARAMS, created_at=utcnow()
+    )
+    hit = RenderedJob(job_id=spec.job_id, created_at=spec.created_at, outputs=[], cached_keys=[key])
+    await rig.jobs.submit(spec, message="Queued", rendered=hit)
+    await rig.jobs.emit(spec.job_id, status=JobStatus.CANCELED, message="Canceled")
+    async with rig.uploader():
+        await rig.wait_until_settled()
+
+    assert await rig.status(spec.job_id) == JobStatus.CANCELED
+    assert rig.stored(rendered.job_id) == [key]  # the earlier job's object stays
