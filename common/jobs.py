@@ -516,4 +516,5 @@ def parse_record(raw: dict[Any, Any]) -> JobRecord:
         created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=float(data["updated_at"]) if "updated_at" in data else None,
         tenant=data.get("tenant", LOCAL_TENANT),
+        entry_id=data.get("entry_id"),
     )

@@ -271,6 +271,16 @@ class JobStatusResponse(BaseModel):
     result_urls: list[str] | None
     seed: int | None = Field(default=None, description="The seed actually used.")
     error: str | None = None
+    queue_position: int | None = Field(
+        default=None,
+        description="While the job waits: how many jobs on its route start before it (0: next; "
+        "counted up to 1000, so 1000 means 1000 or more). null once it starts or ends.",
+    )
+    eta_s: float | None = Field(
+        default=None,
+        description="While the job waits: about how many seconds until its render is done, from "
+        "the route's recent render times on the live workers; null without an estimate.",
+    )
 
 
 class ErrorField(BaseModel):
@@ -309,6 +319,13 @@ class ModelInfo(BaseModel):
     queued: int = Field(description="Jobs waiting or rendering on this route now.")
 
 
+class RenderTiming(BaseModel):
+    """How a worker has been rendering one route lately: what queue ETAs are made of."""
+
+    render_s: float = Field(description="Seconds of a pipeline call, a moving average.")
+    batch_size: float = Field(description="Jobs per pipeline call, a moving average.")
+
+
 class WorkerHeartbeat(BaseModel):
     """What a live worker says about itself every few seconds (a field of ``workers``)."""
 
@@ -323,6 +340,9 @@ class WorkerHeartbeat(BaseModel):
         default_factory=dict,
         description="Loaded routes: a digest of how this worker renders them (weights and their "
         "revision, LoRAs, dtype, device, library versions); the result cache's half of a key.",
+    )
+    render_times: dict[str, RenderTiming] = Field(
+        default_factory=dict, description="Routes rendered here lately: how long a call takes."
     )
     ts: float
 
@@ -425,6 +445,8 @@ class JobRecord(BaseModel):
     updated_at: float | None = None
     # Only this tenant (and admin keys) may read, watch or cancel the job.
     tenant: str = LOCAL_TENANT
+    # Its entry in ``jobs:<model>``; None for a job that never queued (a result-cache hit).
+    entry_id: str | None = None
 
     def snapshot(self) -> JobEvent:
         """The record as an event, so an SSE client's first message has the shape of the rest."""

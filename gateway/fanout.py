@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from common.keys import Keys
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, backoff_s
-from common.schemas import JobEvent
+from common.schemas import JobEvent, JobStatus
 
 log = get_logger(__name__)
 
@@ -41,10 +41,11 @@ class LiveEvent:
     seq: int
     terminal: bool
     frame: bytes
+    status: JobStatus
 
     @classmethod
     def of(cls, event: JobEvent) -> LiveEvent:
-        return cls(event.seq, event.terminal, sse_frame(event))
+        return cls(event.seq, event.terminal, sse_frame(event), event.status)
 
 
 def sse_frame(event: JobEvent) -> bytes:

@@ -3,21 +3,26 @@
 The per-job event log is the source of truth; pub/sub only says "something new, now". A client
 that reconnects with ``Last-Event-ID`` gets exactly the events after that id from the log. A
 quiet feed sends a comment every ``ping_s`` (proxies close idle connections) and re-reads the log
-every ``resync_s`` (the job may have expired, or a message gone missing). ``FeedLimit`` caps how
-many feeds one process holds open.
+every ``resync_s`` (the job may have expired, or a message gone missing). While the job waits
+in its queue, ``event: queue`` frames tell its place and ETA: unlogged, with no ``id:``, never
+replayed, and invisible to an EventSource's ``onmessage``. ``FeedLimit`` caps how many feeds one
+process holds open.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from common.jobs import JobStore
 from common.logging import get_logger
+from common.queue_position import QueuePosition
 from common.redis_errors import REDIS_TRANSIENT
+from common.schemas import JobStatus
 from gateway.errors import ApiError
 from gateway.fanout import RESYNC, EventFanout, FeedQueue, LiveEvent, Revoked, sse_frame
 
@@ -31,6 +36,13 @@ SSE_HEADERS = {
 }
 # Feeds close as jobs finish, so a slot is likely free again soon.
 FEED_RETRY_AFTER_S = 5
+# A waiting job's place is looked up at most this often per feed (only changes are sent), and
+# less often far back in the queue, where a second here or there tells nobody anything.
+QUEUE_FRAME_INTERVAL_S = 1.0
+FAR_BACK_INTERVAL_S = 5.0
+FAR_BACK = 100
+
+QueueProbe = Callable[[], Awaitable[QueuePosition | None]]
 
 
 class _Quiet:
@@ -91,10 +103,14 @@ async def job_feed(
     tenant: str,
     ping_s: float,
     resync_s: float,
+    queue: QueueProbe | None = None,
 ) -> AsyncIterator[bytes]:
-    """``tenant``: whose key opened the feed; the feed ends if that key is revoked."""
+    """``tenant``: whose key opened the feed; the feed ends if that key is revoked. ``queue``:
+    the job's place while it waits, for ``event: queue`` frames."""
     try:
-        async for frame in _frames(job_id, last_event_id, jobs, fanout, tenant, ping_s, resync_s):
+        async for frame in _frames(
+            job_id, last_event_id, jobs, fanout, tenant, ping_s, resync_s, queue
+        ):
             yield frame
     except REDIS_TRANSIENT as exc:
         # The client reconnects with Last-Event-ID and misses nothing.
@@ -109,6 +125,7 @@ async def _frames(
     tenant: str,
     ping_s: float,
     resync_s: float,
+    queue: QueueProbe | None,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     # Subscribe before reading Redis so nothing published in between is missed.
@@ -123,9 +140,12 @@ async def _frames(
             if snapshot.terminal:
                 return
             last_seq = snapshot.seq
+            if snapshot.status is not JobStatus.PENDING:
+                queue = None
 
         catch_up = True
-        next_ping = next_resync = 0.0
+        next_ping = next_resync = next_queue = 0.0
+        last_queue_frame = b""
         while True:
             now = loop.time()
             if catch_up:
@@ -134,14 +154,30 @@ async def _frames(
                     last_seq = event.seq
                     if event.terminal:
                         return
+                    if event.status is not JobStatus.PENDING:
+                        queue = None  # it started: no place to tell any more
                 catch_up = False
                 next_ping, next_resync = now + ping_s, now + resync_s
-            item = await _next(live, min(next_ping, next_resync) - now)
+            wake = min(next_ping, next_resync, next_queue if queue is not None else next_ping)
+            item = await _next(live, wake - now)
             if isinstance(item, _Quiet):
-                if loop.time() >= next_resync:
+                now = loop.time()
+                if now >= next_resync:
                     if await jobs.get(job_id) is None:
                         return  # expired while we watched
                     catch_up = True
+                elif queue is not None and now >= next_queue:
+                    queued = await queue()
+                    if queued is None:
+                        queue = None  # a worker has it, or it ended: the events say which
+                        continue
+                    frame = queue_frame(queued)
+                    if frame != last_queue_frame:
+                        yield frame
+                        last_queue_frame = frame
+                        next_ping = loop.time() + ping_s
+                    far = queued.ahead >= FAR_BACK
+                    next_queue = now + (FAR_BACK_INTERVAL_S if far else QUEUE_FRAME_INTERVAL_S)
                 else:
                     yield PING
                     next_ping = loop.time() + ping_s
@@ -155,7 +191,16 @@ async def _frames(
                 last_seq = item.seq
                 if item.terminal:
                     return
+                if item.status is not JobStatus.PENDING:
+                    queue = None
                 next_ping = loop.time() + ping_s
+
+
+def queue_frame(queued: QueuePosition) -> bytes:
+    """A named, id-less frame: a client that listens for ``queue`` sees it; ``onmessage``
+    and a resume by ``Last-Event-ID`` never do."""
+    data = json.dumps({"queue_position": queued.ahead, "eta_s": queued.eta_s})
+    return f"event: queue\r\ndata: {data}\r\n\r\n".encode()
 
 
 async def _next(live: FeedQueue, timeout_s: float) -> LiveEvent | Revoked | None | _Quiet:

@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import functools
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.queue_position import QueuePosition, position
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import Health, JobRecord, JobStatusResponse, SessionStatus
 from gateway.auth import may_see, tenant_of
@@ -16,7 +19,8 @@ from gateway.errors import field_error, not_found
 from gateway.feed import job_feed
 from gateway.job_tokens import JobToken
 from gateway.openapi import operation
-from gateway.services import services
+from gateway.services import Services, services
+from gateway.workers import live_workers
 
 LAST_EVENT_ID_HELP = "Resume a feed: only events with a greater sequence number are sent."
 # Sequence numbers are Redis integers: signed 64-bit.
@@ -52,16 +56,22 @@ async def _record(request: Request, param: str) -> JobRecord:
     return record
 
 
+async def _queue_position(svc: Services, record: JobRecord) -> QueuePosition | None:
+    return await position(svc.redis, svc.keys, record, lambda: live_workers(svc.redis, svc.keys))
+
+
 @operation(
     summary="Status of a job (seed 1)", tag="api", responses={200: SessionStatus}, job_token=True
 )
 async def session_status(request: Request) -> JSONResponse:
     record = await _record(request, "session_id")
+    # Seed 1's fields stay exactly its own: a waiting job's place is told in its message.
+    queued = await _queue_position(services(request), record)
     body = SessionStatus(
         session_id=record.job_id,
         status=record.status,
         progress=record.progress,
-        message=record.message,
+        message=record.message if queued is None else queued.describe(),
         result_url=record.result_urls[0] if record.result_urls else None,
         error=record.error,
         result_urls=record.result_urls if len(record.result_urls) > 1 else None,
@@ -74,12 +84,15 @@ async def session_status(request: Request) -> JSONResponse:
 )
 async def v1_job(request: Request) -> JSONResponse:
     record = await _record(request, "job_id")
+    queued = await _queue_position(services(request), record)
     body = JobStatusResponse(
         job_id=record.job_id,
         status=record.status.v1,
         result_urls=record.result_urls or None,
         seed=record.params.seed,
         error=record.error,
+        queue_position=None if queued is None else queued.ahead,
+        eta_s=None if queued is None else queued.eta_s,
     )
     return JSONResponse(body.model_dump(mode="json"))
 
@@ -116,6 +129,7 @@ async def _feed(request: Request, param: str) -> Response:
         tenant=record.tenant if tenant_of(request).job_id else tenant_of(request).name,
         ping_s=svc.settings.sse_ping_s,
         resync_s=svc.settings.sse_resync_s,
+        queue=functools.partial(_queue_position, svc, record),
     )
     return svc.feeds.stream(events)
 

@@ -30,3 +30,9 @@ RENDER_STALLS = Counter(
     "Renders found stuck: no denoising step for the route's stall_timeout_s.",
     ["model"],
 )
+QUEUE_WAIT_SECONDS = Histogram(
+    "darkroom_queue_wait_seconds",
+    "Time from a job's submission to the start of its first render, by route and tenant.",
+    ["model", "tenant"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)

@@ -52,7 +52,13 @@ from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
 from gpu_worker.families import Artifact, StepCallback, batch_family, family
 from gpu_worker.metering import GpuMeter
-from gpu_worker.metrics import BATCH_SIZE, JOBS, PIPELINE_SECONDS, RENDER_STALLS
+from gpu_worker.metrics import (
+    BATCH_SIZE,
+    JOBS,
+    PIPELINE_SECONDS,
+    QUEUE_WAIT_SECONDS,
+    RENDER_STALLS,
+)
 from gpu_worker.progress import (
     CLAIM_LOST,
     HANDED_OFF_MESSAGE,
@@ -64,6 +70,7 @@ from gpu_worker.progress import (
     RenderInterrupted,
 )
 from gpu_worker.registry import ModelRegistry, RouteUnavailable
+from gpu_worker.render_times import RecentRenders
 from gpu_worker.watchdog import WATCHDOG_INTERVAL_S, StepClock
 
 log = get_logger(__name__)
@@ -156,6 +163,7 @@ class Worker:
         self._finishing: asyncio.Task[None] | None = None
         self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
         self._clock = StepClock()
+        self._recent = RecentRenders()
         self.models_ready = False
         # Why the render thread is stuck, once the watchdog found it so: not live from then on.
         self.stalled: str | None = None
@@ -230,21 +238,25 @@ class Worker:
         """Say every few seconds which routes are resident here (``GET /api/models``)."""
         name = self.consumer.consumer
         while not done.is_set() and self.stalled is None:  # a stuck worker serves nothing
-            beat = WorkerHeartbeat(
-                consumer=self.consumer.consumer,
-                device=str(self._registry.device),
-                routes=self._registry.route_names,
-                loaded=self._registry.loaded_route_names,
-                failed=self._registry.load_errors,
-                fingerprints=self._registry.fingerprints,
-                ts=time.time(),
-            )
+            beat = self.heartbeat()
             # On an outage the consumer loop reports it; a silent worker is stale after a while.
             with contextlib.suppress(*REDIS_TRANSIENT):
                 await self._redis.hset(self._keys.workers, name, beat.model_dump_json())
             await sleep_unless(done, HEARTBEAT_INTERVAL_S)
         with contextlib.suppress(*REDIS_TRANSIENT):
             await self._redis.hdel(self._keys.workers, name)
+
+    def heartbeat(self) -> WorkerHeartbeat:
+        return WorkerHeartbeat(
+            consumer=self.consumer.consumer,
+            device=str(self._registry.device),
+            routes=self._registry.route_names,
+            loaded=self._registry.loaded_route_names,
+            failed=self._registry.load_errors,
+            fingerprints=self._registry.fingerprints,
+            render_times=self._recent.snapshot(),
+            ts=time.time(),
+        )
 
     async def _drain_deadline(self, stop: asyncio.Event, done: asyncio.Event) -> None:
         """After SIGTERM the render in hand gets the drain grace; then it stops at its next
@@ -425,6 +437,9 @@ class Worker:
                 await self._fail(job, DEADLINE_EXCEEDED)
                 return False
             log.info("job.started", task=job.spec.task.value)
+            if job.started_at == 0.0 and not job.delivery.reclaimed:  # its first start only
+                waited_s = time.time() - job.spec.created_at.timestamp()
+                QUEUE_WAIT_SECONDS.labels(job.spec.model, job.spec.tenant).observe(waited_s)
             job.started_at = time.perf_counter()
             return True
 
@@ -451,12 +466,16 @@ class Worker:
         meter.start()
         try:
             if len(jobs) == 1:
-                return [family(route.family).render(pipelines, spec, jobs[0].image, watched)]
-            batcher = batch_family(route.family)
-            assert batcher is not None  # the registry refuses batches a family cannot render
-            return batcher.render_batch(
-                pipelines, [job.spec for job in jobs], [job.image for job in jobs], watched
-            )
+                outputs = [family(route.family).render(pipelines, spec, jobs[0].image, watched)]
+            else:
+                batcher = batch_family(route.family)
+                assert batcher is not None  # the registry refuses batches it cannot render
+                outputs = batcher.render_batch(
+                    pipelines, [job.spec for job in jobs], [job.image for job in jobs], watched
+                )
+            # Only whole calls: what queued jobs can expect (not an interrupted one's time).
+            self._recent.observe(spec.model, time.perf_counter() - began, len(jobs))
+            return outputs
         finally:
             meter.stop()
             self._clock.stop()

@@ -56,8 +56,8 @@ async def collect(
 ) -> None:
     async with aconnect_sse(client, "GET", path, headers=dict(headers or {})) as source:
         async for sse in source.aiter_sse():
-            if not sse.data:
-                continue  # a heartbeat; see tests/support/client.py
+            if not sse.data or sse.event != "message":
+                continue  # a heartbeat (see tests/support/client.py), or a queue frame
             received.append({"id": int(sse.id), **json.loads(sse.data)})
 
 

@@ -171,6 +171,21 @@ async def test_compatible_jobs_render_in_one_call_and_each_seed_gives_its_own_im
     assert np.abs(first - third).mean() > 5  # same prompt, other seed: another image
 
 
+async def test_the_heartbeat_publishes_render_times_and_queue_waits_are_measured(
+    deployment: Deployment,
+) -> None:
+    assert deployment.worker.heartbeat().render_times == {}  # nothing rendered: no estimate
+    labels = {"model": "sd", "tenant": "local"}
+    waits_before = REGISTRY.get_sample_value("darkroom_queue_wait_seconds_count", labels) or 0
+    specs = [await deployment.submit(f"prompt {i}", seed=i) for i in range(3)]
+    await deployment.run_until_settled(specs)
+
+    timing = deployment.worker.heartbeat().render_times["sd"]
+    assert timing.render_s > 0 and 1 <= timing.batch_size <= 3
+    waits = REGISTRY.get_sample_value("darkroom_queue_wait_seconds_count", labels)
+    assert waits == waits_before + 3  # each job's wait, once
+
+
 async def test_jobs_arriving_one_by_one_while_the_device_is_busy_share_the_next_call(
     deployment: Deployment,
 ) -> None:

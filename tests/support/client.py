@@ -53,8 +53,9 @@ def read_feed(
             return []  # a resume at or past a finished job's terminal event
         for sse in source.iter_sse():
             # httpx-sse dispatches a heartbeat comment as an empty event once an id was seen;
-            # the SSE spec (and browsers) ignore those.
-            if sse.data:
+            # the SSE spec (and browsers) ignore those. Named frames (``event: queue``) are not
+            # job events: read as an EventSource's onmessage does, without them.
+            if sse.data and sse.event == "message":
                 events.append(FeedEvent(id=int(sse.id), data=json.loads(sse.data)))
     return events
 
