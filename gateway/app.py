@@ -27,6 +27,7 @@ from gateway import (
     routes_batches,
     routes_cancel,
     routes_keys,
+    routes_openai,
     routes_status,
     routes_usage,
     routes_v1,
@@ -52,7 +53,8 @@ TITLE = "Darkroom"
 VERSION = "0.1.0"
 DESCRIPTION = (
     "Image generation as a service. Submit a job, watch it over Server-Sent Events, fetch the "
-    "result URL. Seed 1's API lives under /api, seed 2's under /v1."
+    "result URL. Seed 1's API lives under /api, seed 2's under /v1, and the OpenAI Images API "
+    "at /v1/images/generations, /v1/images/edits and /v1/models."
 )
 # Room for the multipart framing around the largest accepted upload.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -67,6 +69,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         api_routes += routes_batches.submit_routes
         api_routes += routes_webhooks.routes
         api_routes += routes_usage.routes
+        api_routes += routes_openai.routes
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
     routes = api_routes + docs_routes(TITLE)

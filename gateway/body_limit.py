@@ -3,10 +3,9 @@ uploads past a number in flight at once: multipart parts spill to ``/tmp``, whic
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, error_response
 
 UPLOADS_BUSY_RETRY_AFTER_S = 2
 
@@ -63,9 +62,7 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
-    response = JSONResponse(
-        error.body.model_dump(), status_code=error.status_code, headers=error.headers
-    )
+    response = error_response(scope["path"], error.status_code, error.body, error.headers)
     await response(scope, receive, send)
 
 

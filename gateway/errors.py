@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, describe
 from common.schemas import ErrorField, ErrorResponse
+from gateway.openai_errors import is_openai_path, openai_status, to_openai
 
 log = get_logger(__name__)
 
@@ -56,21 +57,37 @@ def from_validation(exc: ValidationError, prefix: str = "") -> ApiError:
     return ApiError(422, "invalid_request", summary, fields)
 
 
-def _json(
-    status_code: int, body: ErrorResponse, headers: Mapping[str, str] | None = None
+def error_response(
+    path: str, status_code: int, body: ErrorResponse, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
+    """The error as JSON: Darkroom's shape, or OpenAI's on the OpenAI Images API's paths."""
+    if is_openai_path(path):
+        status_code = openai_status(status_code)
+        return JSONResponse(
+            to_openai(status_code, body).model_dump(), status_code=status_code, headers=headers
+        )
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
+
+def _json(
+    request: Request,
+    status_code: int,
+    body: ErrorResponse,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return error_response(request.url.path, status_code, body, headers)
 
 
 async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return _json(exc.status_code, exc.body, exc.headers)
+    return _json(request, exc.status_code, exc.body, exc.headers)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _json(exc.status_code, ErrorResponse(error=code, message=str(exc.detail)), exc.headers)
+    body = ErrorResponse(error=code, message=str(exc.detail))
+    return _json(request, exc.status_code, body, exc.headers)
 
 
 async def handle_redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -80,12 +97,13 @@ async def handle_redis_unavailable(request: Request, exc: Exception) -> JSONResp
         message="The job store cannot take this request right now; nothing was changed. "
         "Retry shortly.",
     )
-    return _json(503, body, {"Retry-After": str(REDIS_RETRY_AFTER_S)})
+    return _json(request, 503, body, {"Retry-After": str(REDIS_RETRY_AFTER_S)})
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("http.unhandled_error", path=request.url.path, method=request.method)
     return _json(
+        request,
         500,
         ErrorResponse(
             error="internal_error",

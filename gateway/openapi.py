@@ -70,6 +70,10 @@ class Operation:
     response_headers: dict[str, str] = field(default_factory=dict)
     # Descriptions of answers particular to this operation (status -> text).
     status_docs: dict[int, str] = field(default_factory=dict)
+    # The shape of this operation's errors, when not Darkroom's own (the OpenAI Images API's),
+    # and the status it gives invalid input (OpenAI: 400, never 422 or 415).
+    error_model: type[BaseModel] | None = None
+    invalid_status: int = 422
 
 
 def operation(**kwargs: Any) -> Callable[[F], F]:
@@ -101,7 +105,9 @@ def build_openapi(
     models: set[type[BaseModel]] = {ErrorResponse, JobEvent}
     for _, op in ops:
         models.update(op.responses.values())
-        models.update(m for m in (op.json_body, op.form_body, op.sse_model) if m is not None)
+        models.update(
+            m for m in (op.json_body, op.form_body, op.sse_model, op.error_model) if m is not None
+        )
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)], ref_template=REF
     )
@@ -220,7 +226,7 @@ def _operation(
             "description": model.__doc__ or model.__name__,
             "content": {"application/json": {"schema": _ref(model)}},
         }
-    error = {"content": {"application/json": {"schema": _ref(ErrorResponse)}}}
+    error = {"content": {"application/json": {"schema": _ref(op.error_model or ErrorResponse)}}}
     if op.sse:
         out["responses"]["200"] = {
             "description": "Server-Sent Events. Each event: `id:` the job's event sequence number, "
@@ -248,6 +254,11 @@ def _operation(
         statuses = {**statuses, 422: "A query parameter is invalid; `fields` names it."}
     if route.param_convertors:
         statuses = {**statuses, 404: "No such job or model (or it expired)."}
+    if op.invalid_status != 422:
+        statuses = {
+            op.invalid_status if status in (415, 422) else status: text
+            for status, text in statuses.items()
+        }
     if auth and not op.public:
         statuses = {**statuses, 401: "No API key, or an unknown or revoked one."}
         if op.admin:
