@@ -464,6 +464,7 @@ class Driver:
             "num_inference_steps": d.num_inference_steps,
             "guidance_scale": d.guidance_scale,
             "seed": i,
+            "cache": False,  # every job renders: this measures the device, not the cache
         }
         answer = await self.client.post(f"/api/{self.route.name}/t2i", json=body)
         session = answer.raise_for_status().json()["session_id"]

@@ -207,7 +207,8 @@ class Driver:
             job_id = answer.raise_for_status().json()["session_id"]
             events = f"/api/{job_id}/events"
         else:
-            body = {"prompt": f"job {i}", "seed": i, **PARAMS}
+            # Every job renders: the result cache would answer a repeated seeded request.
+            body = {"prompt": f"job {i}", "seed": i, "cache": False, **PARAMS}
             answer = await self.gateway.post("/v1/generate", json=body)
             job_id = answer.raise_for_status().json()["job_id"]
             events = f"/v1/jobs/{job_id}/events"
