@@ -27,9 +27,9 @@ def _name(requirement: str) -> str:
 def _closure(names: set[str]) -> set[str]:
     """The distributions and everything they require (what installing them brings)."""
     seen: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = todo.pop()
+    to_visit = list(names)
+    while to_visit:
+        name = to_visit.pop()
         if name in seen:
             continue
         seen.add(name)
@@ -41,7 +41,7 @@ def _closure(names: set[str]) -> set[str]:
             requirement = Requirement(text)
             # Extras not asked for, and other platforms' packages, are not installed.
             if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(_name(requirement.name))
+                to_visit.append(_name(requirement.name))
     return seen
 
 
