@@ -25,18 +25,11 @@ from common.batches import BatchRecord, BatchState, BatchStore
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT
 from gateway.fanout import EventFanout, FeedQueue, Revoked
-from gateway.feed import PING
+from gateway.feed import PING, Quiet, next_or_quiet
 
 log = get_logger(__name__)
 
 MIN_SNAPSHOT_INTERVAL_S = 0.2
-
-
-class _Quiet:
-    """Nothing arrived within the wait."""
-
-
-_QUIET = _Quiet()
 
 
 def batch_frame(seq: int, body: BaseModel) -> bytes:
@@ -92,10 +85,10 @@ async def _frames(
                 return
             next_ping, next_resync = read_at + ping_s, read_at + resync_s
             while True:
-                item = await _next(live, min(next_ping, next_resync) - loop.time())
+                item = await next_or_quiet(live, min(next_ping, next_resync) - loop.time())
                 if isinstance(item, Revoked):
                     return
-                if not isinstance(item, _Quiet) or loop.time() >= next_resync:
+                if not isinstance(item, Quiet) or loop.time() >= next_resync:
                     break  # an item changed (or a resync is due, or pub/sub lost some): re-read
                 yield PING
                 next_ping = loop.time() + ping_s
@@ -115,15 +108,3 @@ def _drain(live: FeedQueue) -> bool:
             return False
         if isinstance(item, Revoked):
             return True
-
-
-async def _next(live: FeedQueue, timeout_s: float) -> object:
-    try:
-        return live.get_nowait()
-    except asyncio.QueueEmpty:
-        pass
-    try:
-        async with asyncio.timeout(max(timeout_s, 0)):
-            return await live.get()
-    except TimeoutError:
-        return _QUIET

@@ -45,11 +45,11 @@ FAR_BACK = 100
 QueueProbe = Callable[[], Awaitable[QueuePosition | None]]
 
 
-class _Quiet:
-    """``_next`` found nothing within its timeout."""
+class Quiet:
+    """``next_or_quiet`` found nothing within its timeout."""
 
 
-_QUIET = _Quiet()
+QUIET = Quiet()
 
 
 class EventStream(StreamingResponse):
@@ -159,8 +159,8 @@ async def _frames(
                 catch_up = False
                 next_ping, next_resync = now + ping_s, now + resync_s
             wake = min(next_ping, next_resync, next_queue if queue is not None else next_ping)
-            item = await _next(live, wake - now)
-            if isinstance(item, _Quiet):
+            item = await next_or_quiet(live, wake - now)
+            if isinstance(item, Quiet):
                 now = loop.time()
                 if now >= next_resync:
                     if await jobs.get(job_id) is None:
@@ -203,8 +203,8 @@ def queue_frame(queued: QueuePosition) -> bytes:
     return f"event: queue\r\ndata: {data}\r\n\r\n".encode()
 
 
-async def _next(live: FeedQueue, timeout_s: float) -> LiveEvent | Revoked | None | _Quiet:
-    """The next queued item, or ``_QUIET`` after ``timeout_s``; no task made per event."""
+async def next_or_quiet(live: FeedQueue, timeout_s: float) -> LiveEvent | Revoked | None | Quiet:
+    """The next queued item, or ``QUIET`` after ``timeout_s``; no task made per event."""
     try:
         return live.get_nowait()
     except asyncio.QueueEmpty:
@@ -213,4 +213,4 @@ async def _next(live: FeedQueue, timeout_s: float) -> LiveEvent | Revoked | None
         async with asyncio.timeout(max(timeout_s, 0)):
             return await live.get()
     except TimeoutError:
-        return _QUIET
+        return QUIET
