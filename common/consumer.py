@@ -114,6 +114,8 @@ class StreamConsumer:
     policies: Mapping[str, StreamPolicy] = field(default_factory=dict)
     # Told about an entry that ran out of deliveries, before it moves to the dead stream.
     on_dead: DeliveryHook | None = None
+    # Hash counting each stream's dead letters (``Keys.dead_counts``), for metrics; None: none.
+    dead_counts: str | None = None
     # Told about a held delivery that another member took over: stop working on it.
     on_claim_lost: DeliveryHook | None = None
     _claim_cursors: dict[str, str] = field(default_factory=dict)
@@ -308,6 +310,8 @@ class StreamConsumer:
         }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_stream, record, maxlen=DEAD_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            if self.dead_counts is not None:
+                pipe.hincrby(self.dead_counts, delivery.stream, 1)
             self.ack_in(pipe, delivery)
             await pipe.execute()
 

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from common.redis_errors import REDIS_TRANSIENT, describe
 
@@ -59,13 +60,15 @@ def health_app(
         body.update(details() if details is not None else {})
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    async def metrics(request: Request) -> Response:
-        return Response(
-            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
-        )
-
     return Starlette(
         routes=[Route("/livez", livez), Route("/readyz", readyz), Route("/metrics", metrics)]
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text of this process's registry."""
+    return Response(
+        prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
     )
 
 
@@ -88,10 +91,17 @@ async def health_server(
     if port is None:
         yield
         return
-    app = health_app(ready, live, details)
-    config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False)
+    async with embedded_server(health_app(ready, live, details), "0.0.0.0", port):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def embedded_server(app: ASGIApp, host: str, port: int) -> AsyncIterator[None]:
+    """Serve ``app`` on ``host:port`` beside the process's own work while the block runs (the
+    probes, or a service's metrics port apart from its public one)."""
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(), name="health-server")
+    task = asyncio.create_task(server.serve(), name=f"embedded-server-{port}")
     try:
         yield
     finally:

@@ -59,6 +59,12 @@ class Keys:
         """Stream of entries that exhausted their delivery attempts."""
         return f"{self.prefix}dead"
 
+    @property
+    def dead_counts(self) -> str:
+        """Hash: how many entries each stream has moved to ``dead`` ever, by the stream's name
+        (one field per stream); the dead stream itself is capped, these counts are not."""
+        return f"{self.prefix}deadcounts"
+
     def blob(self, job_id: str, name: str) -> str:
         """String: input or output bytes in transit, with a TTL."""
         return f"{self.prefix}blob:{job_id}:{name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +16,13 @@ from starlette.staticfiles import StaticFiles
 
 from common.batches import BatchStore
 from common.catalog import Catalog
+from common.health import embedded_server
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
 from common.redis import connect
 from common.tenants import TenantStore
 from common.usage import UsageStore
 from common.webhook_targets import parse_nets
-from gateway import metrics as gateway_metrics
 from gateway import (
     routes_api,
     routes_batches,
@@ -40,9 +41,11 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
+from gateway.metrics import SSE_FEEDS_MAX, SSE_FEEDS_OPEN, HttpMetricsMiddleware, metrics_app
 from gateway.openapi import build_openapi
 from gateway.quotas import RateLimiter
 from gateway.result_cache import CacheLookup
+from gateway.route_metrics import ROUTE_STATE
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
@@ -72,9 +75,8 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         api_routes += routes_openai.routes
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
+    # /metrics is served on the metrics port (gateway.metrics), never here.
     routes = api_routes + docs_routes(TITLE)
-    if role == "gateway":
-        routes += gateway_metrics.routes
     local_output = role == "gateway" and settings.storage == "local"
     if local_output:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +131,20 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             ),
         )
         stop = asyncio.Event()
+        feeds = app.state.services.feeds
+        route_names = list(catalog.routes)
+
+        async def before_scrape() -> None:
+            SSE_FEEDS_OPEN.set(feeds.open)
+            SSE_FEEDS_MAX.set(feeds.max_feeds)
+            if role == "gateway":  # one kind of replica exports the cluster's queues
+                await ROUTE_STATE.refresh(redis, keys, route_names)
+
+        metrics_port = contextlib.AsyncExitStack()
+        if settings.metrics_port is not None:
+            await metrics_port.enter_async_context(
+                embedded_server(metrics_app(before_scrape), settings.host, settings.metrics_port)
+            )
         sweeping = None
         if role == "gateway":
             sweeper = Sweeper(
@@ -151,6 +167,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             if sweeping is not None:
                 await sweeping
             await fanout.stop()
+            await metrics_port.aclose()
             await redis.aclose()
 
     app = Starlette(
@@ -158,7 +175,9 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
-            # First: a request without a valid key is refused before its body is read.
+            # Outermost: requests refused by the others are counted too.
+            Middleware(HttpMetricsMiddleware, routes=routes),
+            # Then: a request without a valid key is refused before its body is read.
             Middleware(AuthMiddleware, mode=settings.auth, local_output=local_output),
             Middleware(
                 BodyLimitMiddleware,

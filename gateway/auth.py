@@ -1,6 +1,6 @@
 """Who a request acts for: its API key, resolved to a tenant before any route runs.
 
-``DARKROOM_AUTH=keys``: every path but the open ones (health, docs, ``/ui``, ``/metrics``, local
+``DARKROOM_AUTH=keys``: every path but the open ones (health, docs, ``/ui``, local
 ``/output``) needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; a missing or unknown
 key is a 401. A GET of one job's status or events may
 instead carry that job's read-only token as ``?token=`` (``gateway.job_tokens``). ``off``: no key
@@ -27,7 +27,7 @@ from gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
 
-OPEN_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/metrics", "/ui"})
+OPEN_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/ui"})
 OPEN_PREFIXES = ("/docs/", "/ui/")
 OUTPUT_PREFIX = "/output/"
 CHALLENGE = 'Bearer realm="darkroom"'

@@ -12,10 +12,12 @@ from common.tenants import AuthMode
 
 class GatewaySettings(KeySettings):
     host: str = "0.0.0.0"
-    # keys: every route but health, docs, /ui, /metrics and /output needs an API key
+    # keys: every route but health, docs, /ui and /output needs an API key
     # (``darkroom keys create``); off: no keys, every job belongs to the tenant ``local``.
     auth: AuthMode = "keys"
     port: int = Field(default=8000, ge=1, le=65535)
+    # GET /metrics (Prometheus) on this port, apart from the public one; unset: not served.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Largest accepted image upload; the request body may exceed it by the form's overhead only.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     # Larger images are refused before they are decoded (decompression bombs).

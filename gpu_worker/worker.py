@@ -140,6 +140,7 @@ class Worker:
             consumer=consumer_name,
             handler=self.take,
             dead_stream=keys.dead,
+            dead_counts=keys.dead_counts,
             block_ms=block_ms,
             policies={
                 keys.job_stream(route.name): StreamPolicy(

@@ -81,6 +81,7 @@ class Notifier:
             consumer=settings.consumer_name,
             handler=self.accept,
             dead_stream=keys.dead,
+            dead_counts=keys.dead_counts,
             block_ms=settings.block_ms,
             policies={
                 keys.webhook_events: StreamPolicy(

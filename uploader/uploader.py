@@ -107,6 +107,7 @@ class Uploader:
             consumer=consumer_name,
             handler=self.handle,
             dead_stream=keys.dead,
+            dead_counts=keys.dead_counts,
             block_ms=block_ms,
             # Storage outages are retried inside a delivery; many deliveries mean a crash loop.
             policies={keys.rendered: StreamPolicy(claim_idle_ms=claim_idle_ms, max_deliveries=10)},

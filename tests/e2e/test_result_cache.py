@@ -17,7 +17,7 @@ import pytest
 from redis import Redis
 
 from common.catalog import Catalog, write_catalog
-from common.redis_server import RedisServer
+from common.redis_server import RedisServer, free_port
 from tests.conftest import _stack
 from tests.support.client import read_feed, wait_terminal
 from tests.support.keys import create_key
@@ -39,7 +39,7 @@ def stack(
         redis_server,
         models_file,
         tmp_path_factory,
-        {"DARKROOM_AUTH": "keys"},
+        {"DARKROOM_AUTH": "keys", "DARKROOM_METRICS_PORT": str(free_port())},
     )
     stack.start("worker", env={"DARKROOM_ROUTES": "sd"})
     yield stack
@@ -105,7 +105,8 @@ def stored_bytes(stack: Stack, url: str) -> bytes:
 
 
 def cache_metrics(stack: Stack) -> dict[str, float]:
-    text = httpx.get(stack.base_url + "/metrics").raise_for_status().text
+    url = f"http://127.0.0.1:{stack.env['DARKROOM_METRICS_PORT']}/metrics"
+    text = httpx.get(url).raise_for_status().text
     totals: dict[str, float] = {"hits": 0.0, "misses": 0.0}
     for line in text.splitlines():
         for name in totals:
