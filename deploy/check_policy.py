@@ -440,7 +440,9 @@ class Policy:
             if any(role(c) == "notifier" for c in pod["containers"]):
                 self._notifier_egress(doc)
             for container in pod["containers"]:
-                port = self.build.env(container).get("DARKROOM_HEALTH_PORT")
+                env = self.build.env(container)
+                # Workers, uploader, notifier: the probe port; gateway, status: the metrics port.
+                port = env.get("DARKROOM_HEALTH_PORT") or env.get("DARKROOM_METRICS_PORT")
                 if port is None:
                     continue
                 labels = template_labels(doc)
@@ -754,6 +756,12 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "no scrape rule": (
         lambda d: d.remove(_find(d, "NetworkPolicy", "darkroom-allow-metrics")),
         "/metrics",
+    ),
+    "the gateway's metrics port closed to monitoring": (
+        lambda d: _find(d, "NetworkPolicy", "darkroom-allow-metrics")["spec"]["podSelector"][
+            "matchExpressions"
+        ][0]["values"].remove("api"),
+        "/metrics on 8081",
     ),
     "imagePullPolicy Always": (
         lambda d: _container(d, "Deployment", "gpu-worker").update({"imagePullPolicy": "Always"}),
