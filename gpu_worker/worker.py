@@ -169,6 +169,10 @@ class Worker:
         self.stalled: str | None = None
         self._stuck = asyncio.Event()
         self._releasing: asyncio.Task[None] | None = None
+        # Each job read, with its cost, until the consumer no longer holds it (rendered and
+        # handed off, failed, released…): the work a scale-in would interrupt (pod_cost.py).
+        self._in_hand: dict[tuple[str, str], tuple[Delivery, float]] = {}
+        self.work_changed = asyncio.Event()  # set when jobs are taken in
 
     async def readiness(self) -> tuple[bool, str]:
         """Ready: models loaded and warmed up (some route at least), and Redis taking writes."""
@@ -184,6 +188,13 @@ class Worker:
     def liveness(self) -> tuple[bool, str]:
         """Not live once a render is stuck: only a restart frees the device."""
         return self.stalled is None, self.stalled or ""
+
+    def work_in_hand(self) -> float:
+        """Megapixel-steps of the jobs this worker holds: waiting, rendering or handing off."""
+        for key, (delivery, _) in list(self._in_hand.items()):
+            if not self.consumer.holds(delivery):
+                del self._in_hand[key]
+        return sum(cost for _, cost in self._in_hand.values())
 
     def serving(self) -> dict[str, object]:
         """For ``/readyz``: the routes this worker serves, and those that failed to load."""
@@ -352,6 +363,11 @@ class Worker:
                 except PERMANENT_ERRORS as exc:
                     await self._fail(job, f"Invalid input image: {exc}")
                     return None
+        self._in_hand[(delivery.stream, delivery.msg_id)] = (
+            delivery,
+            job_cost(spec.params, spec.task),
+        )
+        self.work_changed.set()
         return job
 
     def _batch_key(self, job: Job) -> str:
