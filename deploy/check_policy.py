@@ -9,6 +9,7 @@ storage class…) and expects the policy's complaint.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import re
 import shlex
@@ -52,6 +53,12 @@ WEBHOOK_EXCEPT = {
     "::/0": PRIVATE_V6 | {"::1/128"},
 }
 POD_KINDS = {"Deployment", "StatefulSet", "Job"}
+# Workers reach the API server (their pods' deletion cost) and nothing else outside the
+# cluster: an ipBlock no wider than this, on the API server's ports only.
+KUBE_API_PORTS = {443, 6443}
+MAX_KUBE_API_PREFIX = {4: 16, 6: 48}
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+FALSE_WORDS = {"false", "0", "no", "off"}
 
 K8S_UNITS = {
     "Ki": 2**10,
@@ -352,12 +359,14 @@ class Policy:
                 to_pods_only = bool(rule.get("to")) and all(
                     set(peer) == {"podSelector"} for peer in rule["to"]
                 )
-                if not to_pods_only and ports != {53}:
+                if not to_pods_only and ports != {53} and not kube_api_rule(rule):
                     self.add(
                         where(doc),
                         f"NetworkPolicy/{policy['metadata']['name']} lets "
                         "workers out of the cluster: weights come from the "
-                        "prefetched cache",
+                        "prefetched cache, and only the API server "
+                        f"(an ipBlock of /{MAX_KUBE_API_PREFIX[4]} at most, "
+                        f"ports {sorted(KUBE_API_PORTS)}) may be reached",
                     )
 
     def _prefetch(self, worker: Doc, claims: set[str]) -> None:
@@ -431,6 +440,75 @@ class Policy:
                         where(doc),
                         f"ServiceAccount {name} is shared with {users.get(name)}"
                         ": the storage identity is the uploader's alone",
+                    )
+
+    def scale_in(self) -> None:
+        """Workers mark their pods busy or idle (pod-deletion-cost): they know their pod, hold
+        a token and CA, may patch pods and nothing more, and reach the API server."""
+        roles = {r["metadata"]["name"]: r for r in self.build.of("Role")}
+        for doc, pod in self.build.pods():
+            for container in pod["containers"]:
+                if role(container) != "worker" or doc["kind"] != "Deployment":
+                    continue
+                env = self.build.env(container)
+                if str(env.get("DARKROOM_POD_DELETION_COST", "true")).lower() in FALSE_WORDS:
+                    continue
+                fields = {
+                    v["name"]: v.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+                    for v in container.get("env", [])
+                }
+                for name, path in (
+                    ("POD_NAME", "metadata.name"),
+                    ("POD_NAMESPACE", "metadata.namespace"),
+                ):
+                    if fields.get(name) != path:
+                        self.add(where(doc), f"pod-deletion-cost: {name} must come from {path}")
+                if not kube_api_mounted(pod, container):
+                    self.add(
+                        where(doc),
+                        "pod-deletion-cost: mount a projected ServiceAccount token and "
+                        f"kube-root-ca.crt at {SERVICE_ACCOUNT_DIR}",
+                    )
+                account = pod.get("serviceAccountName", "default")
+                granted = [
+                    rule
+                    for binding in self.build.of("RoleBinding")
+                    if binding["roleRef"]["kind"] == "Role"
+                    and any(
+                        s["kind"] == "ServiceAccount" and s["name"] == account
+                        for s in binding.get("subjects", [])
+                    )
+                    for rule in roles.get(binding["roleRef"]["name"], {}).get("rules", [])
+                ]
+                if not any(
+                    "" in r.get("apiGroups", [])
+                    and "pods" in r.get("resources", [])
+                    and "patch" in r.get("verbs", [])
+                    for r in granted
+                ):
+                    self.add(
+                        where(doc),
+                        f"pod-deletion-cost: no Role bound to {account} lets it patch pods",
+                    )
+                for rule in granted:
+                    if (
+                        rule.get("apiGroups") != [""]
+                        or rule.get("resources") != ["pods"]
+                        or not set(rule.get("verbs", [])) <= {"get", "patch"}
+                    ):
+                        self.add(
+                            where(doc),
+                            f"ServiceAccount {account} may do more than patch its pod: {rule}",
+                        )
+                if not any(
+                    kube_api_rule(rule)
+                    for policy in policies_for(self.build, template_labels(doc), "Egress")
+                    for rule in policy["spec"].get("egress", [])
+                ):
+                    self.add(
+                        where(doc),
+                        "pod-deletion-cost: no NetworkPolicy lets it reach the API server "
+                        "(KUBE_API_CIDR on 443/6443)",
                     )
 
     def network(self) -> None:
@@ -594,6 +672,40 @@ class Policy:
                     )
 
 
+def kube_api_rule(rule: Doc) -> bool:
+    """An egress rule to the API server alone: narrow ipBlocks, its ports only."""
+    ports = {p.get("port") for p in rule.get("ports", [])}
+    peers = rule.get("to", [])
+    if not peers or not ports or not ports <= KUBE_API_PORTS:
+        return False
+    for peer in peers:
+        if set(peer) != {"ipBlock"} or "except" in peer["ipBlock"]:
+            return False
+        try:
+            network = ipaddress.ip_network(peer["ipBlock"]["cidr"], strict=False)
+        except ValueError:
+            return False
+        if network.prefixlen < MAX_KUBE_API_PREFIX[network.version]:
+            return False
+    return True
+
+
+def kube_api_mounted(pod: Doc, container: Doc) -> bool:
+    """A projected ServiceAccount token and the cluster CA, mounted where the worker reads them."""
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    sources = (
+        volumes.get(mounts.get(SERVICE_ACCOUNT_DIR, ""), {}).get("projected", {}).get("sources", [])
+    )
+    token = any(s.get("serviceAccountToken", {}).get("path") == "token" for s in sources)
+    ca = any(
+        s.get("configMap", {}).get("name") == "kube-root-ca.crt"
+        and {"key": "ca.crt", "path": "ca.crt"} in s["configMap"].get("items", [])
+        for s in sources
+    )
+    return token and ca
+
+
 def rule_allows_port(rule: Doc, port: int) -> bool:
     ports = rule.get("ports")
     return not ports or any(p.get("port") == port for p in ports)
@@ -650,6 +762,7 @@ def check_policy(docs: list[Doc], release: bool = False) -> list[str]:
         policy.storage,
         policy.disruption,
         policy.identity,
+        policy.scale_in,
         policy.network,
         policy.images,
         policy.ephemeral,
@@ -792,6 +905,44 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
             "scalingModifiers"
         ].update({"formula": "sd + sdxl / 4 + flux + ltx"}),
         "max_batch",
+    ),
+    "workers' API server rule open to the internet": (
+        lambda d: _find(d, "NetworkPolicy", "worker-kube-api")["spec"]["egress"][0]["to"][0][
+            "ipBlock"
+        ].update({"cidr": "0.0.0.0/0"}),
+        "out of the cluster",
+    ),
+    "no way to the API server": (
+        lambda d: d.remove(_find(d, "NetworkPolicy", "worker-kube-api")),
+        "reach the API server",
+    ),
+    "a worker that does not know its pod": (
+        lambda d: _container(d, "Deployment", "gpu-worker")["env"].remove(
+            next(
+                v
+                for v in _container(d, "Deployment", "gpu-worker")["env"]
+                if v["name"] == "POD_NAME"
+            )
+        ),
+        "POD_NAME",
+    ),
+    "no token for the API server": (
+        lambda d: _container(d, "Deployment", "gpu-worker")["volumeMounts"].remove(
+            next(
+                m
+                for m in _container(d, "Deployment", "gpu-worker")["volumeMounts"]
+                if m["mountPath"] == SERVICE_ACCOUNT_DIR
+            )
+        ),
+        "projected ServiceAccount token",
+    ),
+    "no RoleBinding": (
+        lambda d: d.remove(_find(d, "RoleBinding", "gpu-worker")),
+        "lets it patch pods",
+    ),
+    "a Role past patching pods": (
+        lambda d: _find(d, "Role", "gpu-worker")["rules"][0].update({"verbs": ["*"]}),
+        "more than patch",
     ),
     "a small gateway /tmp": (
         lambda d: next(
