@@ -64,6 +64,7 @@ from gpu_worker.progress import (
     HANDED_OFF_MESSAGE,
     RENDER_END_PCT,
     RENDER_STALLED,
+    RENDER_TOO_LONG,
     SHUTTING_DOWN,
     BatchProgress,
     ProgressReporter,
@@ -285,6 +286,10 @@ class Worker:
         """Trips once the render thread goes without a step for its route's stall timeout."""
         while not done.is_set():
             await sleep_unless(done, WATCHDOG_INTERVAL_S)
+            if self._clock.overrun_s() is not None:  # still stepping: it stops at the next
+                for job in list(self._rendering.values()):
+                    if job.reporter is not None:
+                        job.reporter.stop(RENDER_TOO_LONG)
             stalled_s = self._clock.stalled_s()
             if stalled_s is not None:
                 halt.set()
@@ -478,7 +483,7 @@ class Worker:
                 threading.Event().wait()
 
         began = time.perf_counter()
-        self._clock.start(route.stall_after_s)
+        self._clock.start(route.stall_after_s, route.max_render_s)
         meter.start()
         try:
             if len(jobs) == 1:
@@ -631,11 +636,33 @@ class Worker:
                 await self._fail(job, DEADLINE_EXCEEDED)
             elif reason == SHUTTING_DOWN:
                 await self._release(job)
+            elif reason == RENDER_TOO_LONG:
+                await self._too_long(job)
             else:
                 log.info("job.canceled")
                 JOBS.labels(job.spec.model, "canceled").inc()
                 await self._charge_stopped(job)
                 await self.consumer.ack(job.delivery)
+
+    async def _too_long(self, job: Job) -> None:
+        """Past its route's ``max_render_s``: this attempt failed, like a stall. Another
+        worker tries while attempts remain; the last one fails the job."""
+        limit_s = self._registry.routes[job.spec.model].max_render_s
+        error = f"The render ran past the route's limit of {limit_s:g} s"
+        delivery = job.delivery
+        max_deliveries = self.consumer.policy(delivery.stream).max_deliveries
+        log.warning("job.render_too_long", limit_s=limit_s, attempt=delivery.attempt)
+        if delivery.attempt >= max_deliveries:
+            await self._charge_stopped(job)
+            await self._fail(job, f"{error} ({delivery.attempt} attempts)")
+            return
+        await self._release(job, count_attempt=True)
+        with contextlib.suppress(*REDIS_TRANSIENT):
+            await self._jobs.emit(
+                job.spec.job_id,
+                message=f"{error}; another worker takes the job over",
+                fields={"last_error": error},
+            )
 
     async def _charge_stopped(self, job: Job) -> None:
         """A render its job's end stopped (canceled, out of time) is paid for the steps it
