@@ -340,6 +340,7 @@ class Policy:
                 if self.build.env(container).get("HF_HUB_OFFLINE") != "1":
                     self.add(where(doc), "workers must run with HF_HUB_OFFLINE=1")
                 self._worker_egress(doc)
+                self._render_limits(doc, container)
             claims = {
                 v["persistentVolumeClaim"]["claimName"]
                 for v in pod.get("volumes", [])
@@ -368,6 +369,25 @@ class Policy:
                         f"(an ipBlock of /{MAX_KUBE_API_PREFIX[4]} at most, "
                         f"ports {sorted(KUBE_API_PORTS)}) may be reached",
                     )
+
+    def _render_limits(self, doc: Doc, container: Doc) -> None:
+        """A drain (SIGTERM) never cuts short a render its route allows: the pool's drain grace
+        covers the max_render_s of every route it serves."""
+        catalog = self._catalog(doc)
+        if catalog is None:
+            return
+        env = self.build.env(container)
+        served = [r for r in (env.get("DARKROOM_ROUTES") or "").split(",") if r.strip()]
+        grace_s = float(env.get("DARKROOM_DRAIN_GRACE_S") or 60)
+        for name, route in catalog.routes.items():
+            if served and name not in served:
+                continue
+            if route.max_render_s is not None and route.max_render_s > grace_s:
+                self.add(
+                    where(doc),
+                    f"route {name}: max_render_s {route.max_render_s:g} is past the drain "
+                    f"grace of {grace_s:g} s (DARKROOM_DRAIN_GRACE_S)",
+                )
 
     def _prefetch(self, worker: Doc, claims: set[str]) -> None:
         jobs = [
@@ -827,6 +847,11 @@ def _drop_upper_bound(docs: list[Doc]) -> None:
     expressions[:] = [e for e in expressions if e["operator"] != "Lt"]
 
 
+def _edit_catalog(docs: list[Doc], old: str, new: str) -> None:
+    data = next(c for c in docs if c["kind"] == "ConfigMap" and "models.toml" in c.get("data", {}))
+    data["data"]["models.toml"] = data["data"]["models.toml"].replace(old, new)
+
+
 MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "an RDB save line": (
         lambda d: _redis_conf(d)["data"].update(
@@ -943,6 +968,10 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "a Role past patching pods": (
         lambda d: _find(d, "Role", "gpu-worker")["rules"][0].update({"verbs": ["*"]}),
         "more than patch",
+    ),
+    "a render limit past the drain grace": (
+        lambda d: _edit_catalog(d, "[routes.ltx]\n", "[routes.ltx]\nmax_render_s = 3600\n"),
+        "max_render_s",
     ),
     "a small gateway /tmp": (
         lambda d: next(
