@@ -95,6 +95,10 @@ class ModelRoute(BaseModel):
     # gap includes prompt encoding before the first step and decoding after the last (unset:
     # see ``stall_after_s``).
     stall_timeout_s: float | None = Field(default=None, gt=0)
+    # A hard limit on one pipeline call, however steadily it steps: past it the render stops
+    # at its next step and the attempt fails like a stall (another worker tries, up to
+    # max_attempts; the last attempt fails the job). Unset: no limit.
+    max_render_s: float | None = Field(default=None, gt=0)
     # Multi-angle routes: the camera angles rendered when a request names none.
     default_angles: list[str] = Field(default_factory=list)
     defaults: RouteDefaults = Field(default_factory=RouteDefaults)

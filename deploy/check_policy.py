@@ -9,6 +9,7 @@ storage class…) and expects the policy's complaint.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import re
 import shlex
@@ -52,6 +53,12 @@ WEBHOOK_EXCEPT = {
     "::/0": PRIVATE_V6 | {"::1/128"},
 }
 POD_KINDS = {"Deployment", "StatefulSet", "Job"}
+# Workers reach the API server (their pods' deletion cost) and nothing else outside the
+# cluster: an ipBlock no wider than this, on the API server's ports only.
+KUBE_API_PORTS = {443, 6443}
+MAX_KUBE_API_PREFIX = {4: 16, 6: 48}
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+FALSE_WORDS = {"false", "0", "no", "off"}
 
 K8S_UNITS = {
     "Ki": 2**10,
@@ -333,6 +340,7 @@ class Policy:
                 if self.build.env(container).get("HF_HUB_OFFLINE") != "1":
                     self.add(where(doc), "workers must run with HF_HUB_OFFLINE=1")
                 self._worker_egress(doc)
+                self._render_limits(doc, container)
             claims = {
                 v["persistentVolumeClaim"]["claimName"]
                 for v in pod.get("volumes", [])
@@ -352,13 +360,34 @@ class Policy:
                 to_pods_only = bool(rule.get("to")) and all(
                     set(peer) == {"podSelector"} for peer in rule["to"]
                 )
-                if not to_pods_only and ports != {53}:
+                if not to_pods_only and ports != {53} and not kube_api_rule(rule):
                     self.add(
                         where(doc),
                         f"NetworkPolicy/{policy['metadata']['name']} lets "
                         "workers out of the cluster: weights come from the "
-                        "prefetched cache",
+                        "prefetched cache, and only the API server "
+                        f"(an ipBlock of /{MAX_KUBE_API_PREFIX[4]} at most, "
+                        f"ports {sorted(KUBE_API_PORTS)}) may be reached",
                     )
+
+    def _render_limits(self, doc: Doc, container: Doc) -> None:
+        """A drain (SIGTERM) never cuts short a render its route allows: the pool's drain grace
+        covers the max_render_s of every route it serves."""
+        catalog = self._catalog(doc)
+        if catalog is None:
+            return
+        env = self.build.env(container)
+        served = [r for r in (env.get("DARKROOM_ROUTES") or "").split(",") if r.strip()]
+        grace_s = float(env.get("DARKROOM_DRAIN_GRACE_S") or 60)
+        for name, route in catalog.routes.items():
+            if served and name not in served:
+                continue
+            if route.max_render_s is not None and route.max_render_s > grace_s:
+                self.add(
+                    where(doc),
+                    f"route {name}: max_render_s {route.max_render_s:g} is past the drain "
+                    f"grace of {grace_s:g} s (DARKROOM_DRAIN_GRACE_S)",
+                )
 
     def _prefetch(self, worker: Doc, claims: set[str]) -> None:
         jobs = [
@@ -431,6 +460,75 @@ class Policy:
                         where(doc),
                         f"ServiceAccount {name} is shared with {users.get(name)}"
                         ": the storage identity is the uploader's alone",
+                    )
+
+    def scale_in(self) -> None:
+        """Workers mark their pods busy or idle (pod-deletion-cost): they know their pod, hold
+        a token and CA, may patch pods and nothing more, and reach the API server."""
+        roles = {r["metadata"]["name"]: r for r in self.build.of("Role")}
+        for doc, pod in self.build.pods():
+            for container in pod["containers"]:
+                if role(container) != "worker" or doc["kind"] != "Deployment":
+                    continue
+                env = self.build.env(container)
+                if str(env.get("DARKROOM_POD_DELETION_COST", "true")).lower() in FALSE_WORDS:
+                    continue
+                fields = {
+                    v["name"]: v.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+                    for v in container.get("env", [])
+                }
+                for name, path in (
+                    ("POD_NAME", "metadata.name"),
+                    ("POD_NAMESPACE", "metadata.namespace"),
+                ):
+                    if fields.get(name) != path:
+                        self.add(where(doc), f"pod-deletion-cost: {name} must come from {path}")
+                if not kube_api_mounted(pod, container):
+                    self.add(
+                        where(doc),
+                        "pod-deletion-cost: mount a projected ServiceAccount token and "
+                        f"kube-root-ca.crt at {SERVICE_ACCOUNT_DIR}",
+                    )
+                account = pod.get("serviceAccountName", "default")
+                granted = [
+                    rule
+                    for binding in self.build.of("RoleBinding")
+                    if binding["roleRef"]["kind"] == "Role"
+                    and any(
+                        s["kind"] == "ServiceAccount" and s["name"] == account
+                        for s in binding.get("subjects", [])
+                    )
+                    for rule in roles.get(binding["roleRef"]["name"], {}).get("rules", [])
+                ]
+                if not any(
+                    "" in r.get("apiGroups", [])
+                    and "pods" in r.get("resources", [])
+                    and "patch" in r.get("verbs", [])
+                    for r in granted
+                ):
+                    self.add(
+                        where(doc),
+                        f"pod-deletion-cost: no Role bound to {account} lets it patch pods",
+                    )
+                for rule in granted:
+                    if (
+                        rule.get("apiGroups") != [""]
+                        or rule.get("resources") != ["pods"]
+                        or not set(rule.get("verbs", [])) <= {"get", "patch"}
+                    ):
+                        self.add(
+                            where(doc),
+                            f"ServiceAccount {account} may do more than patch its pod: {rule}",
+                        )
+                if not any(
+                    kube_api_rule(rule)
+                    for policy in policies_for(self.build, template_labels(doc), "Egress")
+                    for rule in policy["spec"].get("egress", [])
+                ):
+                    self.add(
+                        where(doc),
+                        "pod-deletion-cost: no NetworkPolicy lets it reach the API server "
+                        "(KUBE_API_CIDR on 443/6443)",
                     )
 
     def network(self) -> None:
@@ -596,6 +694,40 @@ class Policy:
                     )
 
 
+def kube_api_rule(rule: Doc) -> bool:
+    """An egress rule to the API server alone: narrow ipBlocks, its ports only."""
+    ports = {p.get("port") for p in rule.get("ports", [])}
+    peers = rule.get("to", [])
+    if not peers or not ports or not ports <= KUBE_API_PORTS:
+        return False
+    for peer in peers:
+        if set(peer) != {"ipBlock"} or "except" in peer["ipBlock"]:
+            return False
+        try:
+            network = ipaddress.ip_network(peer["ipBlock"]["cidr"], strict=False)
+        except ValueError:
+            return False
+        if network.prefixlen < MAX_KUBE_API_PREFIX[network.version]:
+            return False
+    return True
+
+
+def kube_api_mounted(pod: Doc, container: Doc) -> bool:
+    """A projected ServiceAccount token and the cluster CA, mounted where the worker reads them."""
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    sources = (
+        volumes.get(mounts.get(SERVICE_ACCOUNT_DIR, ""), {}).get("projected", {}).get("sources", [])
+    )
+    token = any(s.get("serviceAccountToken", {}).get("path") == "token" for s in sources)
+    ca = any(
+        s.get("configMap", {}).get("name") == "kube-root-ca.crt"
+        and {"key": "ca.crt", "path": "ca.crt"} in s["configMap"].get("items", [])
+        for s in sources
+    )
+    return token and ca
+
+
 def rule_allows_port(rule: Doc, port: int) -> bool:
     ports = rule.get("ports")
     return not ports or any(p.get("port") == port for p in ports)
@@ -652,6 +784,7 @@ def check_policy(docs: list[Doc], release: bool = False) -> list[str]:
         policy.storage,
         policy.disruption,
         policy.identity,
+        policy.scale_in,
         policy.network,
         policy.images,
         policy.ephemeral,
@@ -714,6 +847,11 @@ def _set_driver(docs: list[Doc], value: str) -> None:
 def _drop_upper_bound(docs: list[Doc]) -> None:
     expressions = _driver_terms(docs)
     expressions[:] = [e for e in expressions if e["operator"] != "Lt"]
+
+
+def _edit_catalog(docs: list[Doc], old: str, new: str) -> None:
+    data = next(c for c in docs if c["kind"] == "ConfigMap" and "models.toml" in c.get("data", {}))
+    data["data"]["models.toml"] = data["data"]["models.toml"].replace(old, new)
 
 
 MUTATIONS: dict[str, tuple[Mutation, str]] = {
@@ -800,6 +938,48 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
             "scalingModifiers"
         ].update({"formula": "sd + sdxl / 4 + flux + ltx"}),
         "max_batch",
+    ),
+    "workers' API server rule open to the internet": (
+        lambda d: _find(d, "NetworkPolicy", "worker-kube-api")["spec"]["egress"][0]["to"][0][
+            "ipBlock"
+        ].update({"cidr": "0.0.0.0/0"}),
+        "out of the cluster",
+    ),
+    "no way to the API server": (
+        lambda d: d.remove(_find(d, "NetworkPolicy", "worker-kube-api")),
+        "reach the API server",
+    ),
+    "a worker that does not know its pod": (
+        lambda d: _container(d, "Deployment", "gpu-worker")["env"].remove(
+            next(
+                v
+                for v in _container(d, "Deployment", "gpu-worker")["env"]
+                if v["name"] == "POD_NAME"
+            )
+        ),
+        "POD_NAME",
+    ),
+    "no token for the API server": (
+        lambda d: _container(d, "Deployment", "gpu-worker")["volumeMounts"].remove(
+            next(
+                m
+                for m in _container(d, "Deployment", "gpu-worker")["volumeMounts"]
+                if m["mountPath"] == SERVICE_ACCOUNT_DIR
+            )
+        ),
+        "projected ServiceAccount token",
+    ),
+    "no RoleBinding": (
+        lambda d: d.remove(_find(d, "RoleBinding", "gpu-worker")),
+        "lets it patch pods",
+    ),
+    "a Role past patching pods": (
+        lambda d: _find(d, "Role", "gpu-worker")["rules"][0].update({"verbs": ["*"]}),
+        "more than patch",
+    ),
+    "a render limit past the drain grace": (
+        lambda d: _edit_catalog(d, "[routes.ltx]\n", "[routes.ltx]\nmax_render_s = 3600\n"),
+        "max_render_s",
     ),
     "a small gateway /tmp": (
         lambda d: next(

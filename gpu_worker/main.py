@@ -15,6 +15,7 @@ from common.lifecycle import stop_event_on_signals
 from common.logging import get_logger
 from common.redis import connect
 from common.usage import UsageStore
+from gpu_worker.pod_cost import pod_deletion_cost
 from gpu_worker.registry import ModelRegistry, pick_device
 from gpu_worker.settings import WorkerSettings
 from gpu_worker.worker import Worker
@@ -58,8 +59,9 @@ async def run(settings: WorkerSettings) -> None:
         hang_at_step=settings.test_hang_at_step,
     )
     try:
-        async with health_server(
-            settings.health_port, worker.readiness, worker.liveness, worker.serving
+        async with (
+            health_server(settings.health_port, worker.readiness, worker.liveness, worker.serving),
+            pod_deletion_cost(settings, worker.work_in_hand, worker.work_changed),
         ):
             await worker.run(stop)
     finally:

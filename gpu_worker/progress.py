@@ -31,6 +31,7 @@ CANCELED = "canceled"
 CLAIM_LOST = "claim lost"
 SHUTTING_DOWN = "shutting down"
 RENDER_STALLED = "render stalled"
+RENDER_TOO_LONG = "render past its time limit"
 
 
 class RenderInterrupted(Exception):

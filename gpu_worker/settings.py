@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from common.settings import ConsumerSettings
+from common.settings import ConsumerSettings, seed_alias
+
+# Where the kubelet mounts a pod's ServiceAccount token and the cluster's CA.
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class WorkerSettings(ConsumerSettings):
@@ -25,9 +31,65 @@ class WorkerSettings(ConsumerSettings):
     # step, as in a CUDA call that never returns (tests/e2e/test_worker_failures.py).
     test_hang_at_step: int | None = Field(default=None, ge=1)
 
+    # Scale-in: the worker marks its own pod busy or idle (controller.kubernetes.io/
+    # pod-deletion-cost), so a Deployment scaling in removes idle workers first. It acts only
+    # inside a pod (POD_NAME and POD_NAMESPACE from the downward API, a ServiceAccount token).
+    pod_deletion_cost: bool = True
+    # The annotation is patched at most this often (the latest value wins).
+    pod_deletion_cost_interval_s: float = Field(default=5.0, ge=0)
+    pod_name: str | None = Field(default=None, validation_alias=seed_alias("POD_NAME"))
+    pod_namespace: str | None = Field(default=None, validation_alias=seed_alias("POD_NAMESPACE"))
+    # Set by the kubelet in every pod; the API server's in-cluster address.
+    kubernetes_service_host: str | None = Field(
+        default=None, validation_alias=seed_alias("KUBERNETES_SERVICE_HOST")
+    )
+    kubernetes_service_port: int = Field(
+        default=443, validation_alias=seed_alias("KUBERNETES_SERVICE_PORT")
+    )
+    # The API server's base URL; unset: https://KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT.
+    # https, or http to a loopback address only (a test's stand-in).
+    kubernetes_api_url: str | None = None
+    kubernetes_token_file: Path = SERVICE_ACCOUNT_DIR / "token"
+    kubernetes_ca_file: Path = SERVICE_ACCOUNT_DIR / "ca.crt"
+
     @field_validator("routes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("kubernetes_api_url")
+    @classmethod
+    def _https_or_loopback(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        url = urlsplit(value)
+        if url.scheme == "https" and url.hostname:
+            return value.rstrip("/")
+        if url.scheme == "http" and url.hostname and _loopback(url.hostname):
+            return value.rstrip("/")
+        raise ValueError(
+            f"{value!r}: the API server is reached over https (http only to a loopback address)"
+        )
+
+    @property
+    def kubernetes_api(self) -> str | None:
+        """The API server's base URL, if this process knows one (inside a pod it does)."""
+        if self.kubernetes_api_url:
+            return self.kubernetes_api_url
+        host = self.kubernetes_service_host
+        if not host:
+            return None
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        return f"https://{host}:{self.kubernetes_service_port}"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -5,6 +5,9 @@ deadlocked kernel, which no Python code can interrupt. The worker's event loop r
 every ``WATCHDOG_INTERVAL_S``; when it trips, the render's jobs go back to the group for another
 worker and the worker reports itself not live, so Kubernetes restarts the process, the only way
 to get the device back. A render that steps slowly but steadily never trips it.
+
+A route's ``max_render_s`` is a hard limit on one pipeline call besides: the loop stops a
+render past it at its next step, and its attempt fails.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ class StepClock:
 
     def __init__(self) -> None:
         self._watch: tuple[float, float] | None = None  # (last sign of progress, allowed gap)
+        self._limit: tuple[float, float] | None = None  # (call began, max_render_s)
 
-    def start(self, stall_timeout_s: float) -> None:
+    def start(self, stall_timeout_s: float, max_render_s: float | None = None) -> None:
         """A pipeline call begins (its weights already loaded: loading makes no steps)."""
-        self._watch = (time.monotonic(), stall_timeout_s)
+        now = time.monotonic()
+        self._watch = (now, stall_timeout_s)
+        self._limit = None if max_render_s is None else (now, max_render_s)
 
     def tick(self) -> None:
         """A denoising step ended."""
@@ -33,6 +39,15 @@ class StepClock:
 
     def stop(self) -> None:
         self._watch = None
+        self._limit = None
+
+    def overrun_s(self) -> float | None:
+        """How long the running call has taken, once past its route's ``max_render_s``."""
+        limit = self._limit
+        if limit is None:
+            return None
+        took_s = time.monotonic() - limit[0]
+        return took_s if took_s > limit[1] else None
 
     def stalled_s(self) -> float | None:
         """How long the running render has gone without a step, once past its allowance."""

@@ -64,6 +64,7 @@ from gpu_worker.progress import (
     HANDED_OFF_MESSAGE,
     RENDER_END_PCT,
     RENDER_STALLED,
+    RENDER_TOO_LONG,
     SHUTTING_DOWN,
     BatchProgress,
     ProgressReporter,
@@ -170,6 +171,10 @@ class Worker:
         self.stalled: str | None = None
         self._stuck = asyncio.Event()
         self._releasing: asyncio.Task[None] | None = None
+        # Each job read, with its cost, until the consumer no longer holds it (rendered and
+        # handed off, failed, released…): the work a scale-in would interrupt (pod_cost.py).
+        self._in_hand: dict[tuple[str, str], tuple[Delivery, float]] = {}
+        self.work_changed = asyncio.Event()  # set when jobs are taken in
 
     async def readiness(self) -> tuple[bool, str]:
         """Ready: models loaded and warmed up (some route at least), and Redis taking writes."""
@@ -185,6 +190,13 @@ class Worker:
     def liveness(self) -> tuple[bool, str]:
         """Not live once a render is stuck: only a restart frees the device."""
         return self.stalled is None, self.stalled or ""
+
+    def work_in_hand(self) -> float:
+        """Megapixel-steps of the jobs this worker holds: waiting, rendering or handing off."""
+        for key, (delivery, _) in list(self._in_hand.items()):
+            if not self.consumer.holds(delivery):
+                del self._in_hand[key]
+        return sum(cost for _, cost in self._in_hand.values())
 
     def serving(self) -> dict[str, object]:
         """For ``/readyz``: the routes this worker serves, and those that failed to load."""
@@ -275,6 +287,10 @@ class Worker:
         """Trips once the render thread goes without a step for its route's stall timeout."""
         while not done.is_set():
             await sleep_unless(done, WATCHDOG_INTERVAL_S)
+            if self._clock.overrun_s() is not None:  # still stepping: it stops at the next
+                for job in list(self._rendering.values()):
+                    if job.reporter is not None:
+                        job.reporter.stop(RENDER_TOO_LONG)
             stalled_s = self._clock.stalled_s()
             if stalled_s is not None:
                 halt.set()
@@ -353,6 +369,11 @@ class Worker:
                 except PERMANENT_ERRORS as exc:
                     await self._fail(job, f"Invalid input image: {exc}")
                     return None
+        self._in_hand[(delivery.stream, delivery.msg_id)] = (
+            delivery,
+            job_cost(spec.params, spec.task),
+        )
+        self.work_changed.set()
         return job
 
     def _batch_key(self, job: Job) -> str:
@@ -463,7 +484,7 @@ class Worker:
                 threading.Event().wait()
 
         began = time.perf_counter()
-        self._clock.start(route.stall_after_s)
+        self._clock.start(route.stall_after_s, route.max_render_s)
         meter.start()
         try:
             if len(jobs) == 1:
@@ -616,11 +637,33 @@ class Worker:
                 await self._fail(job, DEADLINE_EXCEEDED)
             elif reason == SHUTTING_DOWN:
                 await self._release(job)
+            elif reason == RENDER_TOO_LONG:
+                await self._too_long(job)
             else:
                 log.info("job.canceled")
                 JOBS.labels(job.spec.model, "canceled").inc()
                 await self._charge_stopped(job)
                 await self.consumer.ack(job.delivery)
+
+    async def _too_long(self, job: Job) -> None:
+        """Past its route's ``max_render_s``: this attempt failed, like a stall. Another
+        worker tries while attempts remain; the last one fails the job."""
+        limit_s = self._registry.routes[job.spec.model].max_render_s
+        error = f"The render ran past the route's limit of {limit_s:g} s"
+        delivery = job.delivery
+        max_deliveries = self.consumer.policy(delivery.stream).max_deliveries
+        log.warning("job.render_too_long", limit_s=limit_s, attempt=delivery.attempt)
+        if delivery.attempt >= max_deliveries:
+            await self._charge_stopped(job)
+            await self._fail(job, f"{error} ({delivery.attempt} attempts)")
+            return
+        await self._release(job, count_attempt=True)
+        with contextlib.suppress(*REDIS_TRANSIENT):
+            await self._jobs.emit(
+                job.spec.job_id,
+                message=f"{error}; another worker takes the job over",
+                fields={"last_error": error},
+            )
 
     async def _charge_stopped(self, job: Job) -> None:
         """A render its job's end stopped (canceled, out of time) is paid for the steps it

@@ -326,3 +326,29 @@ async def test_a_batch_shares_its_gpu_time_and_a_job_canceled_in_it_pays_only_it
     (day,) = (await deployment.usage.read(canceled.tenant, today(), today())).days
     assert [(r.model, r.canceled, r.completed) for r in day.jobs] == [("sd", 1, 0)]
     assert day.gpu_s == pytest.approx(canceled_s)
+
+
+async def test_a_render_past_its_routes_time_limit_is_stopped_and_fails_its_attempt(
+    redis_server: RedisServer, registry: ModelRegistry, tiny_models: Path
+) -> None:
+    # The sd route (one attempt) with a hard limit far under this render's few seconds.
+    limited = registry.routes["sd"].model_copy(update={"max_render_s": 0.5})
+    catalog = demo_catalog(tiny_models).model_copy(
+        update={"routes": {"sd": limited}, "v1_route": "sd"}
+    )
+    limited_registry = ModelRegistry(catalog, ["sd"], torch.device("cpu"))
+    limited_registry.load_all()
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    blobs = Redis.from_url(redis_server.url)
+    deployment = Deployment(redis, blobs, limited_registry)
+    try:
+        spec = await deployment.submit("a long one", seed=0, width=1024, height=768, **LONG_STEPS)
+        await deployment.run_until_settled([spec])
+        record = await deployment.jobs.get(spec.job_id)
+        assert record is not None and record.status == JobStatus.FAILED
+        assert record.error is not None and "limit of 0.5 s" in record.error
+        assert await deployment.rendered() == []
+        assert deployment.worker.liveness() == (True, "")  # it stepped on: nothing is stuck
+    finally:
+        await redis.aclose()
+        await blobs.aclose()
