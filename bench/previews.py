@@ -48,12 +48,12 @@ RESULTS = Path(__file__).parent / "results" / "previews.json"
 MODES = {"off": None, "on": PREVIEW_MIN_INTERVAL_S, "every_step": 0.0}
 # Route -> the job it renders: long enough for a few previews at 0.5 s on a small CPU.
 JOBS: dict[str, tuple[Task, dict[str, Any]]] = {
-    "sd": (Task.T2I, {"width": 512, "height": 512, "num_inference_steps": 20}),
-    "sdxl": (Task.T2I, {"width": 512, "height": 512, "num_inference_steps": 20}),
-    "flux": (Task.T2I, {"width": 512, "height": 512, "num_inference_steps": 12}),
+    "sd": (Task.T2I, {"width": 384, "height": 384, "num_inference_steps": 20}),
+    "sdxl": (Task.T2I, {"width": 384, "height": 384, "num_inference_steps": 20}),
+    "flux": (Task.T2I, {"width": 384, "height": 384, "num_inference_steps": 12}),
     "ltx": (
         Task.T2V,
-        {"width": 512, "height": 320, "num_inference_steps": 8, "num_frames": 25, "fps": 24},
+        {"width": 384, "height": 256, "num_inference_steps": 8, "num_frames": 17, "fps": 24},
     ),
 }
 

@@ -150,7 +150,7 @@ def latent_to_rgb(latents: torch.Tensor, fmt: LatentFormat) -> torch.Tensor:
 
 
 def to_image(rgb: torch.Tensor, size: tuple[int, int]) -> Image.Image:
-    image = Image.fromarray(rgb.numpy(), mode="RGB")
+    image = Image.fromarray(rgb.numpy())  # (H, W, 3) uint8: RGB
     return image.resize(size, Image.Resampling.BILINEAR) if image.size != size else image
 
 

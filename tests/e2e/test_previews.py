@@ -39,7 +39,12 @@ def stack(
         redis_server,
         models_file,
         tmp_path_factory,
-        extra={"DARKROOM_ROUTES": "sd,ltx", "DARKROOM_TEST_STEP_DELAY_S": str(STEP_DELAY_S)},
+        extra={
+            "DARKROOM_ROUTES": "sd,ltx",
+            "DARKROOM_TEST_STEP_DELAY_S": str(STEP_DELAY_S),
+            # Ready at once; each route loads on its first job (the feeds wait for it).
+            "DARKROOM_PRELOAD": "false",
+        },
     )
     yield stack
     stack.stop_all()
