@@ -85,6 +85,23 @@ class Keys:
     def job_id_from_channel(self, channel: str) -> str:
         return channel.removeprefix(f"{self.prefix}progress:")
 
+    def preview(self, job_id: str) -> str:
+        """String with a short TTL: a rendering job's latest preview (``common.previews``), the
+        only one kept; written while it renders, deleted when its render ends."""
+        return f"{self.prefix}preview:{job_id}"
+
+    def preview_channel(self, job_id: str) -> str:
+        """Pub/sub channel of one job's live previews (never logged, never replayed)."""
+        return f"{self.prefix}previews:{job_id}"
+
+    @property
+    def preview_pattern(self) -> str:
+        """Pattern matching every job's preview channel."""
+        return f"{self.prefix}previews:*"
+
+    def job_id_from_preview_channel(self, channel: str) -> str:
+        return channel.removeprefix(f"{self.prefix}previews:")
+
     def job_events(self, job_id: str) -> str:
         """Capped stream of one job's events; entry id ``<seq>-0``, so a replay is a range."""
         return f"{self.prefix}jobevents:{job_id}"

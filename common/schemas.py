@@ -124,6 +124,12 @@ class SubmitRequest(BaseModel):
         description="false: render anew even if an identical request was rendered before, and "
         "keep no copy for later ones. Only requests that name their seed are ever cached.",
     )
+    preview: bool = Field(
+        default=False,
+        description="true: while the job renders, its events feed also carries small JPEG "
+        "previews of the picture forming, as `event: preview` frames (at most one every 0.5 s; "
+        "see the README's Live progress section).",
+    )
 
     @field_validator("webhook")
     @classmethod
@@ -389,6 +395,8 @@ class JobSpec(BaseModel):
     tenant: str = LOCAL_TENANT
     # The request's half of its result-cache key (``common.result_cache``); None: not cached.
     cache_request: str | None = None
+    # Send previews of the render on the job's feed (``SubmitRequest.preview``).
+    preview: bool = False
 
 
 class OutputBlob(BaseModel):

@@ -19,6 +19,7 @@ from common.catalog import Catalog
 from common.health import embedded_server
 from common.jobs import JobStore
 from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
+from common.previews import PreviewStore
 from common.redis import connect
 from common.tenants import TenantStore
 from common.usage import UsageStore
@@ -111,6 +112,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             job_tokens=JobTokens(redis, keys),
             usage=UsageStore(redis, keys, retention_days=settings.usage_retention_days),
             batches=BatchStore(redis, keys),
+            previews=PreviewStore(redis, keys),
             submitter=Submitter(
                 jobs,
                 keys,

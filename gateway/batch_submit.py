@@ -142,6 +142,7 @@ async def submit_batch(
             task=task,
             params=params,
             created_at=utcnow(),
+            preview=request.preview,
         )
         checked.append(BatchItem(spec, webhook[0] if webhook else None))
 

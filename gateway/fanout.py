@@ -3,7 +3,9 @@
 Each event is parsed and encoded as an SSE frame once, however many feeds watch its job. Pub/sub
 loses messages across a disconnect, so after a reconnect (or when a slow feed's queue overflows)
 every affected feed gets a ``RESYNC`` marker and re-reads the job's event log. The same
-connection hears of revoked keys: the feeds opened with one get ``REVOKED`` and end.
+connection hears of revoked keys: the feeds opened with one get ``REVOKED`` and end, and of
+rendering jobs' previews (``common.previews``), for the feeds that take them: a preview is
+best effort, dropped rather than queued for a feed that cannot keep up.
 """
 
 from __future__ import annotations
@@ -35,6 +37,19 @@ REVOKED = Revoked()
 
 
 @dataclass(frozen=True)
+class PreviewFrame:
+    """A job's live preview, as its ready ``event: preview`` frame."""
+
+    frame: bytes
+
+
+def preview_frame(data: str) -> bytes:
+    """A named, id-less frame: an EventSource's ``onmessage`` never sees it, and a resume by
+    ``Last-Event-ID`` is not moved by it."""
+    return f"event: preview\r\ndata: {data}\r\n\r\n".encode()
+
+
+@dataclass(frozen=True)
 class LiveEvent:
     """A published event, with its SSE frame ready to send."""
 
@@ -52,7 +67,7 @@ def sse_frame(event: JobEvent) -> bytes:
     return f"id: {event.seq}\r\ndata: {event.model_dump_json()}\r\n\r\n".encode()
 
 
-FeedQueue = asyncio.Queue[LiveEvent | Revoked | None]
+FeedQueue = asyncio.Queue[LiveEvent | Revoked | PreviewFrame | None]
 
 
 class EventFanout:
@@ -62,6 +77,8 @@ class EventFanout:
         self._feeds: dict[str, set[FeedQueue]] = defaultdict(set)
         # Which tenant opened each feed, for revocations (rare: a scan of all feeds is fine).
         self._tenants: dict[FeedQueue, str] = {}
+        # The job feeds that asked for previews, by job.
+        self._preview_feeds: dict[str, set[FeedQueue]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -80,9 +97,19 @@ class EventFanout:
         return len(self._tenants)
 
     @contextlib.contextmanager
-    def subscribe(self, job_id: str, tenant: str) -> Iterator[FeedQueue]:
+    def subscribe(self, job_id: str, tenant: str, *, previews: bool = False) -> Iterator[FeedQueue]:
+        """``previews``: the queue hears the job's previews too (``PreviewFrame``)."""
         with self.subscribe_many([job_id], tenant) as queue:
-            yield queue
+            if not previews:
+                yield queue
+                return
+            self._preview_feeds[job_id].add(queue)
+            try:
+                yield queue
+            finally:
+                self._preview_feeds[job_id].discard(queue)
+                if not self._preview_feeds[job_id]:
+                    del self._preview_feeds[job_id]
 
     @contextlib.contextmanager
     def subscribe_many(self, job_ids: list[str], tenant: str) -> Iterator[FeedQueue]:
@@ -121,12 +148,18 @@ class EventFanout:
             else:
                 queue.put_nowait(event)
 
+    def _deliver_preview(self, job_id: str, data: str) -> None:
+        frame = PreviewFrame(preview_frame(data))
+        for queue in self._preview_feeds.get(job_id, ()):
+            if not queue.full():  # else dropped: the next preview supersedes it anyway
+                queue.put_nowait(frame)
+
     async def _run(self) -> None:
         failures = 0
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(self._keys.progress_pattern)
+                await pubsub.psubscribe(self._keys.progress_pattern, self._keys.preview_pattern)
                 await pubsub.subscribe(self._keys.revocations)
                 if failures:
                     for job_id in list(self._feeds):
@@ -138,6 +171,11 @@ class EventFanout:
                         self._revoke(message["data"])
                         continue
                     if message["type"] != "pmessage":
+                        continue
+                    if message["pattern"] == self._keys.preview_pattern:
+                        job_id = self._keys.job_id_from_preview_channel(message["channel"])
+                        if job_id in self._preview_feeds:
+                            self._deliver_preview(job_id, message["data"])
                         continue
                     job_id = self._keys.job_id_from_channel(message["channel"])
                     if job_id in self._feeds:

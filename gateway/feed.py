@@ -5,8 +5,10 @@ that reconnects with ``Last-Event-ID`` gets exactly the events after that id fro
 quiet feed sends a comment every ``ping_s`` (proxies close idle connections) and re-reads the log
 every ``resync_s`` (the job may have expired, or a message gone missing). While the job waits
 in its queue, ``event: queue`` frames tell its place and ETA: unlogged, with no ``id:``, never
-replayed, and invisible to an EventSource's ``onmessage``. ``FeedLimit`` caps how many feeds one
-process holds open.
+replayed, and invisible to an EventSource's ``onmessage``. While it renders, a job that asked
+for previews gets ``event: preview`` frames the same way: the latest one when the feed opens or
+resumes, then each live one (``common.previews``). ``FeedLimit`` caps how many feeds one process
+holds open.
 """
 
 from __future__ import annotations
@@ -20,11 +22,21 @@ from starlette.types import Receive, Scope, Send
 
 from common.jobs import JobStore
 from common.logging import get_logger
+from common.previews import PreviewStore
 from common.queue_position import QueuePosition
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobStatus
 from gateway.errors import ApiError
-from gateway.fanout import RESYNC, EventFanout, FeedQueue, LiveEvent, Revoked, sse_frame
+from gateway.fanout import (
+    RESYNC,
+    EventFanout,
+    FeedQueue,
+    LiveEvent,
+    PreviewFrame,
+    Revoked,
+    preview_frame,
+    sse_frame,
+)
 
 log = get_logger(__name__)
 
@@ -104,12 +116,14 @@ async def job_feed(
     ping_s: float,
     resync_s: float,
     queue: QueueProbe | None = None,
+    previews: PreviewStore | None = None,
 ) -> AsyncIterator[bytes]:
     """``tenant``: whose key opened the feed; the feed ends if that key is revoked. ``queue``:
-    the job's place while it waits, for ``event: queue`` frames."""
+    the job's place while it waits, for ``event: queue`` frames; ``previews``: where the job's
+    latest preview is, for ``event: preview`` frames."""
     try:
         async for frame in _frames(
-            job_id, last_event_id, jobs, fanout, tenant, ping_s, resync_s, queue
+            job_id, last_event_id, jobs, fanout, tenant, ping_s, resync_s, queue, previews
         ):
             yield frame
     except REDIS_TRANSIENT as exc:
@@ -126,10 +140,12 @@ async def _frames(
     ping_s: float,
     resync_s: float,
     queue: QueueProbe | None,
+    previews: PreviewStore | None,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
+    status: JobStatus | None = None  # as far as this feed has told it
     # Subscribe before reading Redis so nothing published in between is missed.
-    with fanout.subscribe(job_id, tenant) as live:
+    with fanout.subscribe(job_id, tenant, previews=previews is not None) as live:
         last_seq = 0 if last_event_id is None else last_event_id
         if last_event_id is None:
             record = await jobs.get(job_id)
@@ -139,7 +155,7 @@ async def _frames(
             yield sse_frame(snapshot)
             if snapshot.terminal:
                 return
-            last_seq = snapshot.seq
+            last_seq, status = snapshot.seq, snapshot.status
             if snapshot.status is not JobStatus.PENDING:
                 queue = None
 
@@ -151,13 +167,23 @@ async def _frames(
             if catch_up:
                 for event in await jobs.events_after(job_id, last_seq):
                     yield sse_frame(event)
-                    last_seq = event.seq
+                    last_seq, status = event.seq, event.status
                     if event.terminal:
                         return
                     if event.status is not JobStatus.PENDING:
                         queue = None  # it started: no place to tell any more
                 catch_up = False
                 next_ping, next_resync = now + ping_s, now + resync_s
+                if previews is not None:
+                    # Opened or resumed mid-render: the latest preview at once, and only on
+                    # this first catch-up; later ones come live. (The worker deletes it when
+                    # the render ends, so a finished render shows none.)
+                    latest = None
+                    if status is not JobStatus.PENDING:
+                        latest = await previews.latest(job_id)
+                    if latest is not None:
+                        yield preview_frame(latest)
+                    previews = None
             wake = min(next_ping, next_resync, next_queue if queue is not None else next_ping)
             item = await next_or_quiet(live, wake - now)
             if isinstance(item, Quiet):
@@ -184,6 +210,10 @@ async def _frames(
                 continue
             if isinstance(item, Revoked):
                 return
+            if isinstance(item, PreviewFrame):
+                yield item.frame
+                next_ping = loop.time() + ping_s
+                continue
             if item is RESYNC or item.seq > last_seq + 1:
                 catch_up = True  # a gap: the log has whatever pub/sub did not bring
             elif item.seq == last_seq + 1:
@@ -203,7 +233,9 @@ def queue_frame(queued: QueuePosition) -> bytes:
     return f"event: queue\r\ndata: {data}\r\n\r\n".encode()
 
 
-async def next_or_quiet(live: FeedQueue, timeout_s: float) -> LiveEvent | Revoked | None | Quiet:
+async def next_or_quiet(
+    live: FeedQueue, timeout_s: float
+) -> LiveEvent | Revoked | PreviewFrame | None | Quiet:
     """The next queued item, or ``QUIET`` after ``timeout_s``; no task made per event."""
     try:
         return live.get_nowait()

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from common.jobs import JobStore
 from common.logging import get_logger
 from common.schemas import JobRecord, JobStatus
-from gateway.fanout import RESYNC, EventFanout, LiveEvent, Revoked
+from gateway.fanout import RESYNC, EventFanout, FeedQueue, PreviewFrame, Revoked
 
 log = get_logger(__name__)
 
@@ -88,7 +88,7 @@ _FAILED = (JobStatus.FAILED, JobStatus.CANCELED)
 
 
 async def _next_change(
-    live: asyncio.Queue[LiveEvent | Revoked | None],
+    live: FeedQueue,
     disconnected: asyncio.Task[None],
     resync_s: float,
 ) -> bool:
@@ -114,5 +114,7 @@ async def _next_change(
         item = getting.result()
         if isinstance(item, Revoked):
             raise KeyRevoked
+        if isinstance(item, PreviewFrame):
+            continue  # never sent here (no previews asked for); typed for completeness
         if item is RESYNC or item.terminal:
             return True

@@ -130,6 +130,7 @@ async def _feed(request: Request, param: str) -> Response:
         ping_s=svc.settings.sse_ping_s,
         resync_s=svc.settings.sse_resync_s,
         queue=functools.partial(_queue_position, svc, record),
+        previews=svc.previews,
     )
     return svc.feeds.stream(events)
 

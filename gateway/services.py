@@ -11,6 +11,7 @@ from common.batches import BatchStore
 from common.catalog import Catalog
 from common.jobs import JobStore
 from common.keys import Keys
+from common.previews import PreviewStore
 from common.tenants import TenantStore
 from common.usage import UsageStore
 from gateway.fanout import EventFanout
@@ -36,6 +37,7 @@ class Services:
     rate: RateLimiter
     usage: UsageStore
     batches: BatchStore
+    previews: PreviewStore
 
 
 def services(request: Request) -> Services:

@@ -350,7 +350,17 @@ class Submitter:
         try:
             cache_request, hit = await self._cached(route, task, params, request, admission, image)
             await self._submit(
-                route, task, params, job_id, image, admission, claim, webhook, cache_request, hit
+                route,
+                task,
+                params,
+                job_id,
+                image,
+                admission,
+                claim,
+                webhook,
+                cache_request,
+                hit,
+                preview=request.preview,
             )
         except ClaimExpired:
             assert once is not None
@@ -402,6 +412,8 @@ class Submitter:
         webhook: tuple[Webhook, SeedApi] | None,
         cache_request: str | None = None,
         hit: CacheHit | None = None,
+        *,
+        preview: bool = False,
     ) -> None:
         if hit is not None:
             image = None  # nothing will read it
@@ -415,6 +427,7 @@ class Submitter:
             created_at=utcnow(),
             input_blob=self._keys.input_blob(job_id) if image is not None else None,
             cache_request=cache_request,
+            preview=preview,
         )
         # A hit goes to the uploader, which signs fresh URLs of the earlier result's objects.
         rendered = (

@@ -57,6 +57,7 @@ async def run(settings: WorkerSettings) -> None:
         drain_grace_s=settings.drain_grace_s,
         preload=settings.preload,
         hang_at_step=settings.test_hang_at_step,
+        step_delay_s=settings.test_step_delay_s,
     )
     try:
         async with (

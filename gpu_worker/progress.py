@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import torch
+
 from common.consumer import sleep_unless
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobStatus
+from gpu_worker.previews import JobPreviews, LatentPreview
 
 # At most one progress event per job this often: a client sees smooth progress, and Redis is not
 # asked for an event log entry and a PUBLISH on every one of a fast GPU's steps.
@@ -58,8 +61,10 @@ class ProgressReporter:
         deadline_at: float | None = None,
         message: str = "Generating",
         fields: dict[str, str | int | float] | None = None,
+        previews: JobPreviews | None = None,
     ) -> None:
         self._jobs = jobs
+        self.previews = previews
         self._job_id = job_id
         self._deadline_at = deadline_at
         self._message = message
@@ -98,6 +103,8 @@ class ProgressReporter:
         self._closing.set()
         self._changed.set()
         await self._task
+        if self.previews is not None:
+            await self.previews.close()
 
     async def _publish(self) -> None:
         await self._emit(progress=RENDER_START_PCT, message=self._message, fields=self._fields)
@@ -165,3 +172,16 @@ class BatchProgress:
         live = [reporter.step(done, total) for reporter in self._reporters]
         if not any(live):
             raise RenderInterrupted(self._reporters[0].stop_reason or CANCELED)
+
+    @property
+    def wants_previews(self) -> bool:
+        return any(reporter.previews is not None for reporter in self._reporters)
+
+    def on_latents(
+        self, done: int, total: int, latents: torch.Tensor, preview: LatentPreview
+    ) -> None:
+        """The step's latents, for the jobs that asked for previews: job ``i`` of the batch is
+        row ``i``. Only looks and copies (``JobPreviews.offer``)."""
+        for index, reporter in enumerate(self._reporters):
+            if reporter.previews is not None and reporter.stop_reason is None:
+                reporter.previews.offer(done, total, latents, index, preview)

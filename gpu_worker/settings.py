@@ -30,6 +30,9 @@ class WorkerSettings(ConsumerSettings):
     # Test aid, never for production: the render thread blocks for good after this denoising
     # step, as in a CUDA call that never returns (tests/e2e/test_worker_failures.py).
     test_hang_at_step: int | None = Field(default=None, ge=1)
+    # Test aid, never for production: every denoising step takes at least this much longer, so
+    # a tiny render lasts long enough to watch (tests/e2e/test_previews.py).
+    test_step_delay_s: float | None = Field(default=None, gt=0, le=10)
 
     # Scale-in: the worker marks its own pod busy or idle (controller.kubernetes.io/
     # pod-deletion-cost), so a Deployment scaling in removes idle workers first. It acts only

@@ -44,13 +44,14 @@ from common.health import redis_writable
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
+from common.previews import PreviewStore
 from common.redis_errors import REDIS_TRANSIENT, describe, retry_transient
 from common.result_cache import entry_digest
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
 from common.usage import UsageStore, render_token
 from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
-from gpu_worker.families import Artifact, StepCallback, batch_family, family
+from gpu_worker.families import Artifact, PreviewSink, StepCallback, batch_family, family
 from gpu_worker.metering import GpuMeter
 from gpu_worker.metrics import (
     BATCH_SIZE,
@@ -59,6 +60,7 @@ from gpu_worker.metrics import (
     QUEUE_WAIT_SECONDS,
     RENDER_STALLS,
 )
+from gpu_worker.previews import JobPreviews
 from gpu_worker.progress import (
     CLAIM_LOST,
     HANDED_OFF_MESSAGE,
@@ -123,6 +125,7 @@ class Worker:
         drain_grace_s: float = 60.0,
         preload: bool = True,
         hang_at_step: int | None = None,
+        step_delay_s: float | None = None,
     ) -> None:
         self._redis = redis
         self._blobs = blobs
@@ -134,6 +137,8 @@ class Worker:
         self._drain_grace_s = drain_grace_s
         self._preload = preload
         self._hang_at_step = hang_at_step
+        self._step_delay_s = step_delay_s
+        self._previews = PreviewStore(redis, keys)
         self.consumer = StreamConsumer(
             redis=redis,
             streams=[keys.job_stream(name) for name in registry.route_names],
@@ -164,6 +169,8 @@ class Worker:
         self._rendering: dict[str, Job] = {}  # by msg_id
         self._finishing: asyncio.Task[None] | None = None
         self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        # Previews are mapped and JPEG-encoded here, never on the render thread.
+        self._preview_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews")
         self._clock = StepClock()
         self._recent = RecentRenders()
         self.models_ready = False
@@ -241,6 +248,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await renderer
             self._render_thread.shutdown(wait=self.stalled is None)
+            self._preview_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ended_or_stuck(self, renderer: asyncio.Task[None]) -> None:
         stuck = asyncio.create_task(self._stuck.wait())
@@ -418,6 +426,11 @@ class Worker:
                 deadline_at=job.spec.deadline_at,
                 message="Generating" if loaded else "Loading model",
                 fields={"attempts": job.delivery.attempt},
+                previews=(
+                    JobPreviews(self._previews, job.spec.job_id, self._preview_thread)
+                    if job.spec.preview
+                    else None
+                ),
             )
             self._rendering[job.delivery.msg_id] = job
         progress = BatchProgress([job.reporter for job in jobs if job.reporter is not None])
@@ -425,7 +438,11 @@ class Worker:
         progress.start()
         try:
             outputs = await self._on_render_thread(
-                self._pipeline_call, jobs, progress.on_step, meter
+                self._pipeline_call,
+                jobs,
+                progress.on_step,
+                meter,
+                progress.on_latents if progress.wants_previews else None,
             )
         except RenderInterrupted as exc:
             await progress.close()
@@ -466,10 +483,15 @@ class Worker:
             return True
 
     def _pipeline_call(
-        self, jobs: list[Job], on_step: StepCallback, meter: GpuMeter
+        self,
+        jobs: list[Job],
+        on_step: StepCallback,
+        meter: GpuMeter,
+        previews: PreviewSink | None = None,
     ) -> list[list[Artifact]]:
         """On the render thread: one pipeline call for the batch; each job's outputs. ``meter``
-        times it from when the weights are at hand to its return."""
+        times it from when the weights are at hand to its return; ``previews`` hears the
+        latents when some job asked for previews."""
         spec = jobs[0].spec
         route = self._registry.routes[spec.model]
         pipelines = self._registry.pipelines(spec.model)  # loading makes no steps: not watched
@@ -482,18 +504,26 @@ class Worker:
                 meter.step([_stop_reason(job) is None for job in jobs])
             if done == self._hang_at_step:  # test aid: a CUDA call that never returns
                 threading.Event().wait()
+            if self._step_delay_s is not None:  # test aid: a render long enough to watch
+                time.sleep(self._step_delay_s)
 
         began = time.perf_counter()
         self._clock.start(route.stall_after_s, route.max_render_s)
         meter.start()
         try:
             if len(jobs) == 1:
-                outputs = [family(route.family).render(pipelines, spec, jobs[0].image, watched)]
+                outputs = [
+                    family(route.family).render(pipelines, spec, jobs[0].image, watched, previews)
+                ]
             else:
                 batcher = batch_family(route.family)
                 assert batcher is not None  # the registry refuses batches it cannot render
                 outputs = batcher.render_batch(
-                    pipelines, [job.spec for job in jobs], [job.image for job in jobs], watched
+                    pipelines,
+                    [job.spec for job in jobs],
+                    [job.image for job in jobs],
+                    watched,
+                    previews,
                 )
             # Only whole calls: what queued jobs can expect (not an interrupted one's time).
             self._recent.observe(spec.model, time.perf_counter() - began, len(jobs))

@@ -4,11 +4,14 @@ A family module has two functions, and a third if it can batch:
 
 - ``load(route, dtype, device) -> dict[Task, DiffusionPipeline]``: one pipeline per task the
   route serves, sharing one copy of the weights (``from_pipe``).
-- ``render(pipelines, spec, image, on_step) -> list[Artifact]``: one job's outputs (blocking;
-  the worker calls it on its render thread). ``on_step(done, total)`` is called after every
-  denoising step of the whole job, so a job of several renders reports one rising progress.
-- ``render_batch(pipelines, specs, images, on_step) -> list[list[Artifact]]``: compatible jobs in
-  one pipeline call, each with its own generator; the outputs of each job, in order.
+- ``render(pipelines, spec, image, on_step, previews=None) -> list[Artifact]``: one job's
+  outputs (blocking; the worker calls it on its render thread). ``on_step(done, total)`` is
+  called after every denoising step of the whole job, so a job of several renders reports one
+  rising progress. ``previews``, when given, hears each step's latents too, with the family's
+  ``LatentPreview`` (its latent2rgb factors and how its pipelines pack latents).
+- ``render_batch(pipelines, specs, images, on_step, previews=None) -> list[list[Artifact]]``:
+  compatible jobs in one pipeline call, each with its own generator; the outputs of each job, in
+  order (job ``i``'s latents are row ``i`` of the batch's).
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from PIL import Image
 
 from common.catalog import Lora, ModelRoute
 from common.schemas import JobSpec, Task
+from gpu_worker.previews import LatentFormat, LatentPreview, Layout, format_for
 
 # (steps done, steps in the whole job)
 StepCallback = Callable[[int, int], None]
+# (steps done, steps in the whole job, the call's latents on the device, how to read them); on
+# the render thread, so it may only look and copy (``gpu_worker.previews.JobPreviews.offer``).
+PreviewSink = Callable[[int, int, torch.Tensor, LatentPreview], None]
 
 
 class Pipeline(Protocol):
@@ -59,7 +66,12 @@ class Family(Protocol):
     ) -> dict[Task, Pipeline]: ...
 
     def render(
-        self, pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+        self,
+        pipelines: Pipelines,
+        spec: JobSpec,
+        image: Image.Image | None,
+        on_step: StepCallback,
+        previews: PreviewSink | None = None,
     ) -> list[Artifact]: ...
 
 
@@ -70,11 +82,13 @@ class BatchFamily(Family, Protocol):
         specs: list[JobSpec],
         images: list[Image.Image | None],
         on_step: StepCallback,
+        previews: PreviewSink | None = None,
     ) -> list[list[Artifact]]: ...
 
 
 BatchRender = Callable[
-    [Pipelines, list[JobSpec], list[Image.Image | None], StepCallback], list[list[Artifact]]
+    [Pipelines, list[JobSpec], list[Image.Image | None], StepCallback, PreviewSink | None],
+    list[list[Artifact]],
 ]
 
 
@@ -82,9 +96,13 @@ def one_at_a_time(render_batch: BatchRender) -> Callable[..., list[Artifact]]:
     """A family's ``render`` for one job, from its ``render_batch``."""
 
     def render(
-        pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+        pipelines: Pipelines,
+        spec: JobSpec,
+        image: Image.Image | None,
+        on_step: StepCallback,
+        previews: PreviewSink | None = None,
     ) -> list[Artifact]:
-        return render_batch(pipelines, [spec], [image], on_step)[0]
+        return render_batch(pipelines, [spec], [image], on_step, previews)[0]
 
     return render
 
@@ -107,12 +125,23 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def step_end(on_step: StepCallback, offset: int = 0, total: int | None = None) -> Any:
+def step_end(
+    on_step: StepCallback,
+    offset: int = 0,
+    total: int | None = None,
+    *,
+    previews: PreviewSink | None = None,
+    preview: LatentPreview | None = None,
+) -> Any:
     """A diffusers ``callback_on_step_end`` reporting step ``offset + done`` of ``total``
-    (default: this pipeline call's own step count)."""
+    (default: this pipeline call's own step count), and handing the step's latents to
+    ``previews`` (read with ``preview``) when both are given."""
 
     def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(offset + step + 1, total if total is not None else int(pipe.num_timesteps))
+        done, of = offset + step + 1, total if total is not None else int(pipe.num_timesteps)
+        on_step(done, of)
+        if previews is not None and preview is not None:
+            previews(done, of, tensors["latents"], preview)
         return tensors
 
     return callback
@@ -124,6 +153,8 @@ def render_images(
     images: list[Image.Image | None],
     on_step: StepCallback,
     inputs: dict[str, Any],
+    previews: PreviewSink | None = None,
+    preview: LatentPreview | None = None,
 ) -> list[list[Artifact]]:
     """What the image families' ``render_batch`` share: compatible jobs (same task, size, steps,
     guidance, strength) in one call of ``pipe``, each with its own generator, so a seed gives the
@@ -135,7 +166,7 @@ def render_images(
         "num_inference_steps": params.num_inference_steps,
         "guidance_scale": params.guidance_scale,
         "generator": [generator(spec.params.seed) for spec in specs],
-        "callback_on_step_end": step_end(on_step),
+        "callback_on_step_end": step_end(on_step, previews=previews, preview=preview),
     }
     if task == Task.I2I:
         size = (params.width, params.height)
@@ -146,6 +177,24 @@ def render_images(
     with torch.inference_mode():
         outputs: list[Image.Image] = pipe(**(kwargs | inputs)).images
     return [[Artifact(image=im)] for im in outputs]
+
+
+def spatial_preview(pipe: Any, spec: JobSpec, published: LatentFormat | None) -> LatentPreview:
+    """Previews of latents ``(batch, C, H/8, W/8)`` (Stable Diffusion, SDXL)."""
+    channels = int(pipe.vae.config.latent_channels)
+    params = spec.params
+    return LatentPreview(format_for(published, channels), Layout(), params.width, params.height)
+
+
+def packed_preview(pipe: Any, spec: JobSpec, published: LatentFormat | None) -> LatentPreview:
+    """Previews of latents packed in 2x2 patches, ``(batch, H/16 · W/16, C · 4)`` (FLUX,
+    Qwen-Image)."""
+    vae = pipe.vae.config  # Qwen-Image's VAE names its latent channels z_dim
+    channels = int(vae.get("latent_channels") or vae["z_dim"])
+    patch = pipe.vae_scale_factor * 2
+    params = spec.params
+    layout = Layout("patches", params.height // patch, params.width // patch)
+    return LatentPreview(format_for(published, channels), layout, params.width, params.height)
 
 
 def load_with_variant(

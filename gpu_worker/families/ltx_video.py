@@ -18,17 +18,24 @@ from gpu_worker.families import (
     Artifact,
     Pipeline,
     Pipelines,
+    PreviewSink,
     StepCallback,
     generator,
     input_image,
     load_with_variant,
     step_end,
 )
+from gpu_worker.previews import LatentFormat, LatentPreview, Layout, format_for
 
 # LTX-Video 0.9.1+ VAEs denoise while decoding (``timestep_conditioning``); these are the values
 # the diffusers documentation recommends for them. The 0.9.0 VAE ignores both.
 DECODE_TIMESTEP = 0.05
 DECODE_NOISE_SCALE = 0.025
+
+# Previews: ComfyUI publishes a 128-row latent2rgb table for LTX-Video (comfy/latent_formats.py,
+# LTXV), not copied here yet (it could not be checked against the source); until it is, every
+# LTX checkpoint gets the fallback map (its first three latent channels).
+LATENT_FORMAT: LatentFormat | None = None
 
 
 class VideoPipeline(Pipeline, Protocol):
@@ -36,6 +43,15 @@ class VideoPipeline(Pipeline, Protocol):
 
     vae: Any
     vae_temporal_compression_ratio: int
+    vae_spatial_compression_ratio: int
+
+
+def video_preview(pipe: VideoPipeline, spec: JobSpec) -> LatentPreview:
+    """The first frame: latents are packed ``(batch, F · H/32 · W/32, C)``, frame-major."""
+    ratio, params = pipe.vae_spatial_compression_ratio, spec.params
+    layout = Layout("tokens", params.height // ratio, params.width // ratio)
+    channels = int(pipe.vae.config.latent_channels)
+    return LatentPreview(format_for(LATENT_FORMAT, channels), layout, params.width, params.height)
 
 
 def load(route: ModelRoute, dtype: torch.dtype, device: torch.device) -> dict[Task, Pipeline]:
@@ -45,7 +61,11 @@ def load(route: ModelRoute, dtype: torch.dtype, device: torch.device) -> dict[Ta
 
 
 def render(
-    pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+    pipelines: Pipelines,
+    spec: JobSpec,
+    image: Image.Image | None,
+    on_step: StepCallback,
+    previews: PreviewSink | None = None,
 ) -> list[Artifact]:
     params = spec.params
     if params.num_frames is None or params.fps is None:
@@ -71,7 +91,9 @@ def render(
         "num_inference_steps": params.num_inference_steps,
         "guidance_scale": params.guidance_scale,
         "generator": generator(params.seed),
-        "callback_on_step_end": step_end(on_step),
+        "callback_on_step_end": step_end(
+            on_step, previews=previews, preview=video_preview(pipe, spec) if previews else None
+        ),
         "output_type": "pil",
     }
     if pipe.vae.config.timestep_conditioning:

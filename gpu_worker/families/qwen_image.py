@@ -20,11 +20,14 @@ from gpu_worker.families import (
     Artifact,
     Pipeline,
     Pipelines,
+    PreviewSink,
     StepCallback,
     apply_loras,
     generator,
+    packed_preview,
     step_end,
 )
+from gpu_worker.previews import LatentFormat, LatentPreview
 
 # Camera instructions for the common angle names. Chinese first, then English: the multi-angle
 # LoRA for Qwen-Image-Edit-2509 (dx8152/Qwen-Edit-2509-Multiple-angles) was trained on the
@@ -44,6 +47,30 @@ ANGLE_INSTRUCTIONS: dict[str, str] = {
     "wide-angle": "将镜头转为广角镜头 Turn the camera to a wide-angle lens.",
 }
 ANGLE_FALLBACK = "View the subject from {angle}."
+
+# Previews: Qwen-Image's VAE is Wan 2.1's, so are its latent2rgb factors and bias (ComfyUI,
+# comfy/latent_formats.py, Wan21), for its 16 normalised latent channels.
+LATENT_FORMAT = LatentFormat(
+    (
+        (-0.1299, -0.1692, 0.2932),
+        (0.0671, 0.0406, 0.0442),
+        (0.3568, 0.2548, 0.1747),
+        (0.0372, 0.2344, 0.1420),
+        (0.0313, 0.0189, -0.0328),
+        (0.0296, -0.0956, -0.0665),
+        (-0.3477, -0.4059, -0.2925),
+        (0.0166, 0.1902, 0.1975),
+        (-0.0412, 0.0267, -0.1364),
+        (-0.1293, 0.0740, 0.1636),
+        (0.0680, 0.3019, 0.1128),
+        (0.0032, 0.0581, 0.0639),
+        (-0.1251, 0.0927, 0.1699),
+        (0.0060, -0.0633, 0.0005),
+        (0.3477, 0.2275, 0.2950),
+        (0.1984, 0.0913, 0.1861),
+    ),
+    bias=(-0.1835, -0.0868, -0.3360),
+)
 
 
 def _angle_key(angle: str) -> str:
@@ -100,8 +127,13 @@ def _guidance(params: RenderParams) -> dict[str, Any]:
 
 
 def render(
-    pipelines: Pipelines, spec: JobSpec, image: Image.Image | None, on_step: StepCallback
+    pipelines: Pipelines,
+    spec: JobSpec,
+    image: Image.Image | None,
+    on_step: StepCallback,
+    previews: PreviewSink | None = None,
 ) -> list[Artifact]:
+    """Previews show the render under way: the base image, then each view in turn."""
     params = spec.params
     if not params.angles:
         raise ValueError("a multi-angle job needs at least one angle")
@@ -121,12 +153,18 @@ def render(
         **_guidance(params),
     }
     done = 0
+
+    def preview(task: Task) -> LatentPreview | None:
+        return packed_preview(pipelines[task], spec, LATENT_FORMAT) if previews else None
+
     with torch.inference_mode():
         if spec.task == Task.T2I:
             source: Image.Image = pipelines[Task.T2I](
                 prompt=params.prompt,
                 generator=generator(params.seed),
-                callback_on_step_end=step_end(on_step, done, total),
+                callback_on_step_end=step_end(
+                    on_step, done, total, previews=previews, preview=preview(Task.T2I)
+                ),
                 **common,
             ).images[0]
             done += steps
@@ -144,7 +182,9 @@ def render(
                 # Its own seed per view: the same job seed reproduces every view, and the
                 # views do not share their noise.
                 generator=generator(params.seed + index),
-                callback_on_step_end=step_end(on_step, done, total),
+                callback_on_step_end=step_end(
+                    on_step, done, total, previews=previews, preview=preview(Task.I2I)
+                ),
                 **common,
             ).images[0]
             done += steps

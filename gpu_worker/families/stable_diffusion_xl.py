@@ -19,10 +19,24 @@ from gpu_worker.families import (
     Artifact,
     Pipeline,
     Pipelines,
+    PreviewSink,
     StepCallback,
     load_with_variant,
     one_at_a_time,
     render_images,
+    spatial_preview,
+)
+from gpu_worker.previews import LatentFormat
+
+# Previews: SDXL's latent2rgb factors and bias (ComfyUI, comfy/latent_formats.py, SDXL).
+LATENT_FORMAT = LatentFormat(
+    (
+        (0.3651, 0.4232, 0.4341),
+        (-0.2533, -0.0042, 0.1068),
+        (0.1076, 0.1111, -0.0362),
+        (-0.3165, -0.2492, -0.2188),
+    ),
+    bias=(0.1084, -0.0175, -0.0011),
 )
 
 # What ``encode_prompt`` returns, in order: the pipeline's keyword for each.
@@ -75,12 +89,14 @@ def render_batch(
     specs: list[JobSpec],
     images: list[Image.Image | None],
     on_step: StepCallback,
+    previews: PreviewSink | None = None,
 ) -> list[list[Artifact]]:
     """Compatible jobs (same task, size, steps, guidance, strength) in one pipeline call, each
     with its own prompt, negative prompt and generator: a seed gives the same image batched or
     alone."""
     pipe = pipelines[specs[0].task]
-    return render_images(pipe, specs, images, on_step, embeddings(pipe, specs))
+    preview = spatial_preview(pipe, specs[0], LATENT_FORMAT) if previews else None
+    return render_images(pipe, specs, images, on_step, embeddings(pipe, specs), previews, preview)
 
 
 render = one_at_a_time(render_batch)

@@ -253,3 +253,19 @@ def test_unrenderable_jobs_fail_before_rendering(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         qwen.render({}, job, image, lambda done, total: None)
+
+
+def test_previews_show_each_view_as_it_renders(qwen: Family, pipelines: dict[Task, Any]) -> None:
+    heard: list[tuple[int, int, Image.Image]] = []
+
+    def previews(done: int, total: int, latents: torch.Tensor, preview: Any) -> None:
+        heard.append((done, total, preview.image(preview.take(latents, 0).clone())))
+
+    qwen.render(pipelines, spec(Task.I2I), source_image(), lambda done, of: None, previews)
+
+    # Every step of every view, each the view's own latents at the job's size and aspect.
+    assert [(done, total) for done, total, _ in heard] == [(d, 6) for d in range(1, 7)]
+    assert all(image.size == (96, 64) and image.mode == "RGB" for _, _, image in heard)
+    last_of_each_view = [np.asarray(image) for done, _, image in heard if done % 2 == 0]
+    for a, b in combinations(last_of_each_view, 2):
+        assert not np.array_equal(a, b)
