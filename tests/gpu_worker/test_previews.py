@@ -23,13 +23,13 @@ from gpu_worker.previews import (
     latent_to_rgb,
 )
 
-# Family -> its published factors' channel count (None: none copied, the fallback map).
+# Family -> its published factors' channel count.
 PUBLISHED = {
     stable_diffusion: 4,
     stable_diffusion_xl: 4,
     flux: 16,
     qwen_image: 16,
-    ltx_video: None,
+    ltx_video: 128,
 }
 
 
@@ -37,13 +37,9 @@ PUBLISHED = {
 def test_each_family_maps_its_latent_channels_to_rgb(module: object) -> None:
     published: LatentFormat | None = module.LATENT_FORMAT  # type: ignore[attr-defined]
     channels = PUBLISHED[module]  # type: ignore[index]
-    if channels is None:
-        assert published is None
-        channels = 128  # LTX-Video's latents: they get the fallback map
-    else:
-        assert published is not None
-        assert published.channels == channels
-        assert all(len(row) == 3 for row in published.factors) and len(published.bias) == 3
+    assert published is not None
+    assert published.channels == channels
+    assert all(len(row) == 3 for row in published.factors) and len(published.bias) == 3
     fmt = format_for(published, channels)
     latents = torch.randn(channels, 12, 20, generator=torch.Generator().manual_seed(0)) * 3
 
