@@ -45,6 +45,11 @@ class Keys:
         cost served to them so far (fair share: the lowest goes next)."""
         return f"{self.scheduler_prefix}{model}:{priority}:turns"
 
+    def turns_clock(self, model: str, priority: str) -> str:
+        """String: the score the last job taken in one class of a route started from; a tenant
+        that starts waiting joins the turns there. Deleted when no tenant waits."""
+        return f"{self.scheduler_prefix}{model}:{priority}:clock"
+
     def waiting_since(self, model: str, priority: str) -> str:
         """Sorted set: every job waiting in one class of a route, scored by when it was
         queued (aging, counting, the oldest first)."""

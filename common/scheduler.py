@@ -15,7 +15,8 @@ The order, one job at a time:
 - within a class, fair share between tenants by start-time fair queueing: each tenant with jobs
   waiting has a score, the cost served to it so far (``common.cost``, megapixel-steps); the
   lowest goes next and its score grows by the job's cost; a tenant that starts waiting joins at
-  the lowest score now (no credit saved up while away). This is deficit round robin weighted by
+  the class's clock, the score the last job taken started from (no credit saved up while away,
+  and no wait behind the backlog of those already waiting). This is deficit round robin weighted by
   cost without DRR's quantum (no loop over turns that afford nothing): a tenant's backlog delays
   another's next job by about one job;
 - within a tenant and class, oldest first.
@@ -51,14 +52,27 @@ local function sched_key(p, model, class, suffix)
   return p .. model .. ':' .. class .. ':' .. suffix
 end
 
+-- A tenant that starts waiting joins at the class's clock: the score the last job taken
+-- started from (start-time fair queueing's virtual time), so it is next or nearly.
+local function sched_join(p, model, class, tenant)
+  local clock = redis.call('GET', sched_key(p, model, class, 'clock'))
+  if not clock then
+    clock = redis.call('ZRANGE', sched_key(p, model, class, 'turns'), 0, 0, 'WITHSCORES')[2]
+  end
+  redis.call('ZADD', sched_key(p, model, class, 'turns'), 'NX', clock or 0, tenant)
+end
+
+-- A tenant with nothing left waiting leaves the turns; with nobody left, the clock goes too.
+local function sched_leave(p, model, class, tenant)
+  local turns = sched_key(p, model, class, 'turns')
+  redis.call('ZREM', turns, tenant)
+  if redis.call('ZCARD', turns) == 0 then redis.call('DEL', sched_key(p, model, class, 'clock')) end
+end
+
 -- Queue a job at the end of its tenant's list; returns the list's key (the record names it).
 local function sched_enqueue(p, model, class, tenant, job_id, now)
   local list = sched_key(p, model, class, 'wait:' .. tenant)
-  local turns = sched_key(p, model, class, 'turns')
-  if redis.call('RPUSH', list, job_id) == 1 then
-    local least = redis.call('ZRANGE', turns, 0, 0, 'WITHSCORES')
-    redis.call('ZADD', turns, 'NX', least[2] or 0, tenant)
-  end
+  if redis.call('RPUSH', list, job_id) == 1 then sched_join(p, model, class, tenant) end
   redis.call('ZADD', sched_key(p, model, class, 'since'), now, job_id)
   return list
 end
@@ -68,9 +82,7 @@ local function sched_remove(p, model, class, tenant, job_id)
   local list = sched_key(p, model, class, 'wait:' .. tenant)
   redis.call('LREM', list, 1, job_id)
   redis.call('ZREM', sched_key(p, model, class, 'since'), job_id)
-  if redis.call('LLEN', list) == 0 then
-    redis.call('ZREM', sched_key(p, model, class, 'turns'), tenant)
-  end
+  if redis.call('LLEN', list) == 0 then sched_leave(p, model, class, tenant) end
 end
 
 local function sched_oldest(p, model, class)
@@ -114,9 +126,11 @@ local function sched_take(p, job_prefix, ready, model, class, job_id, local_tena
   local turns = sched_key(p, model, class, 'turns')
   redis.call('LREM', list, 1, job_id)
   redis.call('ZREM', sched_key(p, model, class, 'since'), job_id)
+  local score = redis.call('ZSCORE', turns, tenant)
+  if score then redis.call('SET', sched_key(p, model, class, 'clock'), score) end
   if redis.call('LLEN', list) == 0 then
-    redis.call('ZREM', turns, tenant)
-  elseif redis.call('ZSCORE', turns, tenant) then
+    sched_leave(p, model, class, tenant)
+  elseif score then
     redis.call('ZINCRBY', turns, tonumber(rec[3]) or 0, tenant)
   end
   if not rec[2] or rec[4] ~= 'pending' then return false end
@@ -138,9 +152,11 @@ local function sched_unread(ready, group)
   return redis.call('XRANGE', ready, '(' .. last, '+')
 end
 
--- Unread entries go back to the heads of their lists, their charge given back.
+-- Unread entries go back to the heads of their lists (the newest first, so each list keeps its
+-- order), their charge given back.
 local function sched_put_back(p, job_prefix, ready, model, entries)
-  for _, entry in ipairs(entries) do
+  for n = #entries, 1, -1 do
+    local entry = entries[n]
     local entry_id, fields, spec = entry[1], entry[2], nil
     for i = 1, #fields, 2 do if fields[i] == 'job' then spec = fields[i + 1] end end
     local job_id = spec and cjson.decode(spec).job_id
@@ -154,12 +170,11 @@ local function sched_put_back(p, job_prefix, ready, model, entries)
       redis.call('XDEL', ready, entry_id)
       local class, tenant = rec[2], rec[1]
       local list = sched_key(p, model, class, 'wait:' .. tenant)
-      local turns = sched_key(p, model, class, 'turns')
       if redis.call('LPUSH', list, job_id) == 1 then
-        local least = redis.call('ZRANGE', turns, 0, 0, 'WITHSCORES')
-        redis.call('ZADD', turns, 'NX', least[2] or 0, tenant)
+        sched_join(p, model, class, tenant)
       else
-        redis.call('ZINCRBY', turns, -(tonumber(rec[4]) or 0), tenant)
+        redis.call('ZINCRBY', sched_key(p, model, class, 'turns'), -(tonumber(rec[4]) or 0),
+          tenant)
       end
       redis.call('ZADD', sched_key(p, model, class, 'since'), rec[3], job_id)
       redis.call('HSET', job_prefix .. job_id, 'queue', list)
