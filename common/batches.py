@@ -2,11 +2,12 @@
 
 A batch's items are ordinary jobs (own record, events, webhooks, cancel, deadline); the batch is
 a small record (``batch:<id>``: tenant, seed API, size, items not yet ended) and the list of its
-job ids in request order. One script writes every item's record, first event and stream entry,
-after checking the tenant's ``max_queued`` and the route's ``max_queue`` for all of them at once:
-a batch that does not fit is refused whole. Items go into the route's stream one after another,
-so workers take them together and micro-batch them. The job store's terminal change counts the
-batch's items down and starts its expiry with its last one (``common.jobs``).
+job ids in request order. One script writes every item's record, first event and place in its
+waiting list, after checking the tenant's ``max_queued`` and the route's ``max_queue`` (its
+backlog) for all of them at once: a batch that does not fit is refused whole. Items queue in
+their tenant's waiting list one after another (``common.scheduler``), so workers take them
+together and micro-batch them. The job store's terminal change counts the batch's items down
+and starts its expiry with its last one (``common.jobs``).
 
 Nothing about a batch's state is stored twice: its status, counts and progress are computed from
 its items' records when asked.
@@ -36,26 +37,34 @@ from common.jobs import (
     parse_record,
     record_fields,
 )
-from common.keys import Keys
+from common.keys import WORKERS_GROUP, Keys
+from common.scheduler import DEFAULT_AGING_S, SCHEDULER_LUA
 from common.schemas import JobRecord, JobSpec, JobStatus, SeedApi, Webhook
+from common.tenants import LOCAL_TENANT
 
 MAX_BATCH_ITEMS = 100
 # Arguments before the items', and each item's count (see ``_SUBMIT_BATCH``).
-_HEAD_ARGS = 12
-_ITEM_ARGS = 4
+_HEAD_ARGS = 19
+_ITEM_ARGS = 5
 
-# KEYS: stream, tenant's jobs, deadlines, claimed key ('' if none), batch, batch's jobs, then
-# each item's job and job events. ARGV: max queue (0: none), tenant's max queued (0: none), has
-# claim, claim held, claim final, claim TTL, unfinished TTL, event log maxlen, now, deadline (''
-# if none), the batch record (a JSON list of field, value…), item count; then per item: job id,
-# first event, spec, record (a JSON list of field, value…).
-_SUBMIT_BATCH = """
+# KEYS: ready stream, tenant's jobs, deadlines, claimed key ('' if none), batch, batch's jobs,
+# the route's backlog, then each item's job and job events. ARGV: max queue (0: none), tenant's
+# max queued (0: none), has claim, claim held, claim final, claim TTL, unfinished TTL, event log
+# maxlen, now, deadline ('' if none), the batch record (a JSON list of field, value…), item
+# count, scheduler prefix, job key prefix, workers group, the tenant of a record without one,
+# route, tenant, aging limit (s); then per item: job id, first event, spec, record (a JSON list
+# of field, value…), priority class.
+_SUBMIT_BATCH = (
+    SCHEDULER_LUA
+    + """
 local stream, tenant_jobs, deadlines, claim = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local batch, batch_jobs = KEYS[5], KEYS[6]
+local batch, batch_jobs, backlog = KEYS[5], KEYS[6], KEYS[7]
 local max_queue, max_queued = tonumber(ARGV[1]), tonumber(ARGV[2])
 local has_claim = ARGV[3] == '1'
 local ttl_s, log_maxlen, now, deadline = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local n = tonumber(ARGV[12])
+local sched_prefix, job_prefix, group, local_tenant = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local model, tenant, aging_s = ARGV[17], ARGV[18], tonumber(ARGV[19])
 -- Room for all of them, or nothing: a batch of N is N jobs for the tenant's limit and the
 -- route's. Only reads until the first write, as in the single submit (an out-of-memory Redis
 -- refuses a script at its first write).
@@ -65,7 +74,7 @@ if max_queued > 0 then
   if active + n > max_queued then return {'tenant_queue_full', active} end
 end
 if max_queue > 0 then
-  local depth = redis.call('XLEN', stream)
+  local depth = redis.call('XLEN', backlog)
   if depth + n > max_queue then return {'queue_full', depth} end
 end
 if has_claim and redis.call('GET', claim) ~= ARGV[4] then return {'claim_expired', 0} end
@@ -73,23 +82,28 @@ redis.call('HSET', batch, unpack(cjson.decode(ARGV[11])))
 redis.call('EXPIRE', batch, ttl_s)
 redis.call('ZREMRANGEBYSCORE', tenant_jobs, '-inf', live_since)
 for i = 1, n do
-  local a = 12 + (i - 1) * 4
-  local job_id, job, log = ARGV[a + 1], KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+  local a = 19 + (i - 1) * 5
+  local job_id, job, log = ARGV[a + 1], KEYS[6 + 2 * i], KEYS[7 + 2 * i]
   redis.call('HSET', job, unpack(cjson.decode(ARGV[a + 4])))
   redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, '1-0', 'event', ARGV[a + 2])
   redis.call('EXPIRE', job, ttl_s)
   redis.call('EXPIRE', log, ttl_s)
-  local entry = redis.call('XADD', stream, '*', 'job', ARGV[a + 3])
-  redis.call('HSET', job, 'entry_id', entry)
+  -- Items queue one after another in their tenant's list: workers take them together.
+  local list = sched_enqueue(sched_prefix, model, ARGV[a + 5], tenant, job_id, now)
+  local entry = redis.call('XADD', backlog, '*', 'job_id', job_id)
+  redis.call('HSET', job, 'queue', list, 'queued_at', ARGV[9], 'backlog_id', entry)
   redis.call('ZADD', tenant_jobs, now, job_id)
   if deadline ~= '' then redis.call('ZADD', deadlines, deadline, job_id) end
   redis.call('RPUSH', batch_jobs, job_id)
 end
+-- As many as were queued are chosen for the ready stream: idle workers wake for them.
+sched_refill(sched_prefix, job_prefix, stream, group, model, n, now, aging_s, local_tenant)
 redis.call('EXPIRE', batch_jobs, ttl_s)
 redis.call('EXPIRE', tenant_jobs, ttl_s)
 if has_claim then redis.call('SET', claim, ARGV[5], 'EX', ARGV[6]) end
 return {'ok', 0}
 """
+)
 
 
 class BatchStatus(StrEnum):
@@ -183,9 +197,12 @@ def _flat(fields: dict[Any, EncodableT]) -> str:
 
 
 class BatchStore:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, priority_aging_s: float = DEFAULT_AGING_S
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        self._priority_aging_s = priority_aging_s
         self._submit = redis.register_script(_SUBMIT_BATCH)
 
     async def submit(
@@ -201,9 +218,9 @@ class BatchStore:
         quota: TenantQuota | None = None,
         claim: KeyClaim | None = None,
     ) -> None:
-        """Write the batch and every item (record, first event, stream entry) in one script, or
-        nothing: ``TenantQueueFull`` when the tenant's unfinished jobs plus these pass its
-        ``max_queued``, ``QueueFull`` when the route's stream plus these pass ``max_queue``,
+        """Write the batch and every item (record, first event, waiting-list place) in one
+        script, or nothing: ``TenantQueueFull`` when the tenant's unfinished jobs plus these pass
+        its ``max_queued``, ``QueueFull`` when the route's backlog plus these pass ``max_queue``,
         ``ClaimExpired`` when the ``Idempotency-Key`` claim no longer holds. Every item is of one
         route (``items[0].spec.model``)."""
         if not 1 <= len(items) <= MAX_BATCH_ITEMS:
@@ -226,6 +243,7 @@ class BatchStore:
             claim.key if claim is not None else "",
             keys.batch(batch_id),
             keys.batch_jobs(batch_id),
+            keys.backlog(model),
         ]
         args: list[EncodableT] = [
             max_queue or 0,
@@ -240,6 +258,13 @@ class BatchStore:
             repr(deadline_at) if deadline_at is not None else "",
             _flat(batch_fields),
             len(items),
+            keys.scheduler_prefix,
+            keys.job(""),
+            WORKERS_GROUP,
+            LOCAL_TENANT,
+            model,
+            tenant,
+            repr(self._priority_aging_s),
         ]
         assert len(args) == _HEAD_ARGS
         for item in items:
@@ -254,6 +279,7 @@ class BatchStore:
                 first_event(spec, message, now).model_dump_json(),
                 spec.model_dump_json(),
                 _flat(record),
+                spec.priority,
             ]
             assert len(item_args) == _ITEM_ARGS
             args += item_args

@@ -6,7 +6,9 @@ retry), then reads new ones. Each delivery knows its attempt number; past ``max_
 entry goes to the dead-letter stream instead of the handler, so nothing loops forever.
 
 A round is one delivery, or for a stream whose policy allows batches, up to ``max_batch`` entries
-that were waiting together (gathered for at most ``batch_window_ms``).
+that were waiting together (gathered for at most ``batch_window_ms``). A member whose streams are
+fed by a scheduler (``common.scheduler``) has it choose what they hold before each read
+(``before_read``).
 
 The handler owns the ack: a worker hands its output on and acks in one atomic step, and only if
 the entry is still its own (``forward``). While a delivery is held (from its read until it is
@@ -99,6 +101,8 @@ class StreamPolicy:
 
 Handler = Callable[[list[Delivery]], Awaitable[None]]
 DeliveryHook = Callable[[Delivery], Awaitable[None]]
+# Told the streams and the entries per stream a read is about to ask for.
+ReadHook = Callable[[Sequence[str], int], Awaitable[None]]
 RawFields = dict[str | bytes, str | bytes]
 
 
@@ -118,6 +122,8 @@ class StreamConsumer:
     dead_counts: str | None = None
     # Told about a held delivery that another member took over: stop working on it.
     on_claim_lost: DeliveryHook | None = None
+    # Runs before every read of new entries: the worker's scheduler refill.
+    before_read: ReadHook | None = None
     _claim_cursors: dict[str, str] = field(default_factory=dict)
     _held: dict[tuple[str, str], Delivery] = field(default_factory=dict)
     _retained: set[tuple[str, str]] = field(default_factory=set)
@@ -342,6 +348,8 @@ class StreamConsumer:
         self, streams: Sequence[str], count: int, block_ms: int | None
     ) -> list[Delivery]:
         """New entries, up to ``count`` per stream; ``block_ms=None`` does not wait."""
+        if self.before_read is not None:
+            await self.before_read(streams, count)
         reply: list[tuple[str | bytes, list[tuple[str | bytes, RawFields | None]]]] | None
         reply = await self.redis.xreadgroup(  # type: ignore[assignment]  # redis-py's union return
             self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms

@@ -4,9 +4,10 @@ A change is one Lua call, so the record, the per-job event log, the live pub/sub
 terminal-event stream always agree: sequence numbers are strict, progress never goes backwards,
 and nothing changes a job once it is terminal (a late or stale writer is simply ignored).
 
-The change that ends a job also clears what it left waiting: its queue entry, its deadline and
-its input image (and that image's share of the input-bytes caps), and it stops counting against
-its tenant's ``max_queued``; so Redis holds nothing of a finished job but its record and event
+The change that ends a job also clears what it left waiting: its ready-stream entry, its deadline
+and its input image (and that image's share of the input-bytes caps), and it stops counting against
+its tenant's ``max_queued``, its place in the scheduler's waiting list and its entry in the
+route's backlog; so Redis holds nothing of a finished job but its record and event
 log, which expire, and no quota can leak. And it adds the job to its tenant's usage
 (``common.usage``): once, since a job ends once.
 """
@@ -24,6 +25,7 @@ from redis.typing import EncodableT, FieldT
 
 from common.cost import job_cost
 from common.keys import WORKERS_GROUP, Keys
+from common.scheduler import DEFAULT_AGING_S, SCHEDULER_LUA
 from common.schemas import (
     JobEvent,
     JobRecord,
@@ -35,7 +37,7 @@ from common.schemas import (
     Task,
     Webhook,
 )
-from common.tenants import LOCAL_TENANT
+from common.tenants import LOCAL_TENANT, PRIORITIES, Priority
 from common.usage import RECORD_USAGE_LUA, SECONDS_PER_DAY, USAGE_RETENTION_DAYS, usage_day
 
 # Enough for every step of a long render plus the status changes around it.
@@ -75,6 +77,7 @@ end
 _EMIT = (
     RECORD_USAGE_LUA
     + BATCH_ITEM_ENDED_LUA
+    + SCHEDULER_LUA
     + """
 local job, log, webhook_stream = KEYS[1], KEYS[2], KEYS[3]
 local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -84,6 +87,7 @@ local log_maxlen, progress_interval_s = ARGV[5], tonumber(ARGV[6])
 local stream_prefix, group = ARGV[7], ARGV[8]
 local tenant_jobs_prefix, tenant_bytes_prefix, local_tenant = ARGV[9], ARGV[10], ARGV[11]
 local usage_prefix, usage_day, usage_ttl_s = ARGV[12], ARGV[13], ARGV[14]
+local sched_prefix, backlog_prefix = ARGV[19], ARGV[20]
 
 local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls',
   'error', 'model', 'entry_id', 'input_bytes')
@@ -126,6 +130,13 @@ if status == 'completed' or status == 'failed' or status == 'canceled' then
     redis.call('XDEL', stream, cur[8])
   end
   redis.call('ZREM', deadlines, cur[1])
+  -- Nor in the scheduler's waiting lists, nor in the route's backlog.
+  local sched = redis.call('HMGET', job, 'queue', 'priority', 'tenant', 'backlog_id')
+  if sched[1] and cur[7] then
+    sched_remove(sched_prefix, cur[7], sched[2], sched[3] or local_tenant, cur[1])
+    redis.call('HDEL', job, 'queue')
+  end
+  if sched[4] and cur[7] then redis.call('XDEL', backlog_prefix .. cur[7], sched[4]) end
   -- Nor does it count against its tenant's quotas: jobs at once, input bytes waiting.
   local tenant = redis.call('HGET', job, 'tenant') or local_tenant
   local tenant_bytes = tenant_bytes_prefix .. tenant
@@ -167,20 +178,26 @@ return payload
 )
 
 
-# KEYS: stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key ('' if
-# none), tenant's jobs, tenant's input bytes, the rendered stream. ARGV: max queue (0: none), has
-# blob, has claim, unfinished TTL, event log maxlen, first event, spec, blob bytes, blob TTL,
-# claim held, claim final, claim TTL, deadline ('' if none), max input bytes (0: none), now, job
-# id, tenant's max queued (0: none), tenant's max input bytes (0: none), the ``rendered`` entry of
-# a job already rendered ('' for a job to render), then the record's fields.
-_SUBMIT = """
+# KEYS: ready stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key
+# ('' if none), tenant's jobs, tenant's input bytes, the rendered stream, the route's backlog.
+# ARGV: max queue (0: none), has blob, has claim, unfinished TTL, event log maxlen, first event,
+# spec, blob bytes, blob TTL, claim held, claim final, claim TTL, deadline ('' if none), max input
+# bytes (0: none), now, job id, tenant's max queued (0: none), tenant's max input bytes (0: none),
+# the ``rendered`` entry of a job already rendered ('' for a job to render), scheduler prefix,
+# job key prefix, workers group, the tenant of a record without one, route, tenant, priority
+# class, aging limit (s); then the record's fields.
+_SUBMIT = (
+    SCHEDULER_LUA
+    + """
 local stream, job, log, blob = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local deadlines, inputs, input_bytes, claim = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local tenant_jobs, tenant_bytes, rendered = KEYS[9], KEYS[10], KEYS[11]
+local tenant_jobs, tenant_bytes, rendered, backlog = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local max_queue, has_blob, has_claim = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1'
 local deadline, max_input_bytes, now = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 local job_id, size = ARGV[16], string.len(ARGV[8])
 local max_queued, tenant_max_input_bytes = tonumber(ARGV[17]), tonumber(ARGV[18])
+local sched_prefix, job_prefix, group, local_tenant = ARGV[20], ARGV[21], ARGV[22], ARGV[23]
+local model, tenant, priority, aging_s = ARGV[24], ARGV[25], ARGV[26], tonumber(ARGV[27])
 -- The tenant's own limits first: a tenant at its limit is told so, not that the route is full.
 -- A job whose record expired unfinished no longer counts (it can never reach a terminal state).
 -- Only reads until the job's first write: a script's first write decides whether a Redis out of
@@ -195,7 +212,8 @@ if has_blob and tenant_max_input_bytes > 0 then
   if waiting + size > tenant_max_input_bytes then return {'tenant_inputs_full', waiting} end
 end
 if max_queue > 0 then
-  local depth = redis.call('XLEN', stream)
+  -- The backlog: the route's jobs waiting, in the ready stream or rendering.
+  local depth = redis.call('XLEN', backlog)
   if depth >= max_queue then return {'queue_full', depth} end
 end
 if has_blob and max_input_bytes > 0 then
@@ -203,7 +221,7 @@ if has_blob and max_input_bytes > 0 then
   if waiting + size > max_input_bytes then return {'inputs_full', waiting} end
 end
 if has_claim and redis.call('GET', claim) ~= ARGV[10] then return {'claim_expired', 0} end
-redis.call('HSET', job, unpack(ARGV, 20))
+redis.call('HSET', job, unpack(ARGV, 28))
 redis.call('ZREMRANGEBYSCORE', tenant_jobs, '-inf', live_since)
 if has_blob then
   redis.call('SET', blob, ARGV[8], 'EX', ARGV[9])
@@ -219,8 +237,11 @@ if ARGV[19] ~= '' then
   -- Already rendered (a result-cache hit): straight to the uploader; no queue entry to clear.
   redis.call('XADD', rendered, '*', 'rendered', ARGV[19])
 else
-  local entry = redis.call('XADD', stream, '*', 'job', ARGV[7])
-  redis.call('HSET', job, 'entry_id', entry)
+  -- Into its waiting list; then the ready stream is chosen again, so an idle worker wakes.
+  local list = sched_enqueue(sched_prefix, model, priority, tenant, job_id, now)
+  local entry = redis.call('XADD', backlog, '*', 'job_id', job_id)
+  redis.call('HSET', job, 'queue', list, 'queued_at', ARGV[15], 'backlog_id', entry)
+  sched_refill(sched_prefix, job_prefix, stream, group, model, 1, now, aging_s, local_tenant)
 end
 redis.call('ZADD', tenant_jobs, now, job_id)
 redis.call('EXPIRE', tenant_jobs, ARGV[4])
@@ -228,6 +249,7 @@ if deadline ~= '' then redis.call('ZADD', deadlines, deadline, job_id) end
 if has_claim then redis.call('SET', claim, ARGV[11], 'EX', ARGV[12]) end
 return {'ok', 0}
 """
+)
 
 
 class QueueFull(Exception):
@@ -315,6 +337,9 @@ def record_fields(
         "tenant": spec.tenant,
         "api": api,
         "cost": job_cost(spec.params, spec.task),
+        # What the scheduler moves to the ready stream (``common.scheduler``).
+        "priority": spec.priority,
+        "spec": spec.model_dump_json(),
     }
     if webhook is not None:
         record["webhook"] = webhook.url
@@ -330,8 +355,10 @@ class JobStore:
         *,
         task_ttl_s: int,
         usage_retention_days: int = USAGE_RETENTION_DAYS,
+        priority_aging_s: float = DEFAULT_AGING_S,
     ) -> None:
         self._redis = redis
+        self._priority_aging_s = priority_aging_s
         self._keys = keys
         self._task_ttl_s = task_ttl_s
         self._usage_retention_s = usage_retention_days * SECONDS_PER_DAY
@@ -353,8 +380,9 @@ class JobStore:
         quota: TenantQuota | None = None,
         rendered: RenderedJob | None = None,
     ) -> None:
-        """Write the record, its first event and the stream entry in one transaction; with
-        ``max_queue``, only while the model's stream holds fewer entries (else ``QueueFull``);
+        """Write the record and its first event, and queue the job in its waiting list
+        (``common.scheduler``), in one transaction; with ``max_queue``, only while the route's
+        backlog (jobs waiting or in flight) is shorter (else ``QueueFull``);
         with ``max_input_bytes``, only while the input bytes waiting in Redis stay within it
         (else ``InputsFull``); with ``quota``, only while the tenant has fewer than its
         ``max_queued`` jobs unfinished (else ``TenantQueueFull``) and its input bytes stay within
@@ -383,6 +411,7 @@ class JobStore:
             keys.tenant_jobs(spec.tenant),
             keys.tenant_input_bytes(spec.tenant),
             keys.rendered,
+            keys.backlog(spec.model),
         ]
         args: list[EncodableT] = [
             # A job already rendered waits for no GPU: a full queue does not turn it away.
@@ -405,6 +434,14 @@ class JobStore:
             (quota.max_queued or 0) if quota else 0,
             (quota.max_input_bytes or 0) if quota else 0,
             rendered.model_dump_json() if rendered is not None else "",
+            keys.scheduler_prefix,
+            keys.job(""),
+            WORKERS_GROUP,
+            LOCAL_TENANT,
+            spec.model,
+            spec.tenant,
+            spec.priority,
+            repr(self._priority_aging_s),
         ]
         args += [item for pair in record.items() for item in pair]
         outcome, depth = await self._submit(keys=script_keys, args=args)
@@ -476,6 +513,9 @@ class JobStore:
                 keys.batch_jobs(""),
                 keys.job(""),
                 keys.job_events(""),
+                # A waiting job leaves the scheduler's lists, every job the route's backlog.
+                keys.scheduler_prefix,
+                keys.backlog(""),
             ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)
@@ -517,4 +557,13 @@ def parse_record(raw: dict[Any, Any]) -> JobRecord:
         updated_at=float(data["updated_at"]) if "updated_at" in data else None,
         tenant=data.get("tenant", LOCAL_TENANT),
         entry_id=data.get("entry_id"),
+        priority=_priority(data.get("priority")),
+        queue=data.get("queue"),
     )
+
+
+def _priority(value: str | None) -> Priority:
+    for priority in PRIORITIES:
+        if priority == value:
+            return priority
+    return "normal"  # a job queued before priority classes

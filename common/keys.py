@@ -20,8 +20,40 @@ class Keys:
         return f"{self.prefix}job:{job_id}"
 
     def job_stream(self, model: str) -> str:
-        """Stream of jobs waiting for a worker of this model route; group ``workers``."""
+        """The route's *ready* stream, group ``workers``: the few jobs the scheduler
+        (``common.scheduler``) moved out of the waiting lists for workers to read next, and the
+        jobs being rendered (pending). Acked entries are deleted."""
         return f"{self.prefix}jobs:{model}"
+
+    def backlog(self, model: str) -> str:
+        """Stream with one entry per job of the route not yet rendered and handed on (waiting
+        or in flight): added at submit, deleted at the job's end. Its length is what KEDA
+        scales workers on and what ``max_queue`` limits. No consumer reads it."""
+        return f"{self.prefix}backlog:{model}"
+
+    @property
+    def scheduler_prefix(self) -> str:
+        """What every scheduler key begins with; Lua scripts append ``<route>:<class>:…``."""
+        return f"{self.prefix}sched:"
+
+    def waiting(self, model: str, priority: str, tenant: str) -> str:
+        """List: one tenant's jobs of one priority class waiting on a route, oldest first."""
+        return f"{self.scheduler_prefix}{model}:{priority}:wait:{tenant}"
+
+    def turns(self, model: str, priority: str) -> str:
+        """Sorted set: the tenants with jobs waiting in one class of a route, scored by the
+        cost served to them so far (fair share: the lowest goes next)."""
+        return f"{self.scheduler_prefix}{model}:{priority}:turns"
+
+    def turns_clock(self, model: str, priority: str) -> str:
+        """String: the score the last job taken in one class of a route started from; a tenant
+        that starts waiting joins the turns there. Deleted when no tenant waits."""
+        return f"{self.scheduler_prefix}{model}:{priority}:clock"
+
+    def waiting_since(self, model: str, priority: str) -> str:
+        """Sorted set: every job waiting in one class of a route, scored by when it was
+        queued (aging, counting, the oldest first)."""
+        return f"{self.scheduler_prefix}{model}:{priority}:since"
 
     @property
     def rendered(self) -> str:

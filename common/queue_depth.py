@@ -1,47 +1,48 @@
 """How much work waits on each route, and for how long: the backlog that metrics and alerts read.
 
-The one place that knows how waiting work is stored per route. Today each route is one FIFO
-stream read by the ``workers`` group: entries after the group's last-delivered id wait for a
-worker; delivered ones are pending until acked, and acked or canceled entries are deleted, so
-waiting = length - pending. A scheduler that stores waiting work differently re-points
-:func:`route_backlog` and nothing else.
+The one place that knows how waiting work is stored per route (``common.scheduler``): a waiting
+job is in its class's ``since`` set (scored by the time it was queued) until the scheduler moves
+it to the route's ready stream, where it still waits until a member of the ``workers`` group
+reads it. Waiting = the three classes' sets plus the ready stream's unread entries; the oldest is
+the earliest queued of them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from common.keys import WORKERS_GROUP, Keys
+from common.scheduler import SCHEDULER_LUA
 
-# KEYS: the route's stream; ARGV: group. Returns {waiting, oldest waiting entry's id or '',
-# Redis's clock in ms}: the age is measured on the clock that stamped the entry ids.
-_BACKLOG = """
-local stream, group = KEYS[1], ARGV[1]
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if redis.call('EXISTS', stream) == 0 then return {0, '', now_ms} end
-local length = redis.call('XLEN', stream)
-local last, pending = nil, 0  -- no group yet: no worker has read anything
-for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  local fields = {}
-  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
-  if fields['name'] == group then
-    last, pending = fields['last-delivered-id'], fields['pending']
-  end
+# KEYS: the route's ready stream; ARGV: scheduler prefix, job key prefix, group, route. Returns
+# {waiting, the oldest waiting job's queued_at or ''} (seconds, the submitting gateway's clock).
+_BACKLOG = (
+    SCHEDULER_LUA
+    + """
+local p, job_prefix, group, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local waiting, oldest = 0, nil
+for _, class in ipairs(SCHED_CLASSES) do
+  local since = sched_key(p, model, class, 'since')
+  waiting = waiting + redis.call('ZCARD', since)
+  local first = redis.call('ZRANGE', since, 0, 0, 'WITHSCORES')
+  if first[2] and (not oldest or tonumber(first[2]) < oldest) then oldest = tonumber(first[2]) end
 end
-local first
-if last == nil then
-  first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
-else
-  first = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)
+local unread = sched_unread(KEYS[1], group)
+waiting = waiting + #unread
+for _, entry in ipairs(unread) do
+  local fields, spec = entry[2], nil
+  for i = 1, #fields, 2 do if fields[i] == 'job' then spec = fields[i + 1] end end
+  local job_id = spec and cjson.decode(spec).job_id
+  local queued = job_id and tonumber(redis.call('HGET', job_prefix .. job_id, 'queued_at'))
+  if queued and (not oldest or queued < oldest) then oldest = queued end
 end
-local oldest = ''
-if #first > 0 then oldest = first[1][1] end
-return {math.max(length - pending, 0), oldest, now_ms}
+return {waiting, oldest and tostring(oldest) or ''}
 """
+)
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,16 @@ async def route_backlog(redis: Redis, keys: Keys, routes: Iterable[str]) -> dict
     script = redis.register_script(_BACKLOG)
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
-            await script(keys=[keys.job_stream(name)], args=[WORKERS_GROUP], client=pipe)
+            await script(
+                keys=[keys.job_stream(name)],
+                args=[keys.scheduler_prefix, keys.job(""), WORKERS_GROUP, name],
+                client=pipe,
+            )
         replies: list[list[int | str | bytes]] = await pipe.execute()
+    now = time.time()
     found = {}
-    for name, (waiting, oldest, now_ms) in zip(names, replies, strict=True):
-        age_s = 0.0
-        oldest_id = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
-        if int(waiting) > 0 and oldest_id:
-            age_s = max(int(now_ms) - int(oldest_id.split("-")[0]), 0) / 1000
+    for name, (waiting, oldest) in zip(names, replies, strict=True):
+        queued = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+        age_s = max(now - float(queued), 0.0) if int(waiting) > 0 and queued else 0.0
         found[name] = Backlog(waiting=int(waiting), oldest_age_s=age_s)
     return found

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.tenants import LOCAL_TENANT
+from common.tenants import LOCAL_TENANT, Priority
 from common.webhook_targets import MAX_URL_CHARS, BadWebhookUrl, parse
 
 MAX_SEED = 2**32 - 1
@@ -118,6 +118,13 @@ class SubmitRequest(BaseModel):
         description="Which events the webhook receives: any of start, progress (at most one "
         "every 2 s), completed (any end: completed, failed or canceled). Default: completed. "
         "In a form, repeated fields or one comma-separated value.",
+    )
+    priority: Priority | None = Field(
+        default=None,
+        description="The job's priority class: high, normal or low. Workers take the highest "
+        "class waiting first; a job waiting longer than the aging limit counts as one class "
+        "higher. Default: normal (low for a batch's items). An API key may be limited to a "
+        "highest class (403 above it).",
     )
     cache: bool = Field(
         default=True,
@@ -397,6 +404,8 @@ class JobSpec(BaseModel):
     cache_request: str | None = None
     # Send previews of the render on the job's feed (``SubmitRequest.preview``).
     preview: bool = False
+    # Its priority class (``common.scheduler``).
+    priority: Priority = "normal"
 
 
 class OutputBlob(BaseModel):
@@ -453,8 +462,11 @@ class JobRecord(BaseModel):
     updated_at: float | None = None
     # Only this tenant (and admin keys) may read, watch or cancel the job.
     tenant: str = LOCAL_TENANT
-    # Its entry in ``jobs:<model>``; None for a job that never queued (a result-cache hit).
+    # Its entry in the ready stream ``jobs:<model>``, once the scheduler moved it there.
     entry_id: str | None = None
+    priority: Priority = "normal"
+    # The waiting list holding it (``Keys.waiting``) until the scheduler moves it; None after.
+    queue: str | None = None
 
     def snapshot(self) -> JobEvent:
         """The record as an event, so an SSE client's first message has the shape of the rest."""

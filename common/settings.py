@@ -64,6 +64,9 @@ class CommonSettings(BaseSettings):
     task_ttl_s: int = Field(default=3600, ge=1, validation_alias=seed_alias("TASK_TTL"))
     # How long a tenant's daily usage (GET /v1/usage) is kept.
     usage_retention_days: int = Field(default=USAGE_RETENTION_DAYS, ge=1)
+    # A job waiting longer than this is served as if one priority class higher (so low never
+    # starves); the gateway's submits and the workers' refills must agree (common/scheduler.py).
+    priority_aging_s: float = Field(default=300.0, gt=0)
     # How long input and output bytes may wait in Redis for the next stage.
     blob_ttl_s: int = Field(default=6 * 3600, ge=60)
 

@@ -185,9 +185,10 @@ def check_scaling(
                 problems.add(where(target), f"DARKROOM_ROUTES names unknown routes {unknown}")
             served = set(routes) or set(catalog.routes)
             routes_served |= served
-            expected = {keys.job_stream(route) for route in served}
+            # Workers scale on each served route's backlog: its jobs waiting and in flight.
+            expected = {keys.backlog(route) for route in served}
             batches = {
-                keys.job_stream(r): catalog.routes[r].gpu.max_batch
+                keys.backlog(r): catalog.routes[r].gpu.max_batch
                 for r in served
                 if r in catalog.routes
             }

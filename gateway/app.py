@@ -91,6 +91,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             keys,
             task_ttl_s=settings.task_ttl_s,
             usage_retention_days=settings.usage_retention_days,
+            priority_aging_s=settings.priority_aging_s,
         )
         fanout = EventFanout(redis, keys)
         fanout.start()
@@ -111,7 +112,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             rate=RateLimiter(redis, keys),
             job_tokens=JobTokens(redis, keys),
             usage=UsageStore(redis, keys, retention_days=settings.usage_retention_days),
-            batches=BatchStore(redis, keys),
+            batches=BatchStore(redis, keys, priority_aging_s=settings.priority_aging_s),
             previews=PreviewStore(redis, keys),
             submitter=Submitter(
                 jobs,

@@ -33,6 +33,7 @@ from common.schemas import (
     TextToImageRequest,
     utcnow,
 )
+from common.tenants import Priority
 from gateway.bodies import read_json
 from gateway.errors import ApiError, not_found
 from gateway.idempotency import fingerprint
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+
+BATCH_PRIORITY: Priority = "low"
 
 _ITEMS_DOC = (
     f"1 to {MAX_BATCH_ITEMS} requests, each exactly the body its single submit route takes. "
@@ -124,14 +127,18 @@ async def submit_batch(
     *,
     admission: Admission,
     api: SeedApi,
+    default_priority: Priority = BATCH_PRIORITY,
 ) -> SubmittedBatch:
     """``items``: each request as the client sent it, with its render parameters (defaults and
-    seed resolved); ``body`` the whole request, for the ``Idempotency-Key``'s fingerprint."""
+    seed resolved); ``body`` the whole request, for the ``Idempotency-Key``'s fingerprint. An
+    item that names no priority class gets ``default_priority`` (a batch's: ``low``)."""
     task = Task.T2I
     checked: list[BatchItem] = []
     for index, (params, request) in enumerate(items):
         try:
-            webhook = svc.submitter.check(route, task, params, request, admission)
+            webhook = svc.submitter.check(
+                route, task, params, request, admission, default_priority=default_priority
+            )
         except ApiError as exc:
             raise item_error(index, exc) from None
         spec = JobSpec(
@@ -143,6 +150,7 @@ async def submit_batch(
             params=params,
             created_at=utcnow(),
             preview=request.preview,
+            priority=request.priority or default_priority,
         )
         checked.append(BatchItem(spec, webhook[0] if webhook else None))
 

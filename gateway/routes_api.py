@@ -173,10 +173,10 @@ def _info(
 
 
 async def _queue_depths(redis: Redis, keys: Keys, names: list[str]) -> dict[str, int]:
-    """Each route's stream length: its jobs waiting plus those rendering (acked entries go)."""
+    """Each route's backlog: its jobs waiting plus those in flight (ended ones leave it)."""
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.xlen(keys.job_stream(name))
+            pipe.xlen(keys.backlog(name))
         depths: list[int] = await pipe.execute()
     return dict(zip(names, depths, strict=True))
 

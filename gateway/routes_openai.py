@@ -202,7 +202,9 @@ async def generations(request: Request) -> Response:
     ]
     # The items differ only in their seed: checked once here, each field named as sent.
     svc.submitter.check(route, Task.T2I, items[0][0], body, admit)
-    submitted = await submit_batch(svc, route, list(items), body, admission=admit, api="api")
+    submitted = await submit_batch(
+        svc, route, list(items), body, admission=admit, api="api", default_priority="normal"
+    )
     return await _answer(
         request, svc, submitted.job_ids, body.response_format, (width, height), admit
     )
@@ -249,6 +251,7 @@ async def edits(request: Request) -> Response:
                 angles=_angles(route, form.angles),
                 webhook=form.webhook,
                 webhook_events_filter=form.webhook_events_filter,
+                priority=form.priority,
                 # A seed Darkroom chose is no request to remember: cache only the caller's.
                 cache=form.cache and form.seed is not None,
             )

@@ -57,7 +57,13 @@ async def _record(request: Request, param: str) -> JobRecord:
 
 
 async def _queue_position(svc: Services, record: JobRecord) -> QueuePosition | None:
-    return await position(svc.redis, svc.keys, record, lambda: live_workers(svc.redis, svc.keys))
+    return await position(
+        svc.redis,
+        svc.keys,
+        record,
+        lambda: live_workers(svc.redis, svc.keys),
+        aging_s=svc.settings.priority_aging_s,
+    )
 
 
 @operation(

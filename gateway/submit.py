@@ -30,6 +30,7 @@ from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import (
     MAX_SEED,
+    ErrorField,
     ErrorResponse,
     GenerateRequest,
     ImageToImageForm,
@@ -45,7 +46,7 @@ from common.schemas import (
     Webhook,
     utcnow,
 )
-from common.tenants import LOCAL_TENANT, KeyLimits
+from common.tenants import LOCAL_TENANT, KeyLimits, Priority, priority_allowed
 from common.webhook_targets import BadWebhookUrl, Network, check_literal
 from gateway.auth import tenant_of
 from gateway.errors import ApiError, field_error
@@ -82,12 +83,15 @@ QUEUE_FULL_RETRY_AFTER_S = 5
 # A submit's answers besides 404/413/422: a reused Idempotency-Key, a full queue or a key's
 # quota reached (for OpenAPI).
 SUBMIT_ERRORS: dict[int, type[BaseModel]] = {
+    403: ErrorResponse,
     409: ErrorResponse,
     410: ErrorResponse,
     429: ErrorResponse,
     503: ErrorResponse,
 }
 SUBMIT_STATUS_DOCS = {
+    403: "The job asks for a priority class above the API key's `max_priority` "
+    "(`priority_not_allowed`). Nothing was queued.",
     422: "A field is invalid (`fields` names it), or the job costs more than the API key's "
     "`max_cost` (`max_cost_exceeded`; the cost is width × height / 10⁶ × steps × frames × "
     "renders, in megapixel-steps). Nothing was queued.",
@@ -317,12 +321,15 @@ class Submitter:
         params: RenderParams,
         request: SubmitRequest,
         admission: Admission,
+        *,
+        default_priority: Priority = "normal",
     ) -> tuple[Webhook, SeedApi] | None:
-        """What ``_enqueue`` checks before writing (the route's limits, the key's ``max_cost``,
-        the webhook's address), for a caller that writes jobs itself (``gateway.batch_submit``);
-        the job's webhook when it asked for one."""
+        """What ``_enqueue`` checks before writing (the route's limits, the key's ``max_cost``
+        and ``max_priority``, the webhook's address), for a caller that writes jobs itself
+        (``gateway.batch_submit``); the job's webhook when it asked for one."""
         _check_limits(route, params)
         check_cost(admission.limits, task, params)
+        check_priority(admission.limits, request.priority or default_priority)
         return self._webhook(request)
 
     async def _enqueue(
@@ -335,9 +342,7 @@ class Submitter:
         image: bytes | None = None,
     ) -> Submitted:
         """``request`` is what the client sent, validated; ``params`` adds the defaults and seed."""
-        _check_limits(route, params)
-        check_cost(admission.limits, task, params)
-        webhook = self._webhook(request)
+        webhook = self.check(route, task, params, request, admission)
         job_id = str(uuid.uuid4())
         once, claim = admission.idempotency, None
         if once is not None:
@@ -358,6 +363,7 @@ class Submitter:
                 admission,
                 claim,
                 webhook,
+                request.priority or "normal",
                 cache_request,
                 hit,
                 preview=request.preview,
@@ -410,6 +416,7 @@ class Submitter:
         admission: Admission,
         claim: KeyClaim | None,
         webhook: tuple[Webhook, SeedApi] | None,
+        priority: Priority,
         cache_request: str | None = None,
         hit: CacheHit | None = None,
         *,
@@ -428,6 +435,7 @@ class Submitter:
             input_blob=self._keys.input_blob(job_id) if image is not None else None,
             cache_request=cache_request,
             preview=preview,
+            priority=priority,
         )
         # A hit goes to the uploader, which signs fresh URLs of the earlier result's objects.
         rendered = (
@@ -500,12 +508,28 @@ class Submitter:
             "job.submitted",
             model=route.name,
             task=task.value,
+            priority=priority,
             width=params.width,
             height=params.height,
             steps=params.num_inference_steps,
             cache="hit" if hit else "miss" if cache_request else "off",
             **({"cached_from": hit.result.job_id} if hit else {}),
         )
+
+
+def check_priority(limits: KeyLimits, priority: Priority) -> None:
+    """A 403 naming the limit when the job asks for a class above the key's ``max_priority``."""
+    if priority_allowed(limits, priority):
+        return
+    log.info("quota.priority_not_allowed", priority=priority, max_priority=limits.max_priority)
+    raise ApiError(
+        403,
+        "priority_not_allowed",
+        f"This key may submit jobs of priority {limits.max_priority!r} at most (its "
+        f"max_priority); this one asks for {priority!r}. Ask for {limits.max_priority!r} or "
+        "lower; nothing was queued.",
+        [ErrorField(field="priority", message=f"at most {limits.max_priority!r} for this key")],
+    )
 
 
 def _resolve_seed(seed: int | None) -> int:

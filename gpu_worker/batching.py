@@ -26,8 +26,10 @@ class WaitingJobs(Generic[J]):
         limit: int,
         batch_key: Callable[[J], Hashable],
         max_batch: Callable[[J], int],
+        rank: Callable[[J], int] = lambda job: 0,
     ) -> None:
         self._limit = max(1, limit)
+        self._rank = rank
         self._batch_key = batch_key
         self._max_batch = max_batch
         self._jobs: list[J] = []  # oldest first
@@ -55,15 +57,17 @@ class WaitingJobs(Generic[J]):
         return sum(self._batch_key(job) == key for job in self._jobs) < self._max_batch(first)
 
     async def next_batch(self) -> list[J] | None:
-        """The oldest job and the compatible ones that wait with it, up to its batch size, in
-        order of arrival; ``None`` once closed with nothing left."""
+        """The oldest job of the best rank (highest priority class) and the compatible ones that
+        wait with it, best rank first, up to its batch size; ``None`` once closed with nothing
+        left."""
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self._jobs) or self._closed)
             if not self._jobs:
                 return None
-            first = self._jobs[0]
+            first = min(self._jobs, key=self._rank)  # the first of the best rank: the oldest
             key, size = self._batch_key(first), self._max_batch(first)
-            batch = [job for job in self._jobs if self._batch_key(job) == key][:size]
+            compatible = [job for job in self._jobs if self._batch_key(job) == key]
+            batch = sorted(compatible, key=self._rank)[:size]
             taken = {id(job) for job in batch}
             self._jobs = [job for job in self._jobs if id(job) not in taken]
             self._changed.notify_all()

@@ -32,7 +32,8 @@ RENDER_STALLS = Counter(
 )
 QUEUE_WAIT_SECONDS = Histogram(
     "darkroom_queue_wait_seconds",
-    "Time from a job's submission to the start of its first render, by route and tenant.",
-    ["model", "tenant"],
+    "Time from a job's submission to the start of its first render, by route, tenant and "
+    "priority class.",
+    ["model", "tenant", "priority"],
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )

@@ -28,7 +28,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -47,7 +47,9 @@ from common.logging import get_logger
 from common.previews import PreviewStore
 from common.redis_errors import REDIS_TRANSIENT, describe, retry_transient
 from common.result_cache import entry_digest
+from common.scheduler import DEFAULT_AGING_S, Scheduler
 from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
+from common.tenants import PRIORITIES
 from common.usage import UsageStore, render_token
 from gpu_worker.batching import WaitingJobs
 from gpu_worker.encoding import Encoded, decode_image, encode
@@ -123,6 +125,7 @@ class Worker:
         block_ms: int,
         claim_idle_ms: int,
         drain_grace_s: float = 60.0,
+        priority_aging_s: float = DEFAULT_AGING_S,
         preload: bool = True,
         hang_at_step: int | None = None,
         step_delay_s: float | None = None,
@@ -139,6 +142,8 @@ class Worker:
         self._hang_at_step = hang_at_step
         self._step_delay_s = step_delay_s
         self._previews = PreviewStore(redis, keys)
+        self._scheduler = Scheduler(redis, keys, aging_s=priority_aging_s)
+        self._route_of = {keys.job_stream(name): name for name in registry.route_names}
         self.consumer = StreamConsumer(
             redis=redis,
             streams=[keys.job_stream(name) for name in registry.route_names],
@@ -159,12 +164,14 @@ class Worker:
             },
             on_dead=self._on_dead,
             on_claim_lost=self._claim_lost,
+            before_read=self._refill,
         )
         # Jobs read and ready, waiting for the render stage: at most the largest batch.
         self._waiting: WaitingJobs[Job] = WaitingJobs(
             limit=max(route.gpu.max_batch for route in registry.routes.values()),
             batch_key=self._batch_key,
             max_batch=lambda job: self._registry.routes[job.spec.model].gpu.max_batch,
+            rank=lambda job: PRIORITIES.index(job.spec.priority),
         )
         self._rendering: dict[str, Job] = {}  # by msg_id
         self._finishing: asyncio.Task[None] | None = None
@@ -339,6 +346,10 @@ class Worker:
 
     # -- intake ---------------------------------------------------------------------------
 
+    async def _refill(self, streams: Sequence[str], count: int) -> None:
+        """Before each read: the scheduler puts the best waiting jobs in the ready streams."""
+        await self._scheduler.refill([self._route_of[s] for s in streams], count, now=time.time())
+
     async def take(self, deliveries: list[Delivery]) -> None:
         """The consumer's handler: admit a round and leave it waiting for the render stage;
         return when the intake may read again."""
@@ -478,7 +489,9 @@ class Worker:
             log.info("job.started", task=job.spec.task.value)
             if job.started_at == 0.0 and not job.delivery.reclaimed:  # its first start only
                 waited_s = time.time() - job.spec.created_at.timestamp()
-                QUEUE_WAIT_SECONDS.labels(job.spec.model, job.spec.tenant).observe(waited_s)
+                QUEUE_WAIT_SECONDS.labels(
+                    job.spec.model, job.spec.tenant, job.spec.priority
+                ).observe(waited_s)
             job.started_at = time.perf_counter()
             return True
 

@@ -82,7 +82,7 @@ async def test_a_batch_past_the_tenants_max_queued_is_refused_whole(
     tenant, model = f"t-{uuid.uuid4().hex[:8]}", "sd"
     await submit_job(jobs, KEYS, tenant=tenant)
     await submit_job(jobs, KEYS, tenant=tenant)
-    depth = await redis.xlen(KEYS.job_stream(model))
+    depth = await redis.xlen(KEYS.backlog(model))
     batch_id = str(uuid.uuid4())
     with pytest.raises(TenantQueueFull) as refused:
         await store.submit(
@@ -94,7 +94,7 @@ async def test_a_batch_past_the_tenants_max_queued_is_refused_whole(
             quota=TenantQuota(max_queued=5),
         )
     assert refused.value.active == 2
-    assert await redis.xlen(KEYS.job_stream(model)) == depth
+    assert await redis.xlen(KEYS.backlog(model)) == depth
     assert await redis.zcard(KEYS.tenant_jobs(tenant)) == 2
     assert await store.get(batch_id) is None
     # Three fit exactly.
@@ -118,7 +118,7 @@ async def test_a_batch_past_the_routes_max_queue_is_refused_whole(
     batch = items(3, tenant, model)
     with pytest.raises(QueueFull):
         await store.submit(str(uuid.uuid4()), batch, **options)
-    assert await redis.xlen(KEYS.job_stream(model)) == 3
+    assert await redis.xlen(KEYS.backlog(model)) == 3
     assert not await redis.exists(*(KEYS.job(item.spec.job_id) for item in batch))
 
 

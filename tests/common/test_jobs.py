@@ -50,11 +50,12 @@ async def test_submit_writes_record_first_event_stream_entry_and_blob(
         "queued",
     )
     assert record.params == spec.params
-    (entry,) = [
-        e
-        for e in await redis.xrange(KEYS.job_stream("sd"))
-        if JobSpec.model_validate_json(e[1]["job"]).job_id == spec.job_id
-    ]
+    # Queued: the record holds the spec, and names its waiting list until a worker's refill
+    # (or this submit's own) moved it to the ready stream.
+    written, queue, entry_id = await redis.hmget(KEYS.job(spec.job_id), "spec", "queue", "entry_id")
+    assert JobSpec.model_validate_json(written) == spec and (queue or entry_id)
+    backlog = [f["job_id"] for _, f in await redis.xrange(KEYS.backlog("sd"))]
+    assert spec.job_id in backlog
     assert 0 < await redis.ttl(spec.input_blob or "") <= 60
     assert [e.seq for e in await store.events_after(spec.job_id, 0)] == [1]
     # Bounded memory: even an unfinished job's record expires, just later than a finished one's.
@@ -98,7 +99,7 @@ async def test_a_claimed_key_is_finalised_with_the_job_or_nothing_is_written(
     (expired, taken by another request) writes neither."""
     key = KEYS.idempotency("local", str(uuid.uuid4()))
     spec = await submit(store)  # something already queued on the stream
-    depth = await redis.xlen(KEYS.job_stream("sd"))
+    depth = await redis.xlen(KEYS.backlog("sd"))
 
     await redis.set(key, "someone else's claim")
     lost = KeyClaim(key, held="my claim", final="committed", ttl_s=60)
@@ -106,7 +107,7 @@ async def test_a_claimed_key_is_finalised_with_the_job_or_nothing_is_written(
     with pytest.raises(ClaimExpired):
         await store.submit(other, message="queued", claim=lost)
     assert await store.get(other.job_id) is None
-    assert await redis.xlen(KEYS.job_stream("sd")) == depth
+    assert await redis.xlen(KEYS.backlog("sd")) == depth
     assert await redis.get(key) == "someone else's claim"
 
     await redis.set(key, "my claim")
@@ -127,14 +128,14 @@ async def test_a_job_that_ends_leaves_nothing_waiting(
     spec = await submit(store, image=b"x" * 1000, deadline_at=time.time() + 600)
     assert await waiting_input_bytes(redis) == before + 1000
     assert await redis.zscore(KEYS.deadlines, spec.job_id) is not None
-    queued = await redis.xlen(KEYS.job_stream("sd"))
+    queued = await redis.xlen(KEYS.backlog("sd"))
 
     assert await store.emit(spec.job_id, status=ending) is not None
 
     assert not await redis.exists(KEYS.input_blob(spec.job_id))
     assert await waiting_input_bytes(redis) == before
     assert await redis.zscore(KEYS.deadlines, spec.job_id) is None
-    assert await redis.xlen(KEYS.job_stream("sd")) == queued - 1  # off the queue
+    assert await redis.xlen(KEYS.backlog("sd")) == queued - 1  # off the queue
     assert await redis.zscore(KEYS.inputs, f"{spec.job_id}:1000") is None
 
 
@@ -142,10 +143,10 @@ async def test_input_bytes_past_the_cap_queue_nothing(store: JobStore, redis: Re
     room = await waiting_input_bytes(redis) + 2500
     first = await submit(store, image=b"a" * 1000, max_input_bytes=room)
     await submit(store, image=b"b" * 1000, max_input_bytes=room)
-    queued = await redis.xlen(KEYS.job_stream("sd"))
+    queued = await redis.xlen(KEYS.backlog("sd"))
     with pytest.raises(InputsFull):
         await submit(store, image=b"c" * 1000, max_input_bytes=room)
-    assert await redis.xlen(KEYS.job_stream("sd")) == queued
+    assert await redis.xlen(KEYS.backlog("sd")) == queued
     await submit(store, max_input_bytes=room)  # a job without an image still goes in
 
     await store.emit(first.job_id, status=JobStatus.CANCELED)  # its bytes make room
@@ -163,11 +164,11 @@ async def test_a_tenant_at_max_queued_is_refused_until_one_of_its_jobs_ends(
     quota = TenantQuota(max_queued=2)
     first = await submit(store, tenant=tenant, quota=quota)
     second = await submit(store, tenant=tenant, quota=quota)
-    queued = await redis.xlen(KEYS.job_stream("sd"))
+    queued = await redis.xlen(KEYS.backlog("sd"))
     with pytest.raises(TenantQueueFull) as refused:
         await submit(store, tenant=tenant, quota=quota)
     assert refused.value.active == 2
-    assert await redis.xlen(KEYS.job_stream("sd")) == queued  # nothing written
+    assert await redis.xlen(KEYS.backlog("sd")) == queued  # nothing written
     # Another tenant with the same limit is not held back by this one.
     await submit(store, tenant=other, quota=quota)
 
@@ -240,7 +241,7 @@ async def test_a_full_redis_refuses_a_submit_with_a_quota_and_nothing_is_written
                     await submit(store, tenant="t", quota=quota)
             finally:
                 await redis.config_set("maxmemory", 0)
-            assert await redis.xlen(KEYS.job_stream("sd")) == 1
+            assert await redis.xlen(KEYS.backlog("sd")) == 1
         finally:
             await redis.aclose()
 
@@ -255,14 +256,14 @@ async def test_a_job_already_rendered_goes_to_the_uploader_not_the_queue(
     )
     await store.submit(hit, message="queued", rendered=rendered, max_queue=1)
 
-    queued = [f["job"] for _, f in await redis.xrange(KEYS.job_stream("sd"))]
-    assert spec.model_dump_json() in queued and len(queued) > 1  # full, for max_queue=1
-    assert all(JobSpec.model_validate_json(job).job_id != hit.job_id for job in queued)
+    queued = [f["job_id"] for _, f in await redis.xrange(KEYS.backlog("sd"))]
+    assert spec.job_id in queued and len(queued) > 1  # full, for max_queue=1
+    assert hit.job_id not in queued
     handed = await redis.xrange(KEYS.rendered)
     assert [RenderedJob.model_validate_json(f["rendered"]) for _, f in handed] == [rendered]
     await redis.delete(KEYS.rendered)
-    fields = await redis.hmget(KEYS.job(hit.job_id), "entry_id", "cost", "tenant")
-    assert fields == [None, "0", "local"]  # no queue entry to clear; it renders nothing
+    fields = await redis.hmget(KEYS.job(hit.job_id), "entry_id", "queue", "cost", "tenant")
+    assert fields == [None, None, "0", "local"]  # no queue entry to clear; it renders nothing
     assert await redis.zscore(KEYS.tenant_jobs("local"), hit.job_id) is not None
     await store.emit(hit.job_id, status=JobStatus.COMPLETED, message="done")
     assert await redis.zscore(KEYS.tenant_jobs("local"), hit.job_id) is None

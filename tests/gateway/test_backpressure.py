@@ -72,7 +72,7 @@ def queued(client: httpx.Client, model: str) -> int:
 
 
 def added(r: redis.Redis, keys: Keys, model: str) -> int:
-    stream = keys.job_stream(model)
+    stream = keys.backlog(model)
     return int(r.xinfo_stream(stream)["entries-added"]) if r.exists(stream) else 0
 
 
@@ -123,8 +123,8 @@ def test_retries_around_a_full_queue(
     assert_queue_full(client.post("/api/flux/t2i", json=T2I, headers=refused))
     assert added(r, keys, "flux") == MAX_QUEUE
 
-    # A worker finishes a job: it acks and deletes the entry, as common/consumer.py does.
-    stream = keys.job_stream("flux")
+    # A job ends: its entry leaves the route's backlog, as the job's terminal change does.
+    stream = keys.backlog("flux")
     entries: list[tuple[str, dict[str, str]]]
     entries = r.xrange(stream, count=1)  # type: ignore[assignment]  # redis-py's union return
     r.xdel(stream, entries[0][0])

@@ -38,7 +38,7 @@ class Ledger:
         self._keys = Keys(stack.prefix)
 
     def now(self, model: str = "sd") -> Queued:
-        stream = self._keys.job_stream(model)
+        stream = self._keys.backlog(model)
         added = (
             self._redis.xinfo_stream(stream)["entries-added"] if self._redis.exists(stream) else 0
         )

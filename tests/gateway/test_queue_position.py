@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 from common.jobs import JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.redis_server import RedisServer
+from common.scheduler import Scheduler
 from common.schemas import (
     JobSpec,
     JobStatus,
@@ -60,7 +61,8 @@ async def keys(redis: Redis, stack: Stack) -> AsyncIterator[Keys]:
     keys = Keys(stack.prefix)
     yield keys
     # The next test's queue starts empty, and no worker seems alive.
-    await redis.delete(keys.job_stream("sd"), keys.workers)
+    waiting = [key async for key in redis.scan_iter(f"{keys.scheduler_prefix}*")]
+    await redis.delete(keys.job_stream("sd"), keys.backlog("sd"), keys.workers, *waiting)
 
 
 @pytest.fixture
@@ -111,6 +113,7 @@ async def read_like_a_worker(redis: Redis, keys: Keys, count: int) -> None:
     except ResponseError as exc:
         if not str(exc).startswith("BUSYGROUP"):
             raise
+    await Scheduler(redis, keys).refill(["sd"], count, now=time.time())
     await redis.xreadgroup(WORKERS_GROUP, "test-worker", {stream: ">"}, count=count)
 
 

@@ -119,7 +119,7 @@ def jobs_of(r: redis.Redis, stack: Stack, tenant: str) -> int:
 
 
 def queued(r: redis.Redis, stack: Stack, model: str) -> int:
-    return int(r.xlen(Keys(stack.prefix).job_stream(model)))
+    return int(r.xlen(Keys(stack.prefix).backlog(model)))
 
 
 def test_keys_take_limits_over_http_and_list_them(

@@ -89,7 +89,7 @@ def test_one_invalid_item_refuses_a_batch_of_twenty_whole(
     http: httpx.Client, admin: str, r: redis.Redis, stack: Stack
 ) -> None:
     name, key = new_key(http, admin)
-    depth = r.xlen(Keys(stack.prefix).job_stream("sd"))
+    depth = r.xlen(Keys(stack.prefix).backlog("sd"))
     for bad, field in (
         ({"width": 100}, "requests[13].width"),  # the route's own limit (a multiple of 8)
         ({"prompt": ""}, "requests[13].prompt"),  # the schema's
@@ -106,7 +106,7 @@ def test_one_invalid_item_refuses_a_batch_of_twenty_whole(
     assert http.post("/api/nope/batch", json=batch(2), headers=key).status_code == 404
     # Nothing of any of them was queued.
     assert queued(r, stack, name) == 0 and batches_of(r, stack, name) == 0
-    assert r.xlen(Keys(stack.prefix).job_stream("sd")) == depth
+    assert r.xlen(Keys(stack.prefix).backlog("sd")) == depth
 
     answer = http.post("/api/sd/batch", json=batch(20), headers=key)
     assert answer.status_code == 200, answer.text

@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
+from common.scheduler import Scheduler
 from common.schemas import JobSpec, JobStatus
 from gateway.sweeper import Sweeper
 from tests.support.jobs import submit_job
@@ -54,10 +55,20 @@ async def pending_ids(redis: Redis) -> set[str]:
 
 
 async def queued_ids(redis: Redis) -> set[str]:
-    return {
+    """The jobs any queue structure holds: the ready stream, the scheduler's waiting lists and
+    its sorted sets, the route's backlog."""
+    found = {
         JobSpec.model_validate_json(fields["job"]).job_id
         for _, fields in await redis.xrange(STREAM)
     }
+    found |= {fields["job_id"] for _, fields in await redis.xrange(KEYS.backlog("sd"))}
+    async for key in redis.scan_iter(f"{KEYS.scheduler_prefix}*"):
+        kind = await redis.type(key)
+        if kind == "list":
+            found |= set(await redis.lrange(key, 0, -1))
+        elif key.endswith(":since"):
+            found |= set(await redis.zrange(key, 0, -1))
+    return found
 
 
 async def test_an_overdue_queued_job_fails_and_leaves_the_queue(
@@ -81,6 +92,7 @@ async def test_a_job_held_by_a_worker_is_taken_from_it(redis: Redis, jobs: JobSt
     nothing (see ``StreamConsumer.forward``)."""
     await ensure_group(redis)
     job_id = await submit(jobs, deadline_at=time.time() + 0.2)
+    await Scheduler(redis, KEYS).refill(["sd"], 100, now=time.time())
     await redis.xreadgroup(WORKERS_GROUP, "w1", {STREAM: ">"}, count=100)
     entry = await redis.hget(KEYS.job(job_id), "entry_id")
     assert entry in await pending_ids(redis)

@@ -44,7 +44,7 @@ def http(guarded: Stack) -> Iterator[httpx.Client]:
 
 def queued(stack: Stack, redis_server: RedisServer) -> int:
     with redis.Redis.from_url(redis_server.url) as r:
-        return int(r.xlen(Keys(stack.prefix).job_stream("sd")))
+        return int(r.xlen(Keys(stack.prefix).backlog("sd")))
 
 
 @pytest.mark.parametrize(

@@ -69,14 +69,15 @@ def wait_all_terminal(
     """Poll until every job is terminal (or gone); returns the records.
 
     Fails at once, not at the deadline, when a service of the stack exits, or when jobs are
-    lost: unfinished while no stream holds an entry for any job. Entries leave the job and
-    ``rendered`` streams only once the next stage holds the work (acked entries are deleted), so
-    with both empty nothing is in flight; the streams and the statuses are read in one
-    transaction, so that is one moment's truth.
+    lost: unfinished while no stream holds an entry for any job. Entries leave the routes'
+    backlogs only when their job ends, and ``rendered`` only once the uploader holds the work
+    (acked entries are deleted), so with both empty nothing is in flight; the streams and the
+    statuses are read in one transaction, so that is one moment's truth.
     """
     ids = list(job_ids)
     keys = Keys(stack.prefix)
-    streams = [*(keys.job_stream(route) for route in routes), keys.rendered]
+    # A job's backlog entry lives from its submit to its end: waiting, ready or rendering.
+    streams = [*(keys.backlog(route) for route in routes), keys.rendered]
     deadline = time.monotonic() + timeout_s
     while True:
         check_alive(stack)

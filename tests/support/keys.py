@@ -8,11 +8,15 @@ import sys
 from tests.support.stack import Stack
 
 
-def create_key(stack: Stack, name: str, *, admin: bool = False) -> str:
-    """``darkroom keys create`` against the stack's Redis; the key is its last line."""
+def create_key(
+    stack: Stack, name: str, *, admin: bool = False, options: tuple[str, ...] = ()
+) -> str:
+    """``darkroom keys create`` against the stack's Redis (``options`` such as
+    ``("--max-priority", "high")``); the key is its last line."""
     out = subprocess.run(
         [sys.executable, "-m", "common.cli", "keys", "create", "--name", name]
-        + (["--admin"] if admin else []),
+        + (["--admin"] if admin else [])
+        + list(options),
         cwd=stack.workdir,
         env=stack.env,
         capture_output=True,
