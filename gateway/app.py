@@ -41,6 +41,7 @@ from gateway.fanout import EventFanout
 from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
 from gateway.openapi import build_openapi
+from gateway.playground import playground_routes
 from gateway.quotas import RateLimiter
 from gateway.result_cache import CacheLookup
 from gateway.services import Services
@@ -56,6 +57,7 @@ DESCRIPTION = (
     "result URL. Seed 1's API lives under /api, seed 2's under /v1, and the OpenAI Images API "
     "at /v1/images/generations, /v1/images/edits and /v1/models."
 )
+PLAYGROUND_NOTE = " To try the models in a browser, open [the playground](ui)."
 # Room for the multipart framing around the largest accepted upload.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 
@@ -72,9 +74,9 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         api_routes += routes_openai.routes
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
-    routes = api_routes + docs_routes(TITLE)
+    routes = api_routes + docs_routes(TITLE, playground=role == "gateway")
     if role == "gateway":
-        routes += gateway_metrics.routes
+        routes += gateway_metrics.routes + playground_routes()
     local_output = role == "gateway" and settings.storage == "local"
     if local_output:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         api_routes,
         title=TITLE,
         version=VERSION,
-        description=DESCRIPTION,
+        description=DESCRIPTION + (PLAYGROUND_NOTE if role == "gateway" else ""),
         path_values={"model": sorted(catalog.routes)},
         auth=settings.auth == "keys",
     )
