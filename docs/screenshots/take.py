@@ -15,7 +15,7 @@ from pathlib import Path
 from playwright.sync_api import Page, sync_playwright
 
 HERE = Path(__file__).parent
-WAIT_MS = 180_000
+WAIT_MS = 600_000
 SIZES = {"desktop": (1440, 960), "phone": (390, 844)}
 PROMPT = "A lighthouse on a basalt cliff at dusk, long exposure, fog rolling in"
 
@@ -79,7 +79,7 @@ def main() -> None:
                 )
                 page = context.new_page()
                 open_playground(page, args.url, args.api_key)
-                render(page, name, steps=args.steps, width="512" if name == "phone" else "768")
+                render(page, name, steps=args.steps, width="384" if name == "phone" else "512")
                 if name == "desktop":
                     multi_angle(page)
                 context.close()

@@ -386,6 +386,8 @@ async function generate(event) {
   saveHistory();
   renderHistory();
   follow(entry);
+  // One column (a phone): the result is below the form; bring it into view.
+  if (matchMedia("(max-width: 900px)").matches) $("stage").scrollIntoView({ block: "start" });
 }
 
 async function cancel() {
@@ -508,7 +510,7 @@ function renderJob(entry) {
   $("job-badge").textContent = entry.status;
   $("job-badge").className = `badge ${entry.status}`;
   const bar = $("progress");
-  bar.hidden = !running && entry.status !== "completed";
+  bar.hidden = !running;
   bar.setAttribute("aria-valuenow", String(entry.progress || 0));
   bar.firstElementChild.style.width = `${entry.progress || 0}%`;
   bar.classList.toggle("indeterminate", running && entry.status === "pending");

@@ -102,11 +102,11 @@ async def test_controls_have_accessible_names(page: Page) -> None:
         "sd · stable-diffusion",
         "ltx · ltx-video",
     }
-    await expect(page.get_by_role("textbox", name="Prompt")).to_be_editable()
+    await expect(page.get_by_role("textbox", name="Prompt", exact=True)).to_be_editable()
     await expect(page.get_by_role("button", name="Generate")).to_be_enabled()
     await expect(page.get_by_role("radio", name="Text → image")).to_be_visible()
     # Cancel appears only while a job runs.
-    await expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    await expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_hidden()
 
 
 async def test_generate_shows_the_image_with_a_download_link(
@@ -123,7 +123,7 @@ async def test_generate_shows_the_image_with_a_download_link(
     assert src and src.endswith(".png")
     download = page.get_by_role("link", name="Download", exact=True)
     assert await download.get_attribute("href") == src
-    await expect(page.get_by_role("status")).to_have_text("Done.")
+    await expect(page.locator("#status")).to_have_text("Done.")
     assert await server_status(local_stack, await current_job(page)) == "completed"
     await expect(page.locator("#history li").first).to_contain_text("a quiet harbour")
 
@@ -154,9 +154,9 @@ async def test_a_reloaded_page_resumes_the_feed_and_cancel_stops_the_job(
     # The feed resumes: the job is back on the stage and its progress keeps moving.
     await expect(page.locator("#job-meta")).to_contain_text(job_id)
     await page.wait_for_function(f"{PROGRESS} > {seen}", timeout=RENDER_MS)
-    await page.get_by_role("button", name="Cancel").click()
-    await expect(page.get_by_role("status")).to_have_text("Canceled.", timeout=RENDER_MS)
-    await expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    await page.get_by_role("button", name="Cancel", exact=True).click()
+    await expect(page.locator("#status")).to_have_text("Canceled.", timeout=RENDER_MS)
+    await expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_hidden()
     assert await server_status(local_stack, job_id) == "canceled"
 
 
@@ -185,7 +185,7 @@ async def test_the_history_survives_a_reload(page: Page) -> None:
     )
     await harbour.get_by_role("button").click()
     await page.wait_for_function(LOADED, timeout=RENDER_MS)
-    await expect(page.get_by_role("status")).to_have_text("Done.")
+    await expect(page.locator("#status")).to_have_text("Done.")
 
 
 async def test_with_keys_the_page_asks_for_one_and_follows_jobs_with_their_token(
@@ -207,12 +207,14 @@ async def test_with_keys_the_page_asks_for_one_and_follows_jobs_with_their_token
         await page.get_by_label("Prompt", exact=True).fill("waits for a worker")
         await page.get_by_role("button", name="Generate").click()
         # No worker here: the job waits, and the feed's queue frames say where.
-        await expect(page.get_by_role("status")).to_contain_text("Queued · next in line")
+        await expect(page.locator("#status")).to_contain_text(
+            "Queued · next in line", timeout=20_000
+        )
         job_id = await current_job(page)
         assert feeds and all("token=djt_" in url and api_key not in url for url in feeds)
 
-        await page.get_by_role("button", name="Cancel").click()
-        await expect(page.get_by_role("status")).to_have_text("Canceled.")
+        await page.get_by_role("button", name="Cancel", exact=True).click()
+        await expect(page.locator("#status")).to_have_text("Canceled.")
         assert await server_status(keyed_stack, job_id, api_key) == "canceled"
         # The key stays in this browser only.
         assert await page.evaluate("localStorage.getItem('darkroom.apiKey')") == api_key
