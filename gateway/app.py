@@ -44,6 +44,7 @@ from gateway.feed import FeedLimit
 from gateway.job_tokens import JobTokens
 from gateway.metrics import SSE_FEEDS_MAX, SSE_FEEDS_OPEN, HttpMetricsMiddleware, metrics_app
 from gateway.openapi import build_openapi
+from gateway.playground import playground_routes
 from gateway.quotas import RateLimiter
 from gateway.result_cache import CacheLookup
 from gateway.route_metrics import ROUTE_STATE
@@ -60,6 +61,7 @@ DESCRIPTION = (
     "result URL. Seed 1's API lives under /api, seed 2's under /v1, and the OpenAI Images API "
     "at /v1/images/generations, /v1/images/edits and /v1/models."
 )
+PLAYGROUND_NOTE = " To try the models in a browser, open [the playground](ui)."
 # Room for the multipart framing around the largest accepted upload.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 
@@ -77,7 +79,9 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         if settings.auth == "keys":  # with auth off there are no keys to manage: 404
             api_routes += routes_keys.routes
     # /metrics is served on the metrics port (gateway.metrics), never here.
-    routes = api_routes + docs_routes(TITLE)
+    routes = api_routes + docs_routes(TITLE, playground=role == "gateway")
+    if role == "gateway":
+        routes += playground_routes()
     local_output = role == "gateway" and settings.storage == "local"
     if local_output:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +197,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
         api_routes,
         title=TITLE,
         version=VERSION,
-        description=DESCRIPTION,
+        description=DESCRIPTION + (PLAYGROUND_NOTE if role == "gateway" else ""),
         path_values={"model": sorted(catalog.routes)},
         auth=settings.auth == "keys",
     )

@@ -20,11 +20,16 @@ def _assets_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static" / "drf_spectacular_sidecar"
 
 
+# A line above Swagger UI pointing to the playground, on the gateway that serves it.
+PLAYGROUND_LINK = """<p style="margin:0;padding:10px 20px;background:#0b0c0f;color:#e7e8ec;
+font:14px system-ui,sans-serif">Try it in the browser: <a href="{root}/ui"
+style="color:#ffa36b">the playground at /ui</a></p>"""
+
 SWAGGER_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title} — Swagger UI</title>
 <link rel="icon" href="{root}/docs/assets/swagger-ui-dist/favicon-32x32.png">
 <link rel="stylesheet" href="{root}/docs/assets/swagger-ui-dist/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div>
+<body>{banner}<div id="swagger-ui"></div>
 <script src="{root}/docs/assets/swagger-ui-dist/swagger-ui-bundle.js"></script>
 <script>
 SwaggerUIBundle({{url: "{root}/openapi.json", dom_id: "#swagger-ui", deepLinking: true}});
@@ -38,14 +43,14 @@ REDOC_HTML = """<!doctype html>
 </body></html>"""
 
 
-def docs_routes(title: str) -> list[BaseRoute]:
+def docs_routes(title: str, *, playground: bool = False) -> list[BaseRoute]:
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(request.app.state.openapi)
 
     async def swagger(request: Request) -> HTMLResponse:
-        return HTMLResponse(
-            SWAGGER_HTML.format(title=title, root=request.scope.get("root_path", ""))
-        )
+        root = request.scope.get("root_path", "")
+        banner = PLAYGROUND_LINK.format(root=root) if playground else ""
+        return HTMLResponse(SWAGGER_HTML.format(title=title, root=root, banner=banner))
 
     async def redoc(request: Request) -> HTMLResponse:
         return HTMLResponse(REDOC_HTML.format(title=title, root=request.scope.get("root_path", "")))
