@@ -16,7 +16,8 @@ from tests.support.client import png_size
 from tests.support.stack import REPO_ROOT, Stack
 from tests.support.waiting import wait_for
 
-TIMEOUT_S = 180
+# Upper bounds for a loaded machine (a route loads on first use here), not timings.
+TIMEOUT_S = 600
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
