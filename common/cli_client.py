@@ -260,7 +260,7 @@ class BarDisplay:
         self.progress.stop()
 
     def line(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, highlight=False, markup=False)
 
     def show(self, event: Event) -> None:
         detail = _detail(event)
