@@ -1,4 +1,5 @@
-"""The ``darkroom`` command: run everything locally (``up``) or one service, as Kubernetes does."""
+"""The ``darkroom`` command: run everything locally (``up``) or one service, as Kubernetes does;
+submit and follow jobs on a gateway (``generate``, ``jobs``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from common import cli_keys
+from common import cli_client, cli_keys
 from common.logging import configure, get_logger
 from common.settings import CommonSettings, SettingsError
 
@@ -78,6 +79,16 @@ def _keys(args: argparse.Namespace) -> None:
     sys.exit(run(args, _build(LocalSettings)))
 
 
+def _client(args: argparse.Namespace) -> None:
+    from common.settings import ClientSettings
+
+    try:
+        settings = ClientSettings()
+    except (ValidationError, SettingsError) as exc:
+        sys.exit(f"darkroom: invalid settings: {exc}")
+    sys.exit(cli_client.run(args, settings))
+
+
 def _make_tiny(out_dir: Path) -> None:
     from gpu_worker.tiny import make_all
 
@@ -103,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     tiny = model_commands.add_parser("make-tiny", help="write tiny random-weight checkpoints")
     tiny.add_argument("out_dir", type=Path)
     cli_keys.add_parser(commands)
+    cli_client.add_parsers(commands)
     args = parser.parse_args(argv)
 
     _load_all_settings_classes()
@@ -121,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             _make_tiny(args.out_dir)
         case "keys":
             _keys(args)
+        case "generate" | "jobs":
+            _client(args)
 
 
 if __name__ == "__main__":

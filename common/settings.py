@@ -177,6 +177,15 @@ class ConsumerSettings(CommonSettings):
     drain_grace_s: float = Field(default=60.0, ge=0)
 
 
+class ClientSettings(CommonSettings):
+    """What ``darkroom generate`` and ``darkroom jobs`` read: the gateway and the key to use.
+    Declared here, where every service loads it, so ``DARKROOM_URL`` and ``DARKROOM_API_KEY`` in a
+    shared environment are known names, not typos."""
+
+    url: str = "http://localhost:8000"
+    api_key: str | None = None
+
+
 def _subclasses(cls: type[Any]) -> list[type[Any]]:
     found = [cls]
     for sub in cls.__subclasses__():

@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("common", "gateway", "uploader", "notifier", "gpu_worker")
+SERVICES = ("common", "gateway", "uploader", "notifier", "gpu_worker", "darkroom_client")
 
 
 def _name(requirement: str) -> str:
