@@ -16,7 +16,7 @@ from common.redis_server import free_port
 from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 300.0
 
 
 @dataclass
