@@ -191,8 +191,12 @@ async def test_a_feed_opened_mid_render_gets_the_latest_preview_at_once(
         await read_raw_feed(
             client, f"/api/{job_id}/events", again, headers=headers, until=lambda f: f.previews
         )
-        # At once: right after the snapshot or the events missed, not after later live ones.
-        assert again.frames.index(again.previews[0]) <= 3
+        # At once: right after the snapshot and the events missed (a few more of those on a
+        # loaded machine), not after the next live one half a second of steps later.
+        assert all(
+            f.event == "message" for f in again.frames[: again.frames.index(again.previews[0])]
+        )
+        assert again.frames.index(again.previews[0]) <= 6
         progress = [f.json() for f in again.messages]
         assert all(p["status"] == "processing" for p in progress)
         assert again.previews[0].json()["step"] >= seen_step
