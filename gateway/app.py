@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from common.batches import BatchStore
 from common.catalog import Catalog
 from common.jobs import JobStore
-from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
+from common.keys import Keys
 from common.redis import connect
 from common.tenants import TenantStore
 from common.usage import UsageStore
@@ -46,7 +46,7 @@ from gateway.result_cache import CacheLookup
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
-from gateway.sweeper import Sweeper
+from gateway.sweeper import Sweeper, consumer_groups
 
 Role = Literal["gateway", "status"]
 TITLE = "Darkroom"
@@ -135,8 +135,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
                 redis,
                 keys,
                 jobs,
-                groups=[(keys.job_stream(name), WORKERS_GROUP) for name in catalog.routes]
-                + [(keys.rendered, UPLOADERS_GROUP)],
+                groups=consumer_groups(keys, catalog.routes),
                 consumer_idle_s=settings.departed_consumer_idle_s,
                 interval_s=settings.sweep_interval_ms / 1000,
             )
