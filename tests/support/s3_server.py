@@ -4,7 +4,9 @@
 server, filer and S3 gateway; SigV4 is enforced because an identity is configured. The
 server can be stopped and started again on the same ports and data directory, so fault
 tests can take storage away and bring it back with the objects still there. A second, read-only
-identity (``READ_ONLY_ACCESS_KEY_ID``) gets AccessDenied on every write.
+identity (``READ_ONLY_ACCESS_KEY_ID``) gets AccessDenied on every write, until a test grants it
+writes (``writes_granted``: the file of identities rewritten and reloaded on SIGHUP, as an operator
+fixes a policy while the service keeps running).
 
 Use the session-scoped ``s3_server`` fixture, or ``start_s3_server(tmp_dir)`` directly.
 """
@@ -145,6 +147,52 @@ class S3Server:
             yield
         finally:
             await self.astart()
+
+    @contextlib.contextmanager
+    def writes_granted(self, access_key_id: str = READ_ONLY_ACCESS_KEY_ID) -> Iterator[None]:
+        """The identity of ``access_key_id`` may write inside the block (weed reloads its
+        identities on SIGHUP, without a restart); denied again after it, once weed says so."""
+        self._set_writable(access_key_id, True)
+        try:
+            yield
+        finally:
+            self._set_writable(access_key_id, False)
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while self._can_write(access_key_id) and time.monotonic() < deadline:
+                time.sleep(_POLL_INTERVAL_S)
+
+    def _set_writable(self, access_key_id: str, writable: bool) -> None:
+        path = self._config_dir / "s3.json"
+        config = json.loads(path.read_text())
+        for identity in config["identities"]:
+            if any(c["accessKey"] == access_key_id for c in identity["credentials"]):
+                actions = [a for a in identity["actions"] if a != "Write"]
+                identity["actions"] = [*actions, "Write"] if writable else actions
+        path.write_text(json.dumps(config))
+        assert self._process is not None, "the S3 server is not running"
+        os.kill(self._process.pid, signal.SIGHUP)
+
+    def _can_write(self, access_key_id: str) -> bool:
+        path = self._config_dir / "s3.json"
+        (secret,) = [
+            c["secretKey"]
+            for identity in json.loads(path.read_text())["identities"]
+            for c in identity["credentials"]
+            if c["accessKey"] == access_key_id
+        ]
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret,
+            region_name=self.region,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        try:
+            client.put_object(Bucket=PROBE_BUCKET, Key="write-check", Body=b"ok")
+        except ClientError:
+            return False
+        return True
 
     def storage_env(self, bucket: str) -> dict[str, str]:
         """The settings that point Darkroom's uploader at this server, creating ``bucket``."""
