@@ -40,6 +40,10 @@ SECRET_ACCESS_KEY = "darkroom-test-secret-key"
 # A second identity that may read and list but not write: its PUTs get AccessDenied.
 READ_ONLY_ACCESS_KEY_ID = "DARKROOMREADONLY"
 READ_ONLY_SECRET_ACCESS_KEY = "darkroom-read-only-secret"
+# A third that may read, list and write but not administer: one whose writes a test can take away
+# for a while (``writes_denied``) without touching the identity the fixtures use.
+WRITER_ACCESS_KEY_ID = "DARKROOMWRITER"
+WRITER_SECRET_ACCESS_KEY = "darkroom-writer-secret"
 REGION = "us-east-1"
 # A bucket only the readiness probe writes to, so a probe never touches a test's bucket.
 PROBE_BUCKET = "readiness-probe"
@@ -159,6 +163,22 @@ class S3Server:
             self._set_writable(access_key_id, False)
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while self._can_write(access_key_id) and time.monotonic() < deadline:
+                time.sleep(_POLL_INTERVAL_S)
+
+    @contextlib.contextmanager
+    def writes_denied(self, access_key_id: str = WRITER_ACCESS_KEY_ID) -> Iterator[None]:
+        """The identity of ``access_key_id`` gets AccessDenied on writes inside the block, once
+        weed has reloaded; it may write again after it."""
+        self._set_writable(access_key_id, False)
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while self._can_write(access_key_id) and time.monotonic() < deadline:
+                time.sleep(_POLL_INTERVAL_S)
+            yield
+        finally:
+            self._set_writable(access_key_id, True)
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not self._can_write(access_key_id) and time.monotonic() < deadline:
                 time.sleep(_POLL_INTERVAL_S)
 
     def _set_writable(self, access_key_id: str, writable: bool) -> None:
@@ -343,7 +363,13 @@ def start_s3_server(tmp_dir: Path) -> S3Server:
         ],
         "actions": ["Read", "List"],
     }
-    (tmp_dir / "s3.json").write_text(json.dumps({"identities": [identity, read_only]}))
+    writer = {
+        "name": "darkroom-writer",
+        "credentials": [{"accessKey": WRITER_ACCESS_KEY_ID, "secretKey": WRITER_SECRET_ACCESS_KEY}],
+        "actions": ["Read", "List", "Tagging", "Write"],
+    }
+    identities = [identity, read_only, writer]
+    (tmp_dir / "s3.json").write_text(json.dumps({"identities": identities}))
     last_error: S3ServerError | None = None
     for attempt in range(_START_TRIES):
         ports = _Ports(*_free_ports(8))
