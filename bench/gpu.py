@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import diffusers
 import httpx
@@ -50,7 +50,6 @@ import transformers
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
-    DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
@@ -81,7 +80,7 @@ from common.catalog import (
 )
 from common.redis_server import RedisServer, free_port
 from common.schemas import JobSpec, RenderParams, Task
-from gpu_worker.families import MODULES, family
+from gpu_worker.families import MODULES, Pipeline, family
 from gpu_worker.optimize import optimize
 from gpu_worker.registry import DTYPES, ModelRegistry, warm_up
 from gpu_worker.tiny import clip as tiny_clip
@@ -122,11 +121,19 @@ def on_host(scheduler_cls: type[Any], **config: Any) -> Any:
         torch.set_default_dtype(previous)
 
 
+class BuiltPipeline(Pipeline, Protocol):
+    """A pipeline built here: what the worker uses, and saving. diffusers' classes are placeholders
+    to a type checker (see ``gpu_worker.families.Pipeline``), hence the casts below."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None: ...
+
+
 def clip_text(
     tokenizer: CLIPTokenizer, tiny: bool, *, big_g: bool = False
 ) -> CLIPTextModel | CLIPTextModelWithProjection:
     """CLIP ViT-L/14's text tower (SD1.5, SDXL's first, FLUX), or OpenCLIP bigG's (SDXL's second,
     with its projection). The local tokenizer's ids all fall inside the full vocabulary."""
+    shape: dict[str, Any]
     if tiny:
         shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
         shape |= {"num_attention_heads": 2, "projection_dim": 32}
@@ -159,7 +166,7 @@ def vae(tiny: bool, **config: Any) -> AutoencoderKL:
     )
 
 
-def build_sd15(tiny: bool) -> DiffusionPipeline:
+def build_sd15(tiny: bool) -> BuiltPipeline:
     tokenizer = tiny_clip.tokenizer()
     unet = UNet2DConditionModel(
         sample_size=64,
@@ -170,7 +177,7 @@ def build_sd15(tiny: bool) -> DiffusionPipeline:
         cross_attention_dim=32 if tiny else 768,
         attention_head_dim=2 if tiny else 8,  # heads, despite the name (diffusers #2011)
     )
-    return StableDiffusionPipeline(
+    pipe = StableDiffusionPipeline(
         vae=vae(tiny, latent_channels=4, sample_size=512, scaling_factor=0.18215),
         text_encoder=clip_text(tokenizer, tiny),
         tokenizer=tokenizer,
@@ -189,13 +196,16 @@ def build_sd15(tiny: bool) -> DiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    return cast(BuiltPipeline, pipe)
 
 
-def build_sdxl(tiny: bool) -> DiffusionPipeline:
+def build_sdxl(tiny: bool) -> BuiltPipeline:
     tokenizer, tokenizer_2 = tiny_clip.tokenizer(), tiny_clip.tokenizer()
     text_encoder = clip_text(tokenizer, tiny)
     text_encoder_2 = clip_text(tokenizer_2, tiny, big_g=True)
     time_dim = 8 if tiny else 256
+    projection_dim = text_encoder_2.config.projection_dim
+    assert projection_dim is not None  # clip_text sets it
     unet = UNet2DConditionModel(
         sample_size=128,
         block_out_channels=(32, 64, 64) if tiny else (320, 640, 1280),
@@ -210,9 +220,9 @@ def build_sdxl(tiny: bool) -> DiffusionPipeline:
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         # Six size/crop time embeddings and bigG's pooled projection: 6 * 256 + 1280 = 2816.
-        projection_class_embeddings_input_dim=6 * time_dim + text_encoder_2.config.projection_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + projection_dim,
     )
-    return StableDiffusionXLPipeline(
+    pipe = StableDiffusionXLPipeline(
         # As stabilityai/stable-diffusion-xl-base-1.0: the VAE decodes in float32.
         vae=vae(
             tiny, latent_channels=4, sample_size=1024, scaling_factor=0.13025, force_upcast=True
@@ -232,9 +242,10 @@ def build_sdxl(tiny: bool) -> DiffusionPipeline:
         ),
         add_watermarker=False,
     )
+    return cast(BuiltPipeline, pipe)
 
 
-def build_flux(tiny: bool) -> DiffusionPipeline:
+def build_flux(tiny: bool) -> BuiltPipeline:
     tokenizer, tokenizer_2 = tiny_clip.tokenizer(), tiny_flux.t5_tokenizer()
     t5 = T5Config(
         vocab_size=len(tokenizer_2) if tiny else 32128,
@@ -261,7 +272,7 @@ def build_flux(tiny: bool) -> DiffusionPipeline:
         )
     else:  # the defaults are FLUX.1's: 19 double and 38 single blocks, 24 heads of 128
         transformer = FluxTransformer2DModel(guidance_embeds=True)
-    return FluxPipeline(
+    pipe = FluxPipeline(
         scheduler=on_host(
             FlowMatchEulerDiscreteScheduler,
             shift=3.0,
@@ -286,13 +297,14 @@ def build_flux(tiny: bool) -> DiffusionPipeline:
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
+    return cast(BuiltPipeline, pipe)
 
 
 @dataclass(frozen=True)
 class Model:
     name: str
     family: str  # the Darkroom family that serves it; may be one the project lacks
-    build: Callable[[bool], DiffusionPipeline]
+    build: Callable[[bool], BuiltPipeline]
     dtype: str
     side: int
     steps: int
@@ -339,14 +351,14 @@ def route_for(model: Model, weights: Path, gpu: GpuSettings, tiny: bool) -> Mode
     )
 
 
-def denoiser_params(pipe: DiffusionPipeline) -> int:
-    module = getattr(pipe, "unet", None) or pipe.transformer
+def denoiser_params(pipe: Pipeline) -> int:
+    module = pipe.components.get("unet") or pipe.components["transformer"]
     return sum(p.numel() for p in module.parameters())
 
 
 def build_and_save(
     model: Model, out: Path, device: torch.device, tiny: bool
-) -> tuple[DiffusionPipeline, dict[str, float]]:
+) -> tuple[BuiltPipeline, dict[str, float]]:
     dtype = DTYPES[model.dtype] if device.type != "cpu" else torch.float32
     began = time.perf_counter()
     with torch.random.fork_rng(devices=[]), building(device, dtype):
@@ -404,7 +416,7 @@ def timed_calls(device: torch.device, calls: int, call: Callable[[int], object])
 
 
 def raw_loop(
-    pipelines: dict[Task, DiffusionPipeline],
+    pipelines: dict[Task, Pipeline],
     route: ModelRoute,
     device: torch.device,
     jobs: int,
@@ -577,7 +589,7 @@ def machine(device: torch.device) -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(device),
             "gpu_memory_gib": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
+            "cudnn": torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
         }
     return info
 
@@ -636,7 +648,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     else:
         # No family serves this architecture: the raw loop on the pipeline just built, with the
         # route's GPU settings and the registry's warm-up, through the SD family's render.
-        pipelines = {Task.T2I: pipe}
+        pipelines: dict[Task, Pipeline] = {Task.T2I: pipe}
         optimize(pipelines, gpu)
         warmed = time.perf_counter()
         warm_up(route, pipelines)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -30,7 +31,7 @@ import time
 import urllib.request
 import uuid
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -263,7 +264,7 @@ async def pubsub_baseline(redis_url: str, latencies_ms: array[float]) -> asyncio
                 if message["type"] == "pmessage":
                     latencies_ms.append((now - json.loads(message["data"])["ts"]) * 1000)
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: no hints
             await redis.aclose()
 
     return asyncio.create_task(listen())
@@ -334,6 +335,7 @@ def client_process(
     redis_url: str | None = None,
 ) -> None:
     raise_fd_limit()
+    loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
 
@@ -437,6 +439,11 @@ async def finish_job(jobs: JobStore, job_id: str, at: float) -> int:
     return last.seq
 
 
+def _same(client: FeedClient) -> FeedClient:
+    """A protocol factory's body: the client made beforehand."""
+    return client
+
+
 async def warm_up(port: int, jobs: JobStore) -> None:
     """A few feeds through every code path, so the idle reading is not a cold process."""
     loop = asyncio.get_running_loop()
@@ -452,7 +459,7 @@ async def warm_up(port: int, jobs: JobStore) -> None:
             snapshot,
             done,
         )
-        await loop.create_connection(lambda c=client: c, "127.0.0.1", port)
+        await loop.create_connection(functools.partial(_same, client), "127.0.0.1", port)
         await asyncio.wait_for(snapshot, READY_TIMEOUT_S)
         feeds.append(done)
     await drive_job(jobs, job_id, time.monotonic(), 0, 0.01, 5)

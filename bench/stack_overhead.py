@@ -62,7 +62,12 @@ from tests.support.waiting import wait_for
 
 RESULTS = Path(__file__).parent / "results" / "stack_overhead.json"
 # The smallest render the tiny SD checkpoint makes: what is left is the stack's own cost.
-PARAMS = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 7.5}
+PARAMS: dict[str, Any] = {
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 2,
+    "guidance_scale": 7.5,
+}
 ROUTE = "sd"
 
 
@@ -482,7 +487,7 @@ def main() -> None:
             report(number, run)
             runs.append(run)
 
-    figures = {
+    figures: dict[str, Any] = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),

@@ -42,6 +42,10 @@ from common.usage import RECORD_USAGE_LUA, SECONDS_PER_DAY, USAGE_RETENTION_DAYS
 
 # Enough for every step of a long render plus the status changes around it.
 JOB_EVENT_LOG_MAXLEN = 500
+# The webhook events stream holds only unread work while a notifier reads it; with none (not
+# deployed, or down for long) it would grow without end. Past this many waiting (about 50 MB) the
+# oldest are trimmed: far more than a live notifier ever lags, far less than fills Redis.
+WEBHOOK_EVENTS_MAXLEN = 100_000
 # A job's webhook hears of its progress at most this often (its start and end always).
 WEBHOOK_PROGRESS_INTERVAL_S = 2.0
 # The error of a job that passed its ``Cancel-After`` deadline, wherever it was.
@@ -167,9 +171,10 @@ if hook[1] then
   end
   if kind and string.find(',' .. hook[2] .. ',', ',' .. kind .. ',', 1, true) then
     if kind ~= 'completed' then redis.call('HSET', job, 'webhook_progress_at', now) end
-    redis.call('XADD', webhook_stream, '*', 'job_id', cur[1], 'seq', seq, 'type', event_type,
-      'url', hook[1], 'tenant', hook[4] or '', 'api', hook[5] or 'api', 'params', hook[6] or '{}',
-      'event', payload)
+    -- Capped (ARGV[21]): with no notifier reading it, it must not fill Redis.
+    redis.call('XADD', webhook_stream, 'MAXLEN', '~', ARGV[21], '*', 'job_id', cur[1], 'seq', seq,
+      'type', event_type, 'url', hook[1], 'tenant', hook[4] or '', 'api', hook[5] or 'api',
+      'params', hook[6] or '{}', 'event', payload)
   end
 end
 redis.call('PUBLISH', channel, payload)
@@ -356,11 +361,13 @@ class JobStore:
         task_ttl_s: int,
         usage_retention_days: int = USAGE_RETENTION_DAYS,
         priority_aging_s: float = DEFAULT_AGING_S,
+        webhook_events_maxlen: int = WEBHOOK_EVENTS_MAXLEN,
     ) -> None:
         self._redis = redis
         self._priority_aging_s = priority_aging_s
         self._keys = keys
         self._task_ttl_s = task_ttl_s
+        self._webhook_events_maxlen = webhook_events_maxlen
         self._usage_retention_s = usage_retention_days * SECONDS_PER_DAY
         self._emit = redis.register_script(_EMIT)
         self._submit = redis.register_script(_SUBMIT)
@@ -516,6 +523,7 @@ class JobStore:
                 # A waiting job leaves the scheduler's lists, every job the route's backlog.
                 keys.scheduler_prefix,
                 keys.backlog(""),
+                self._webhook_events_maxlen,
             ],
         )
         return None if payload is None else JobEvent.model_validate_json(payload)

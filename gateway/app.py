@@ -18,7 +18,7 @@ from common.batches import BatchStore
 from common.catalog import Catalog
 from common.health import embedded_server
 from common.jobs import JobStore
-from common.keys import UPLOADERS_GROUP, WORKERS_GROUP, Keys
+from common.keys import Keys
 from common.previews import PreviewStore
 from common.redis import connect
 from common.tenants import TenantStore
@@ -51,7 +51,7 @@ from gateway.route_metrics import ROUTE_STATE
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.submit import Submitter
-from gateway.sweeper import Sweeper
+from gateway.sweeper import Sweeper, consumer_groups
 
 Role = Literal["gateway", "status"]
 TITLE = "Darkroom"
@@ -158,8 +158,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
                 redis,
                 keys,
                 jobs,
-                groups=[(keys.job_stream(name), WORKERS_GROUP) for name in catalog.routes]
-                + [(keys.rendered, UPLOADERS_GROUP)],
+                groups=consumer_groups(keys, catalog.routes),
                 consumer_idle_s=settings.departed_consumer_idle_s,
                 interval_s=settings.sweep_interval_ms / 1000,
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
@@ -26,7 +26,7 @@ from redis.exceptions import LockError, ResponseError
 
 from common.consumer import sleep_unless
 from common.jobs import DEADLINE_EXCEEDED, JobStore
-from common.keys import Keys
+from common.keys import NOTIFIERS_GROUP, UPLOADERS_GROUP, WORKERS_GROUP, Keys
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT, backoff_s, describe
 from common.schemas import JobStatus, WorkerHeartbeat
@@ -60,6 +60,16 @@ for _, member in ipairs(expired) do
 end
 return #expired
 """
+
+
+def consumer_groups(keys: Keys, routes: Iterable[str]) -> list[tuple[str, str]]:
+    """Every (stream, group) a service reads as a group member: each route's queue (workers),
+    the rendered stream (uploaders) and the job events stream (notifiers)."""
+    return [
+        *((keys.job_stream(route), WORKERS_GROUP) for route in routes),
+        (keys.rendered, UPLOADERS_GROUP),
+        (keys.webhook_events, NOTIFIERS_GROUP),
+    ]
 
 
 class Sweeper:

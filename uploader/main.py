@@ -8,6 +8,7 @@ from common.keys import Keys
 from common.lifecycle import stop_event_on_signals
 from common.redis import connect
 from uploader.settings import UploaderSettings
+from uploader.storage_health import StorageHealth
 from uploader.uploader import Uploader, open_storage
 
 
@@ -20,11 +21,17 @@ async def run(settings: UploaderSettings) -> None:
     async def readiness() -> tuple[bool, str]:
         if uploader is None:
             return False, "waiting for storage"
+        ready, reason = uploader.storage_health.readiness()
+        if not ready:
+            return ready, reason
         return await redis_writable(redis, keys.probe(settings.consumer_name))
+
+    def details() -> dict[str, object]:
+        return uploader.storage_health.details() if uploader is not None else {}
 
     # Probes answer from the start: a storage outage at start-up is "not ready", not "dead".
     try:
-        async with health_server(settings.health_port, readiness):
+        async with health_server(settings.health_port, readiness, details=details):
             storage = await open_storage(settings, stop)
             if storage is None:
                 return
@@ -45,6 +52,9 @@ async def run(settings: UploaderSettings) -> None:
                 upload_concurrency=settings.upload_concurrency,
                 drain_grace_s=settings.drain_grace_s,
                 result_cache_ttl_s=settings.result_cache_ttl,
+                storage_health=StorageHealth(
+                    storage, settings.s3_bucket_name if settings.storage == "s3" else None
+                ),
             )
             try:
                 await uploader.run(stop)

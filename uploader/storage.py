@@ -56,10 +56,19 @@ class StorageError(Exception):
     job's client reads (the error code, the bucket and what to do), without the endpoint.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True, summary: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        summary: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.summary = summary or message
+        # The backend's error code (S3's ``AccessDenied``…), where it gave one.
+        self.code = code
 
 
 class Storage(Protocol):
@@ -316,6 +325,7 @@ class S3Storage:
                 f"{action} at {where} failed: {reason}",
                 retryable=code not in _PERMANENT_S3_CODES,
                 summary=f"{code} on {bucket}: {hint or message or f'HTTP {status}'}",
+                code=code,
             )
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             fix = (
@@ -326,6 +336,7 @@ class S3Storage:
                 f"{action} at {where} failed: {exc}; {fix}",
                 retryable=False,
                 summary=f"no credentials for {bucket}: {fix}",
+                code="NoCredentials",
             )
         return StorageError(
             f"{action} at {where} failed: {type(exc).__name__}: {exc}",

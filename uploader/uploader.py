@@ -32,6 +32,7 @@ from common.result_cache import SERVED_FROM_CACHE, CachedResult, ResultCache
 from common.schemas import JobStatus, RenderedJob
 from uploader.settings import UploaderSettings
 from uploader.storage import LocalStorage, S3Storage, Storage, StorageError, result_key
+from uploader.storage_health import StorageHealth
 
 log = get_logger(__name__)
 
@@ -89,10 +90,13 @@ class Uploader:
         upload_concurrency: int = 8,
         drain_grace_s: float = 60.0,
         result_cache_ttl_s: int | None = None,
+        storage_health: StorageHealth | None = None,
     ) -> None:
         self._blobs = blobs
         self._jobs = jobs
         self._storage = storage
+        # Whether storage takes writes: the uploader's readiness.
+        self.storage_health = storage_health or StorageHealth(storage, bucket=None)
         self._cache = ResultCache(redis, keys)
         # How long a cached result is served: no longer than its objects live (None: as long).
         self._cache_ttl_s = result_cache_ttl_s
@@ -117,10 +121,13 @@ class Uploader:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("uploader.ready", storage=type(self._storage).__name__)
         self._stop = stop
+        probe = asyncio.create_task(self.storage_health.probe_while_refused(stop), name="probe")
         async with self.consumer.claims_kept():
             try:
                 await self.consumer.run(stop)
             finally:
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
                 await self._drain()
 
     async def handle(self, deliveries: list[Delivery]) -> None:
@@ -277,10 +284,11 @@ class Uploader:
         A permanent error is raised at once."""
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             try:
-                return await self._storage.put(key, data, content_type)
+                url = await self._storage.put(key, data, content_type)
             except StorageError as exc:
                 if not exc.retryable:
                     log.error("upload.failed", key=key, error=str(exc))
+                    self.storage_health.refusing(exc)
                     raise
                 delay_s = min(UPLOAD_BACKOFF_CAP_S, UPLOAD_BACKOFF_BASE_S * 2**attempt)
                 delay_s *= random.uniform(0.5, 1.0)  # jitter: replicas do not retry in step
@@ -292,6 +300,9 @@ class Uploader:
                     retry_in_s=round(delay_s, 2),
                 )
                 await asyncio.sleep(delay_s)
+            else:
+                self.storage_health.accepting()
+                return url
         log.error("upload.gave_up", key=key, attempts=UPLOAD_ATTEMPTS)
         return None
 

@@ -21,7 +21,7 @@ from common.jobs import (
     TenantQuota,
 )
 from common.keys import Keys
-from common.schemas import JobSpec, JobStatus, RenderedJob
+from common.schemas import JobSpec, JobStatus, RenderedJob, Webhook
 from tests.conftest import redis_of_its_own
 from tests.support.jobs import submit_job
 
@@ -85,6 +85,23 @@ async def test_terminal_state_is_final_and_expires(store: JobStore, redis: Redis
     assert 0 < await redis.ttl(KEYS.job_events(spec.job_id)) <= 120
     # No webhook asked for: nothing for the notifier.
     assert await redis.xlen(KEYS.webhook_events) == 0
+
+
+async def test_the_webhook_events_stream_stays_capped_while_no_notifier_reads_it(
+    redis: Redis,
+) -> None:
+    keys = Keys(f"capped-{uuid.uuid4().hex[:8]}:")
+    store = JobStore(redis, keys, task_ttl_s=120, webhook_events_maxlen=100)
+    hook = Webhook(url="https://hooks.example.com/darkroom", events=["start", "completed"])
+    for _ in range(300):  # 600 events for a notifier that never comes
+        spec = await submit_job(store, keys, webhook=hook)
+        await store.emit(spec.job_id, status=JobStatus.PROCESSING, message="rendering")
+        await store.emit(spec.job_id, status=JobStatus.COMPLETED, progress=100, result_urls=["u"])
+    # Trimmed by whole stream nodes (``MAXLEN ~``): the cap plus at most a node of 100 entries.
+    assert 100 <= await redis.xlen(keys.webhook_events) <= 200
+    # The oldest go; the newest, the one a late notifier most needs, stays.
+    ((_, newest),) = await redis.xrevrange(keys.webhook_events, count=1)
+    assert (newest["job_id"], newest["type"]) == (spec.job_id, "job.completed")
 
 
 async def test_unknown_job(store: JobStore) -> None:

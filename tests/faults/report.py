@@ -5,7 +5,8 @@
 
 Any test run writes the ledger when ``FAULT_LEDGER`` names a file. Jobs submitted over HTTP and
 jobs the component tests wrote straight to Redis are counted apart; in each, completed + failed as
-intended + lost by crash add up to at most submitted. Webhooks count the terminal events of jobs
+intended + failed by a storage fault (the soak's S3 AccessDenied) + lost by crash add up to at most
+submitted. Webhooks count the terminal events of jobs
 that asked for one: due, delivered, deliveries beyond the first, lost. Exits non-zero if a test
 failed, or if any job or terminal webhook event was lost, any job duplicated, or any 5xx was
 seen; jobs a Redis crash took back within its promise (the last second, AOF everysec) are
@@ -36,8 +37,8 @@ TESTS = [
     "tests/gateway/test_bad_input.py",
     "tests/gateway/test_schema_fuzz.py",
 ]
-JOB_FIGURES = ("submitted", "completed", "failed_as_intended", "lost_by_crash", "lost",
-               "duplicated")  # fmt: skip
+JOB_FIGURES = ("submitted", "completed", "failed_as_intended", "failed_by_storage_fault",
+               "lost_by_crash", "lost", "duplicated")  # fmt: skip
 WEBHOOK_FIGURES = {
     "webhooks_due": "events due",
     "webhooks_delivered": "delivered",

@@ -18,8 +18,10 @@ A submit that meets an outage is retried with the same ``Idempotency-Key``, as a
 would, so a retry never makes a second job. When the time is up the faults stop, and every job
 must complete with exactly one object in the bucket, except that a Redis crash may take back what
 was acknowledged in the last second before it (``CRASH_LOSS_S``), and so may a failover: such jobs
-are counted apart as lost by crash; one acknowledged earlier and gone is lost. (S3 AccessDenied is
-not in the mix: it fails jobs by design; ``test_storage_faults.py`` covers it.) Every job that
+are counted apart as lost by crash; one acknowledged earlier and gone is lost. S3 AccessDenied for a
+while (the uploader's identity loses its write permission, then gets it back, without a restart)
+fails the jobs whose upload meets it, at once and by design: they are counted apart as failed by a
+storage fault, so completed + failed by a storage fault + lost by crash = submitted. Every job that
 asked for a webhook must have its terminal event delivered, signed (checked by the
 ``standardwebhooks`` package), at least once and under one ``webhook-id`` however often.
 ``tests/faults/test_soak.py`` runs a short soak in the suite; this command runs a long one.
@@ -28,6 +30,7 @@ asked for a webhook must have its terminal event delivered, signed (checked by t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import signal
 import tempfile
@@ -44,12 +47,17 @@ import redis
 
 from common.catalog import demo_catalog, write_catalog
 from common.redis_server import RedisServer, free_port
-from common.schemas import JobRecord
+from common.schemas import JobRecord, JobStatus
 from common.tenants import new_webhook_secret
 from tests.support.fleet import UUID_RE, check_alive, wait_all_terminal
 from tests.support.ledger import Ledger
 from tests.support.receiver import Received, Receiver
-from tests.support.s3_server import S3Server, start_s3_server
+from tests.support.s3_server import (
+    WRITER_ACCESS_KEY_ID,
+    WRITER_SECRET_ACCESS_KEY,
+    S3Server,
+    start_s3_server,
+)
 from tests.support.stack import Stack, stack_env
 
 BUCKET = "soak"
@@ -75,6 +83,8 @@ WEBHOOK_TIMEOUT_S = 2.0
 # its jitter, a lease and a margin.
 WEBHOOK_SETTLE_S = sum(WEBHOOK_SCHEDULE_S) * 1.2 + WEBHOOK_TIMEOUT_S + 15.0
 TERMINAL_EVENTS = ("job.completed", "job.failed", "job.canceled")
+# How a job that met the AccessDenied fault ends (``uploader.uploader``, ``uploader.storage``).
+DENIED_ERROR = "Could not store the result: AccessDenied"
 
 
 class Soak:
@@ -84,6 +94,9 @@ class Soak:
         self.root = root
         self.s3 = s3
         root.mkdir(parents=True, exist_ok=True)
+        admin = s3.client()
+        with contextlib.suppress(admin.exceptions.BucketAlreadyOwnedByYou):
+            admin.create_bucket(Bucket=BUCKET)
         self.redis = RedisServer(root / "redis", appendonly=True, appendfsync="everysec")
         self.redis.start()
         self.receiver = Receiver().start()
@@ -97,6 +110,11 @@ class Soak:
             port=port,
             extra={
                 **s3.storage_env(BUCKET),
+                # An identity whose writes the AccessDenied fault can take away for a while; it
+                # may not create buckets, so the bucket is made here.
+                "AWS_ACCESS_KEY_ID": WRITER_ACCESS_KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": WRITER_SECRET_ACCESS_KEY,
+                "DARKROOM_S3_CREATE_BUCKET": "false",
                 "DARKROOM_ROUTES": "sd",
                 "DARKROOM_CLAIM_IDLE_MS": "2000",
                 "DARKROOM_DRAIN_GRACE_S": "3",
@@ -125,6 +143,7 @@ class Soak:
             "worker SIGTERM (random moment)": lambda: self._restart_worker(signal.SIGTERM),
             "uploader SIGKILL (random moment)": self._restart_uploader,
             "S3 outage (random length)": self._s3_outage,
+            "S3 AccessDenied (random length)": self._s3_access_denied,
             "redis SIGKILL (AOF everysec)": self._redis_crash,
             "redis OOM (random length)": self._redis_full,
             "redis failover to a replica and back": self._redis_failover,
@@ -222,6 +241,11 @@ class Soak:
         time.sleep(self.rng.uniform(1.0, 5.0))
         self.s3.start()
 
+    def _s3_access_denied(self) -> None:
+        """The uploader's identity may not write for a while: its uploads meet AccessDenied."""
+        with self.s3.writes_denied(WRITER_ACCESS_KEY_ID):
+            time.sleep(self.rng.uniform(1.0, 5.0))
+
     def _redis_crash(self) -> None:
         self.crashed_at.append(time.monotonic())
         self.crashed_at_wall.append(time.time())
@@ -276,11 +300,23 @@ class Soak:
         by_crash = {job_id for job_id, rec in records.items() if rec is None and self._new(job_id)}
         self.ledger.submitted += len(by_crash)
         self.ledger.lost_by_crash += len(by_crash)
-        kept = {job_id: rec for job_id, rec in records.items() if job_id not in by_crash}
+        denied = {
+            job_id
+            for job_id, rec in records.items()
+            if rec is not None
+            and rec.status is JobStatus.FAILED
+            and (rec.error or "").startswith(DENIED_ERROR)
+        }
+        self.ledger.submitted += len(denied)
+        self.ledger.failed_by_storage_fault += len(denied)
+        gone = by_crash | denied
+        kept = {job_id: rec for job_id, rec in records.items() if job_id not in gone}
         statuses = [rec.status.value if rec else "missing" for rec in kept.values()]
         self.ledger.outcome(statuses, [stored[job_id] for job_id in kept])
         self.ledger.duplicated += len(set(stored) - set(records))  # objects of no known job
-        self._check_webhooks({job_id: rec for job_id, rec in kept.items() if rec is not None})
+        # A job failed by AccessDenied owes its webhook too: its terminal event is job.failed.
+        ended = {j: rec for j, rec in records.items() if j not in by_crash and rec is not None}
+        self._check_webhooks(ended)
 
     def _check_webhooks(self, records: dict[str, JobRecord]) -> None:
         """Every ended job that asked for a webhook: its terminal event delivered, signed, at
@@ -377,6 +413,7 @@ def main() -> None:
         print(f"  {kind:<36}{times:>5}")
     print(
         f"jobs submitted {ledger.submitted}, completed {ledger.completed}, "
+        f"failed by a storage fault {ledger.failed_by_storage_fault} (S3 AccessDenied), "
         f"lost by crash {ledger.lost_by_crash} (acknowledged in the last {CRASH_LOSS_S:.0f} s "
         f"before a Redis crash or failover), lost {ledger.lost}, duplicated {ledger.duplicated}, "
         f"5xx {ledger.server_errors}"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pytest import TempPathFactory
 
-from common.redis_server import RedisServer
+from common.redis_server import RedisServer, free_port
 from tests.conftest import _stack
 from tests.support.client import wait_terminal
 from tests.support.ledger import Ledger
@@ -84,18 +84,33 @@ def uploader_log(stack: Stack) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-def test_access_denied_fails_the_job_at_once_and_good_credentials_fix_it(
+def readyz(port: int) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+
+
+def ready(port: int) -> bool:
+    try:
+        return readyz(port).status_code == 200
+    except httpx.TransportError:  # its probe server not listening yet
+        return False
+
+
+def test_access_denied_fails_jobs_at_once_and_readiness_is_red_until_storage_takes_writes(
     stack: Stack,
     s3_server: S3Server,
     bucket: str,
     start_uploader: StartUploader,
     ledger: Ledger,
 ) -> None:
+    port = free_port()
     start_uploader(
         bucket,
         AWS_ACCESS_KEY_ID=READ_ONLY_ACCESS_KEY_ID,
         AWS_SECRET_ACCESS_KEY=READ_ONLY_SECRET_ACCESS_KEY,
+        DARKROOM_HEALTH_PORT=str(port),
     )
+    uploader = stack.processes["uploader"]
+    wait_for(lambda: ready(port), timeout_s=60, what="the uploader ready: nothing refused yet")
     ledger.fault("S3 AccessDenied (credentials without write)")
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         denied = submit(client)
@@ -108,15 +123,30 @@ def test_access_denied_fails_the_job_at_once_and_good_credentials_fix_it(
         ledger.failed_as_intended += 1
         # At once: not one retry of a request that cannot succeed. And the uploader is still up.
         assert not [e for e in uploader_log(stack) if e["event"] == "upload.retry"]
-        assert stack.processes["uploader"].poll() is None
+        assert uploader.poll() is None
         assert stored(s3_server, bucket, denied) == 0
 
-        start_uploader(bucket)  # the operator fixes the credentials
-        fixed = submit(client)
-        finished = wait_terminal(client, f"/api/{fixed}/status")
-    ledger.outcome([finished["status"]], [stored(s3_server, bucket, fixed)])
+        # Red while storage refuses, saying which bucket and what it answered.
+        red = readyz(port)
+        assert red.status_code == 503
+        assert red.json()["storage"] == {"bucket": bucket, "error": "AccessDenied"}
+        assert f"AccessDenied on bucket '{bucket}'" in red.json()["reason"]
+
+        # The operator grants the write; the uploader finds out by itself, without a job or a
+        # restart, and the next job completes.
+        with s3_server.writes_granted(READ_ONLY_ACCESS_KEY_ID):
+            wait_for(
+                lambda: ready(port),
+                timeout_s=60,
+                what="the uploader ready again once storage takes writes",
+            )
+            fixed = submit(client)
+            finished = wait_terminal(client, f"/api/{fixed}/status")
+            count = stored(s3_server, bucket, fixed)
+    ledger.outcome([finished["status"]], [count])
+    assert stack.processes["uploader"] is uploader and uploader.poll() is None
     assert finished["status"] == "completed"
-    assert stored(s3_server, bucket, fixed) == 1
+    assert count == 1
 
 
 def test_a_missing_bucket_fails_the_job_at_once_naming_it(

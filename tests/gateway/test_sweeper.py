@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common.jobs import DEADLINE_EXCEEDED, JobStore
-from common.keys import WORKERS_GROUP, Keys
+from common.keys import NOTIFIERS_GROUP, UPLOADERS_GROUP, WORKERS_GROUP, Keys
+from common.redis_server import RedisServer
 from common.scheduler import Scheduler
 from common.schemas import JobSpec, JobStatus
 from gateway.sweeper import Sweeper
+from tests.conftest import _stack
 from tests.support.jobs import submit_job
 from tests.support.waiting import async_wait_for
 
@@ -127,6 +130,53 @@ async def test_departed_consumers_leave_their_group(redis: Redis, jobs: JobStore
     assert "gone" in removed and "busy" not in removed
     names = {c["name"] for c in await redis.xinfo_consumers(STREAM, WORKERS_GROUP)}
     assert "busy" in names and "gone" not in names
+
+
+async def test_the_gateway_removes_departed_members_of_every_group(
+    redis: Redis,
+    redis_server: RedisServer,
+    models_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Workers, uploaders and notifiers alike: a restarted pod of any of them leaves its old
+    name behind in its group, and the gateway's own sweeper removes it."""
+    name = f"departed-{uuid.uuid4().hex[:6]}"
+    keys = Keys(f"{name}:")
+    groups = {
+        (keys.job_stream("sd"), WORKERS_GROUP),
+        (keys.rendered, UPLOADERS_GROUP),
+        (keys.webhook_events, NOTIFIERS_GROUP),
+    }
+    for stream, group in groups:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        await redis.xgroup_createconsumer(stream, group, "pod-gone")  # joins, holds nothing
+    await asyncio.sleep(1.1)  # idle past DARKROOM_DEPARTED_CONSUMER_IDLE_S
+
+    async def members() -> set[tuple[str, str]]:
+        return {
+            (stream, group)
+            for stream, group in groups
+            for consumer in await redis.xinfo_consumers(stream, group)
+            if consumer["name"] == "pod-gone"
+        }
+
+    assert await members() == groups
+    stack = _stack(
+        name,
+        ("gateway",),
+        redis_server,
+        models_file,
+        tmp_path_factory,
+        extra={"DARKROOM_DEPARTED_CONSUMER_IDLE_S": "1"},
+    )
+    try:
+
+        async def all_gone() -> bool:
+            return not await members()
+
+        await async_wait_for(all_gone, timeout_s=30, what="the departed members removed")
+    finally:
+        stack.stop_all()
 
 
 async def test_one_replica_sweeps_at_a_time(redis: Redis, jobs: JobStore) -> None:

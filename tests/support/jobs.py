@@ -6,7 +6,7 @@ import uuid
 
 from common.jobs import JobStore, TenantQuota
 from common.keys import Keys
-from common.schemas import JobSpec, RenderParams, Task, utcnow
+from common.schemas import JobSpec, RenderParams, Task, Webhook, utcnow
 from common.tenants import LOCAL_TENANT
 
 
@@ -20,6 +20,7 @@ async def submit_job(
     max_input_bytes: int | None = None,
     tenant: str = LOCAL_TENANT,
     quota: TenantQuota | None = None,
+    webhook: Webhook | None = None,
 ) -> JobSpec:
     """A small sd job (i2i when ``image`` is given), queued as the gateway would queue it."""
     job_id = str(uuid.uuid4())
@@ -48,5 +49,6 @@ async def submit_job(
         blob_ttl_s=blob_ttl_s,
         max_input_bytes=max_input_bytes,
         quota=quota,
+        webhook=webhook,
     )
     return spec

@@ -2,9 +2,9 @@
 
 Each test records the faults it injected and the fate of every job it submitted; the ledger is
 appended to the JSON-lines file named by ``FAULT_LEDGER`` (when set), one line a test.
-Every job figure is a part of ``submitted``: completed + failed as intended + lost by crash never
-exceed it. Jobs of tests that write them straight to Redis, without the gateway, are counted apart
-from the jobs submitted over HTTP.
+Every job figure is a part of ``submitted``: completed + failed as intended + failed by a storage
+fault + lost by crash never exceed it. Jobs of tests that write them straight to Redis, without the
+gateway, are counted apart from the jobs submitted over HTTP.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ class Ledger:
     # Acknowledged submits that a Redis crash took back, within its promise (AOF everysec: at
     # most the last second before the crash). Not ``lost``: the promise allows them.
     lost_by_crash: int = 0
+    # Jobs whose upload met a permanent storage refusal (S3 AccessDenied) that a fault made: they
+    # fail at once with the reason, a terminal state by design. Not ``lost``.
+    failed_by_storage_fault: int = 0
     duplicated: int = 0
     bad_inputs: int = 0
     server_errors: int = 0
@@ -61,7 +64,12 @@ class Ledger:
 
     def write(self) -> None:
         # A job whose fate a test recorded was submitted, whether or not the test counted it.
-        fates = self.completed + self.failed_as_intended + self.lost_by_crash
+        fates = (
+            self.completed
+            + self.failed_as_intended
+            + self.failed_by_storage_fault
+            + self.lost_by_crash
+        )
         self.submitted = max(self.submitted, fates)
         path = os.environ.get(LEDGER_ENV)
         if path:

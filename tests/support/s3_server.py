@@ -4,7 +4,9 @@
 server, filer and S3 gateway; SigV4 is enforced because an identity is configured. The
 server can be stopped and started again on the same ports and data directory, so fault
 tests can take storage away and bring it back with the objects still there. A second, read-only
-identity (``READ_ONLY_ACCESS_KEY_ID``) gets AccessDenied on every write.
+identity (``READ_ONLY_ACCESS_KEY_ID``) gets AccessDenied on every write, until a test grants it
+writes (``writes_granted``: the file of identities rewritten and reloaded on SIGHUP, as an operator
+fixes a policy while the service keeps running).
 
 Use the session-scoped ``s3_server`` fixture, or ``start_s3_server(tmp_dir)`` directly.
 """
@@ -38,6 +40,10 @@ SECRET_ACCESS_KEY = "darkroom-test-secret-key"
 # A second identity that may read and list but not write: its PUTs get AccessDenied.
 READ_ONLY_ACCESS_KEY_ID = "DARKROOMREADONLY"
 READ_ONLY_SECRET_ACCESS_KEY = "darkroom-read-only-secret"
+# A third that may read, list and write but not administer: one whose writes a test can take away
+# for a while (``writes_denied``) without touching the identity the fixtures use.
+WRITER_ACCESS_KEY_ID = "DARKROOMWRITER"
+WRITER_SECRET_ACCESS_KEY = "darkroom-writer-secret"
 REGION = "us-east-1"
 # A bucket only the readiness probe writes to, so a probe never touches a test's bucket.
 PROBE_BUCKET = "readiness-probe"
@@ -145,6 +151,68 @@ class S3Server:
             yield
         finally:
             await self.astart()
+
+    @contextlib.contextmanager
+    def writes_granted(self, access_key_id: str = READ_ONLY_ACCESS_KEY_ID) -> Iterator[None]:
+        """The identity of ``access_key_id`` may write inside the block (weed reloads its
+        identities on SIGHUP, without a restart); denied again after it, once weed says so."""
+        self._set_writable(access_key_id, True)
+        try:
+            yield
+        finally:
+            self._set_writable(access_key_id, False)
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while self._can_write(access_key_id) and time.monotonic() < deadline:
+                time.sleep(_POLL_INTERVAL_S)
+
+    @contextlib.contextmanager
+    def writes_denied(self, access_key_id: str = WRITER_ACCESS_KEY_ID) -> Iterator[None]:
+        """The identity of ``access_key_id`` gets AccessDenied on writes inside the block, once
+        weed has reloaded; it may write again after it."""
+        self._set_writable(access_key_id, False)
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while self._can_write(access_key_id) and time.monotonic() < deadline:
+                time.sleep(_POLL_INTERVAL_S)
+            yield
+        finally:
+            self._set_writable(access_key_id, True)
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not self._can_write(access_key_id) and time.monotonic() < deadline:
+                time.sleep(_POLL_INTERVAL_S)
+
+    def _set_writable(self, access_key_id: str, writable: bool) -> None:
+        path = self._config_dir / "s3.json"
+        config = json.loads(path.read_text())
+        for identity in config["identities"]:
+            if any(c["accessKey"] == access_key_id for c in identity["credentials"]):
+                actions = [a for a in identity["actions"] if a != "Write"]
+                identity["actions"] = [*actions, "Write"] if writable else actions
+        path.write_text(json.dumps(config))
+        assert self._process is not None, "the S3 server is not running"
+        os.kill(self._process.pid, signal.SIGHUP)
+
+    def _can_write(self, access_key_id: str) -> bool:
+        path = self._config_dir / "s3.json"
+        (secret,) = [
+            c["secretKey"]
+            for identity in json.loads(path.read_text())["identities"]
+            for c in identity["credentials"]
+            if c["accessKey"] == access_key_id
+        ]
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret,
+            region_name=self.region,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        try:
+            client.put_object(Bucket=PROBE_BUCKET, Key="write-check", Body=b"ok")
+        except ClientError:
+            return False
+        return True
 
     def storage_env(self, bucket: str) -> dict[str, str]:
         """The settings that point Darkroom's uploader at this server, creating ``bucket``."""
@@ -295,7 +363,13 @@ def start_s3_server(tmp_dir: Path) -> S3Server:
         ],
         "actions": ["Read", "List"],
     }
-    (tmp_dir / "s3.json").write_text(json.dumps({"identities": [identity, read_only]}))
+    writer = {
+        "name": "darkroom-writer",
+        "credentials": [{"accessKey": WRITER_ACCESS_KEY_ID, "secretKey": WRITER_SECRET_ACCESS_KEY}],
+        "actions": ["Read", "List", "Tagging", "Write"],
+    }
+    identities = [identity, read_only, writer]
+    (tmp_dir / "s3.json").write_text(json.dumps({"identities": identities}))
     last_error: S3ServerError | None = None
     for attempt in range(_START_TRIES):
         ports = _Ports(*_free_ports(8))

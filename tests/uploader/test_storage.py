@@ -312,3 +312,19 @@ async def test_put_without_write_permission_is_a_permanent_error_naming_the_buck
     )
     # For the operator: where exactly.
     assert s3_server.endpoint_url in str(caught.value)
+
+
+async def test_put_with_an_unknown_access_key_is_a_permanent_error_saying_what_to_check(
+    s3_server: S3Server, bucket: str
+) -> None:
+    store = await _open(s3_server, bucket, access_key_id="AKIANOSUCHKEY0000000")
+    try:
+        with pytest.raises(StorageError) as caught:
+            await store.put("generations/x.png", PNG, "image/png")
+    finally:
+        await store.aclose()
+
+    assert caught.value.retryable is False
+    assert (
+        caught.value.summary == f"InvalidAccessKeyId on bucket '{bucket}': check AWS_ACCESS_KEY_ID"
+    )
