@@ -99,8 +99,8 @@ class Soak:
             admin.create_bucket(Bucket=BUCKET)
         self.redis = RedisServer(root / "redis", appendonly=True, appendfsync="everysec")
         self.redis.start()
-        self.receiver = Receiver().start()
         self.webhook_secret = new_webhook_secret()
+        self.receiver = Receiver(secret=self.webhook_secret).start()
         port = free_port()
         env = stack_env(
             redis_url=self.redis.url,

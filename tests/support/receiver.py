@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from common.redis_server import free_port
 
@@ -29,6 +29,10 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    # With a receiver given the secret: the signature checked on arrival, as a real receiver
+    # does (the package refuses a timestamp over five minutes old, so a long test cannot check
+    # its early arrivals at the end): the payload, or why it was refused.
+    checked: tuple[str, dict[str, Any] | str] | None = None
 
     @property
     def json(self) -> dict[str, Any]:
@@ -41,14 +45,19 @@ class Received:
 
     def verified(self, secret: str) -> dict[str, Any]:
         """The payload, after the ``standardwebhooks`` package has checked the signature (it
-        raises ``WebhookVerificationError`` otherwise)."""
+        raises ``WebhookVerificationError`` otherwise): on arrival if the receiver had it."""
+        if self.checked is not None and self.checked[0] == secret:
+            if isinstance(self.checked[1], str):
+                raise WebhookVerificationError(self.checked[1])
+            return self.checked[1]
         found: dict[str, Any] = Webhook(secret).verify(self.body, self.headers)
         return found
 
 
 class Receiver:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, secret: str | None = None) -> None:
         self.port = port or free_port()
+        self.secret = secret
         self.received: list[Received] = []
         self.answers: deque[Answer] = deque()
         self._lock = threading.Lock()
@@ -72,14 +81,16 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802  # the http.server API
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                checked: tuple[str, dict[str, Any] | str] | None = None
+                if receiver.secret is not None:
+                    try:
+                        checked = (receiver.secret, Webhook(receiver.secret).verify(body, headers))
+                    except WebhookVerificationError as refused:
+                        checked = (receiver.secret, str(refused) or "refused")
                 with receiver._lock:
                     receiver.received.append(
-                        Received(
-                            path=self.path,
-                            headers={k.lower(): v for k, v in self.headers.items()},
-                            body=body,
-                            at=time.time(),
-                        )
+                        Received(self.path, headers, body, at=time.time(), checked=checked)
                     )
                     answer = receiver.answers.popleft() if receiver.answers else Answer()
                 time.sleep(answer.delay_s)
