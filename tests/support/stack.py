@@ -57,16 +57,22 @@ class Stack:
             )
         if not wait:
             return
-        for service in services:
-            command = service.split(":")[0]
-            if command in ("gateway", "status"):
-                wait_for(self._healthy, timeout_s=READY_TIMEOUT_S, what=f"{self.name} health")
-            else:  # the worker and the uploader log "<service>.ready" once they consume
-                wait_for(
-                    functools.partial(self._ready, service, f'"{command}.ready"'),
-                    timeout_s=READY_TIMEOUT_S,
-                    what=f"{self.name} {service} ready",
-                )
+        try:
+            for service in services:
+                command = service.split(":")[0]
+                if command in ("gateway", "status"):
+                    wait_for(self._healthy, timeout_s=READY_TIMEOUT_S, what=f"{self.name} health")
+                else:  # the worker and the uploader log "<service>.ready" once they consume
+                    wait_for(
+                        functools.partial(self._ready, service, f'"{command}.ready"'),
+                        timeout_s=READY_TIMEOUT_S,
+                        what=f"{self.name} {service} ready",
+                    )
+        except TimeoutError:
+            # The fixture that asked never gets the stack to stop: stop it here, or its
+            # processes outlive the test run.
+            self.stop_all()
+            raise
 
     def stop(
         self, service: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30
