@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,12 +179,20 @@ class Consumer:
 
 
 def kill_while_holding(
-    stack: Stack, service: str, r: redis.Redis, stream: str, group: str, *, timeout_s: float
+    stack: Stack,
+    service: str,
+    r: redis.Redis,
+    stream: str,
+    group: str,
+    *,
+    timeout_s: float,
+    enough: Callable[[list[str]], bool] = bool,
 ) -> list[str]:
-    """SIGKILL a worker at a moment it holds at least one job; the ids of the jobs it held.
+    """SIGKILL a worker at a moment it holds jobs (``enough`` of them: at least one by
+    default); the ids of the jobs it held.
 
     The worker is frozen (SIGSTOP) while its pending entries are read, and thawed to try again
-    if it held none, so the list is exactly what died with it."""
+    if it held too few, so the list is exactly what died with it."""
     process = stack.processes[service]
     consumer = Consumer(process.pid)
 
@@ -192,8 +200,9 @@ def kill_while_holding(
         check_alive(stack)
         process.send_signal(signal.SIGSTOP)
         held = consumer.pending_jobs(r, stream, group)
-        if not held:
+        if not enough(held):
             process.send_signal(signal.SIGCONT)
+            return []
         return held
 
     held = wait_for(held_while_frozen, timeout_s=timeout_s, what=f"{service} to hold a job")
