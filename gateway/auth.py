@@ -10,13 +10,12 @@ the tenant with :func:`tenant_of`; a job of another tenant is a 404, like an unk
 
 from __future__ import annotations
 
-import ipaddress
-
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.addresses import is_loopback
 from common.logging import get_logger
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobRecord
@@ -151,15 +150,6 @@ def require_admin(request: Request) -> Tenant:
     if not tenant.admin:
         raise ApiError(403, "forbidden", "This route needs an admin key.")
     return tenant
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def warn_if_open(settings: GatewaySettings) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -10,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from common.addresses import is_loopback
 from common.settings import ConsumerSettings, seed_alias
 
 # Where the kubelet mounts a pod's ServiceAccount token and the cluster's CA.
@@ -70,7 +70,7 @@ class WorkerSettings(ConsumerSettings):
         url = urlsplit(value)
         if url.scheme == "https" and url.hostname:
             return value.rstrip("/")
-        if url.scheme == "http" and url.hostname and _loopback(url.hostname):
+        if url.scheme == "http" and url.hostname and is_loopback(url.hostname):
             return value.rstrip("/")
         raise ValueError(
             f"{value!r}: the API server is reached over https (http only to a loopback address)"
@@ -87,12 +87,3 @@ class WorkerSettings(ConsumerSettings):
         if ":" in host:  # an IPv6 address
             host = f"[{host}]"
         return f"https://{host}:{self.kubernetes_service_port}"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
