@@ -17,8 +17,10 @@ def test_t2i_result_is_stored_in_s3_under_the_seed_key(
     s3_stack: Stack, s3_server: S3Server
 ) -> None:
     with httpx.Client(base_url=s3_stack.base_url, timeout=30) as client:
+        # sdxl: a route no other test of this shared stack renders, so its first job here is
+        # the one that waits for the model to load.
         response = client.post(
-            "/api/sd/t2i",
+            "/api/sdxl/t2i",
             json={
                 "prompt": "a harbour at dawn",
                 "width": 96,
