@@ -48,8 +48,9 @@ import redis
 from common.catalog import demo_catalog, write_catalog
 from common.redis_server import RedisServer, free_port
 from common.schemas import JobRecord, JobStatus
-from common.tenants import new_webhook_secret
+from common.tenants import PRIORITIES, new_webhook_secret
 from tests.support.fleet import UUID_RE, check_alive, wait_all_terminal
+from tests.support.keys import tenant_keys, tenant_names, webhook_secret
 from tests.support.ledger import Ledger
 from tests.support.receiver import Received, Receiver
 from tests.support.s3_server import (
@@ -69,6 +70,8 @@ SUBMIT_RETRY_S = 120.0
 CRASH_LOSS_S = 1.0
 # The share of jobs that ask for a webhook (their terminal event: the default filter).
 WEBHOOK_SHARE = 0.5
+# Jobs come from this many tenants (API keys), in every priority class.
+TENANTS = 3
 # A soak makes at least this many faults, past its duration if need be.
 MIN_FAULTS = 3
 # How long the receiver stays down, at most; the retry schedule outlasts two such outages back to
@@ -100,7 +103,7 @@ class Soak:
         self.redis = RedisServer(root / "redis", appendonly=True, appendfsync="everysec")
         self.redis.start()
         self.webhook_secret = new_webhook_secret()
-        self.receiver = Receiver(secret=self.webhook_secret).start()
+        self.receiver = Receiver().start()
         port = free_port()
         env = stack_env(
             redis_url=self.redis.url,
@@ -122,7 +125,8 @@ class Soak:
                 "DARKROOM_WEBHOOK_ALLOW_NETS": "127.0.0.0/8,::1/128",
                 "DARKROOM_WEBHOOK_RETRY_SCHEDULE_S": ",".join(map(str, WEBHOOK_SCHEDULE_S)),
                 "DARKROOM_WEBHOOK_TIMEOUT_S": str(WEBHOOK_TIMEOUT_S),
-                # Auth is off: every job is the local tenant's, signed with this secret.
+                # Several tenants, each job of one of them, signed with its tenant's secret.
+                "DARKROOM_AUTH": "keys",
                 "DARKROOM_WEBHOOK_SECRET": self.webhook_secret,
             },
         )
@@ -134,6 +138,7 @@ class Soak:
         # The same crashes on the wall clock, which the receiver's timestamps use.
         self.crashed_at_wall: list[float] = []
         self.hooked: set[str] = set()  # jobs that asked for a webhook
+        self.api_keys: list[str] = []  # one per tenant, made once the stack runs
         self._stop_submitting = threading.Event()
 
     @property
@@ -153,6 +158,8 @@ class Soak:
 
     def run(self, duration_s: float) -> Ledger:
         self.stack.start("worker:a", "worker:b", "uploader", "notifier", "gateway")
+        self.api_keys = tenant_keys(self.stack, TENANTS)
+        self.receiver.secrets = [webhook_secret(self.stack, n) for n in tenant_names(TENANTS)]
         submitter = threading.Thread(target=self._submit_until_stopped, name="soak-submitter")
         submitter.start()
         try:
@@ -191,15 +198,18 @@ class Soak:
                 hooked = self.rng.random() < WEBHOOK_SHARE
                 if hooked:
                     body = {**body, "webhook": self.receiver.url}
-                job_id = self._submit(client, body)
+                # Every class and tenant: jobs wait in each of the scheduler's structures.
+                body = {**body, "priority": self.rng.choice(PRIORITIES)}
+                api_key = self.rng.choice(self.api_keys)
+                job_id = self._submit(client, body, api_key)
                 self.acked_at[job_id] = time.monotonic()
                 if hooked:
                     self.hooked.add(job_id)
                 time.sleep(self.rng.uniform(0.1, 0.5))
 
-    def _submit(self, client: httpx.Client, body: dict[str, object]) -> str:
+    def _submit(self, client: httpx.Client, body: dict[str, object], api_key: str) -> str:
         """Submit once, retrying through outages with the same key: one job whatever happens."""
-        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        headers = {"Idempotency-Key": str(uuid.uuid4()), "Authorization": f"Bearer {api_key}"}
         deadline = time.monotonic() + SUBMIT_RETRY_S
         while True:
             try:
@@ -348,6 +358,7 @@ class Soak:
         found: defaultdict[str, list[tuple[Received, dict[str, Any]]]] = defaultdict(list)
         for received in list(self.receiver.received):
             # Raises WebhookVerificationError unless the signature holds.
+            # Checked on arrival with each tenant's secret (the receiver's).
             payload = received.verified(self.webhook_secret)
             if payload["type"] in TERMINAL_EVENTS and payload["data"]["id"] in due:
                 found[payload["data"]["id"]].append((received, payload))

@@ -32,6 +32,7 @@ from tests.support.fleet import (
     submit_jobs,
     wait_all_terminal,
 )
+from tests.support.keys import tenant_keys
 from tests.support.ledger import Ledger
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for
@@ -58,6 +59,8 @@ TORCH_THREADS = 1
 PHASE_TIMEOUT_S = 180.0
 DRAIN_TIMEOUT_S = 60.0
 WORKERS = ("worker:a", "worker:b", "worker:c")
+# The jobs come from this many tenants, in turn, and take the three priority classes in turn.
+TENANTS = 3
 # The demo catalogue's `sd` batch: what a killed worker may have been finishing at once.
 SD_MAX_BATCH = demo_catalog(Path("models")).routes["sd"].gpu.max_batch
 
@@ -78,6 +81,8 @@ def stack(
             "DARKROOM_TORCH_THREADS": str(TORCH_THREADS),
             # Only the route under test: workers start sooner.
             "DARKROOM_ROUTES": "sd",
+            # Several tenants, so the jobs wait in several tenants' lists of every class.
+            "DARKROOM_AUTH": "keys",
         },
     )
     yield stack
@@ -89,6 +94,11 @@ def r(stack: Stack) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def api_keys(stack: Stack) -> list[str]:
+    return tenant_keys(stack, TENANTS)
 
 
 @pytest.fixture
@@ -153,19 +163,19 @@ def output_dir(stack: Stack) -> Path:
 
 
 def run_jobs(
-    stack: Stack, client: httpx.Client, r: redis.Redis, count: int
+    stack: Stack, client: httpx.Client, r: redis.Redis, count: int, api_keys: list[str]
 ) -> dict[str, JobRecord | None]:
-    job_ids = submit_jobs(client, SUBMIT_PATH, CHEAPEST, count)
+    job_ids = submit_jobs(client, SUBMIT_PATH, CHEAPEST, count, api_keys=api_keys)
     return wait_all_terminal(stack, r, job_ids, timeout_s=PHASE_TIMEOUT_S)
 
 
 def test_three_workers_share_the_work_and_render_each_job_once(
-    stack: Stack, client: httpx.Client, r: redis.Redis, ledger: Ledger
+    stack: Stack, client: httpx.Client, r: redis.Redis, ledger: Ledger, api_keys: list[str]
 ) -> None:
     tally = Tally.begin(stack, r)
-    alone = run_jobs(stack, client, r, ONE_WORKER_JOBS)
+    alone = run_jobs(stack, client, r, ONE_WORKER_JOBS, api_keys)
     stack.start("worker:b", "worker:c")
-    shared = run_jobs(stack, client, r, THREE_WORKER_JOBS)
+    shared = run_jobs(stack, client, r, THREE_WORKER_JOBS, api_keys)
 
     by_worker = tally.check(alone | shared, ledger)
     assert by_worker["worker:a"].keys() >= alone.keys(), "the lone worker rendered every job"
@@ -174,13 +184,13 @@ def test_three_workers_share_the_work_and_render_each_job_once(
 
 
 def test_a_stopped_and_a_killed_worker_lose_nothing(
-    stack: Stack, client: httpx.Client, r: redis.Redis, ledger: Ledger
+    stack: Stack, client: httpx.Client, r: redis.Redis, ledger: Ledger, api_keys: list[str]
 ) -> None:
     keys = Keys(stack.prefix)
     stack.start(*(w for w in WORKERS if w not in stack.processes))
     tally = Tally.begin(stack, r)
 
-    job_ids = submit_jobs(client, SUBMIT_PATH, CHEAPEST, FAULT_JOBS)
+    job_ids = submit_jobs(client, SUBMIT_PATH, CHEAPEST, FAULT_JOBS, api_keys=api_keys)
     wait_for(
         lambda: count_completed(r, keys, job_ids) >= FAULT_JOBS // 10,
         timeout_s=PHASE_TIMEOUT_S,

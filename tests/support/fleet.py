@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import redis
 from common.jobs import parse_record
 from common.keys import Keys
 from common.schemas import JobRecord, JobSpec, JobStatus
+from common.tenants import PRIORITIES
 from tests.support.stack import Stack
 from tests.support.waiting import POLL_S, wait_for
 
@@ -33,12 +34,25 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 SUBMIT_THREADS = 4
 
 
-def submit_jobs(client: httpx.Client, path: str, body: dict[str, Any], count: int) -> list[str]:
+def submit_jobs(
+    client: httpx.Client,
+    path: str,
+    body: dict[str, Any],
+    count: int,
+    *,
+    api_keys: Sequence[str] = (),
+) -> list[str]:
     """Submit ``count`` copies of ``body`` (seeds 0…count-1); the job ids, in submission order.
-    Every one renders: they bypass the result cache, since those who call this count renders."""
+    Every one renders: they bypass the result cache, since those who call this count renders.
+    The jobs take the priority classes in turn, and with ``api_keys`` the tenants in turn too,
+    so the scheduler's every structure is exercised."""
 
     def one(seed: int) -> str:
-        response = client.post(path, json={**body, "seed": seed, "cache": False})
+        headers = {"Authorization": f"Bearer {api_keys[seed % len(api_keys)]}"} if api_keys else {}
+        priority = PRIORITIES[seed % len(PRIORITIES)]
+        response = client.post(
+            path, json={**body, "seed": seed, "cache": False, "priority": priority}, headers=headers
+        )
         assert response.status_code == 200, response.text
         return str(response.json()["session_id"])
 

@@ -24,3 +24,30 @@ def create_key(
         check=True,
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+# A tenant of a load test: any class, and no rate or queue limit of its own.
+UNLIMITED = ("--max-priority", "high", "--rate-per-min", "none", "--max-queued", "none")
+
+
+def tenant_names(count: int, prefix: str = "tenant") -> list[str]:
+    return [f"{prefix}-{n}" for n in range(count)]
+
+
+def tenant_keys(stack: Stack, count: int, *, prefix: str = "tenant") -> list[str]:
+    """``count`` unlimited keys, one tenant each (``tenant_names``)."""
+    return [create_key(stack, name, options=UNLIMITED) for name in tenant_names(count, prefix)]
+
+
+def webhook_secret(stack: Stack, name: str) -> str:
+    """The tenant's webhook signing secret, as ``darkroom keys webhook-secret`` shows it (made on
+    first ask)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "common.cli", "keys", "webhook-secret", name],
+        cwd=stack.workdir,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]

@@ -29,10 +29,10 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
-    # With a receiver given the secret: the signature checked on arrival, as a real receiver
+    # With a receiver given its secrets: the signature checked on arrival, as a real receiver
     # does (the package refuses a timestamp over five minutes old, so a long test cannot check
-    # its early arrivals at the end): the payload, or why it was refused.
-    checked: tuple[str, dict[str, Any] | str] | None = None
+    # its early arrivals at the end): the payload, or why every secret refused it.
+    checked: dict[str, Any] | str | None = None
 
     @property
     def json(self) -> dict[str, Any]:
@@ -45,19 +45,21 @@ class Received:
 
     def verified(self, secret: str) -> dict[str, Any]:
         """The payload, after the ``standardwebhooks`` package has checked the signature (it
-        raises ``WebhookVerificationError`` otherwise): on arrival if the receiver had it."""
-        if self.checked is not None and self.checked[0] == secret:
-            if isinstance(self.checked[1], str):
-                raise WebhookVerificationError(self.checked[1])
-            return self.checked[1]
+        raises ``WebhookVerificationError`` otherwise): on arrival, against the receiver's
+        secrets, if it had any."""
+        if isinstance(self.checked, str):
+            raise WebhookVerificationError(self.checked)
+        if self.checked is not None:
+            return self.checked
         found: dict[str, Any] = Webhook(secret).verify(self.body, self.headers)
         return found
 
 
 class Receiver:
-    def __init__(self, port: int | None = None, *, secret: str | None = None) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.secret = secret
+        # Secrets to check signatures with on arrival (one per tenant); none: not checked here.
+        self.secrets: list[str] = []
         self.received: list[Received] = []
         self.answers: deque[Answer] = deque()
         self._lock = threading.Lock()
@@ -82,12 +84,13 @@ class Receiver:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                checked: tuple[str, dict[str, Any] | str] | None = None
-                if receiver.secret is not None:
+                checked: dict[str, Any] | str | None = None
+                for secret in list(receiver.secrets):
                     try:
-                        checked = (receiver.secret, Webhook(receiver.secret).verify(body, headers))
+                        checked = Webhook(secret).verify(body, headers)
+                        break
                     except WebhookVerificationError as refused:
-                        checked = (receiver.secret, str(refused) or "refused")
+                        checked = str(refused) or "refused"
                 with receiver._lock:
                     receiver.received.append(
                         Received(self.path, headers, body, at=time.time(), checked=checked)
