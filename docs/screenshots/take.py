@@ -39,6 +39,8 @@ def render(page: Page, name: str, *, steps: str, width: str) -> None:
         "Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 30",
         timeout=WAIT_MS,
     )
+    if page.get_by_label("Live previews").is_checked():
+        page.get_by_role("img", name="Live preview of the render").wait_for(timeout=WAIT_MS)
     page.screenshot(path=HERE / f"{name}-rendering.png", full_page=True)
     page.locator("#result img").first.wait_for(timeout=WAIT_MS)
     page.wait_for_function(

@@ -175,7 +175,7 @@ async def test_the_heartbeat_publishes_render_times_and_queue_waits_are_measured
     deployment: Deployment,
 ) -> None:
     assert deployment.worker.heartbeat().render_times == {}  # nothing rendered: no estimate
-    labels = {"model": "sd", "tenant": "local"}
+    labels = {"model": "sd", "tenant": "local", "priority": "normal"}
     waits_before = REGISTRY.get_sample_value("darkroom_queue_wait_seconds_count", labels) or 0
     specs = [await deployment.submit(f"prompt {i}", seed=i) for i in range(3)]
     await deployment.run_until_settled(specs)
