@@ -10,6 +10,7 @@ Ctrl-C cancels the job on the server, then exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -194,10 +195,8 @@ def _follow(client: Client, job_id: str, display: Display) -> JobEvent:
 
 
 def _cancel_quietly(client: Client, job_id: str) -> None:
-    try:
+    with contextlib.suppress(Conflict):  # it ended meanwhile
         client.cancel(job_id)
-    except Conflict:
-        pass  # it ended meanwhile
 
 
 def _describe(exc: ApiError) -> str:

@@ -15,12 +15,13 @@ from typing import Any, BinaryIO
 import httpx
 from httpx_sse import ServerSentEvent
 
-from darkroom_client.errors import ApiError, error_from, retry_after_s
+from darkroom_client.errors import ApiError, JobCanceled, JobFailed, error_from, retry_after_s
 from darkroom_client.models import (
     Batch,
     Event,
     Job,
     JobEvent,
+    JobState,
     PreviewEvent,
     QueueEvent,
     Task,
@@ -238,3 +239,12 @@ def same_origin(base: httpx.URL, url: str) -> bool:
     """Whether ``url`` is on the gateway (which may get the API key) or elsewhere (S3: not)."""
     other = httpx.URL(url)
     return (other.scheme, other.host, other.port) == (base.scheme, base.host, base.port)
+
+
+def finished(state: JobState) -> JobState:
+    """A terminal state as ``wait()`` returns it: completed, or the failure raised."""
+    if state.status == "failed":
+        raise JobFailed(state)
+    if state.status == "canceled":
+        raise JobCanceled(state)
+    return state

@@ -23,7 +23,6 @@ from darkroom_client.models import (
     JobState,
     Task,
 )
-from darkroom_client.sync import _finished
 
 T = TypeVar("T")
 
@@ -186,7 +185,7 @@ class AsyncClient:
         :class:`JobCanceled`."""
         async for _ in self.watch(job_id):
             pass
-        return _finished(await self.status(job_id))
+        return _core.finished(await self.status(job_id))
 
     async def download(self, job: JobState | str, out_dir: str | Path = ".") -> list[Path]:
         """Save every result of a finished job into ``out_dir``; the paths, in result order."""

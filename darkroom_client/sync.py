@@ -16,8 +16,6 @@ from darkroom_client import _core
 from darkroom_client._core import Call, ImageInput
 from darkroom_client.errors import (
     ConnectionFailed,
-    JobCanceled,
-    JobFailed,
     Unavailable,
     error_from,
 )
@@ -182,7 +180,7 @@ class Client:
         :class:`JobCanceled`."""
         for _ in self.watch(job_id):
             pass
-        return _finished(self.status(job_id))
+        return _core.finished(self.status(job_id))
 
     def download(self, job: JobState | str, out_dir: str | Path = ".") -> list[Path]:
         """Save every result of a finished job into ``out_dir``; the paths, in result order."""
@@ -265,11 +263,3 @@ class Client:
             if failures > _core.MAX_RECONNECTS:
                 raise ConnectionFailed(f"feed {path} keeps closing early")
             time.sleep(_core.backoff_s(failures - 1))
-
-
-def _finished(state: JobState) -> JobState:
-    if state.status == "failed":
-        raise JobFailed(state)
-    if state.status == "canceled":
-        raise JobCanceled(state)
-    return state
