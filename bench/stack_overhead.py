@@ -88,9 +88,10 @@ class RawLoop:
     """The pipeline alone, in this process: loaded (and warmed) exactly as the worker does, and
     called the way the worker calls it (``render`` for one job, ``render_batch`` for more)."""
 
-    def __init__(self, models_file: Path) -> None:
+    def __init__(self, models_file: Path, params: dict[str, Any] | None = None) -> None:
         from common.catalog import Catalog
 
+        self._params = PARAMS if params is None else params
         registry = ModelRegistry(Catalog.load(models_file), [ROUTE], torch.device("cpu"))
         registry.load_all()
         self._pipelines: Pipelines = registry.pipelines(ROUTE)
@@ -101,7 +102,7 @@ class RawLoop:
         specs = []
         for _ in range(batch):
             i, self._made = self._made, self._made + 1
-            params = RenderParams(prompt=f"raw {i}", seed=i, **PARAMS)
+            params = RenderParams(prompt=f"raw {i}", seed=i, **self._params)
             specs.append(
                 JobSpec(
                     job_id=f"raw-{i}",

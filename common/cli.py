@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -38,6 +39,17 @@ def _build(cls: type[S]) -> S:
     return settings
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """A service's main coroutine on uvloop where it is installed (uvicorn's choice for the
+    gateway too): its socket I/O and callbacks cost less CPU than the stock loop's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def _gateway(role: str) -> None:
     from gateway.server import serve
     from gateway.settings import GatewaySettings
@@ -49,21 +61,21 @@ def _worker() -> None:
     from gpu_worker.main import run
     from gpu_worker.settings import WorkerSettings
 
-    asyncio.run(run(_build(WorkerSettings)))
+    _run(run(_build(WorkerSettings)))
 
 
 def _uploader() -> None:
     from uploader.main import run
     from uploader.settings import UploaderSettings
 
-    asyncio.run(run(_build(UploaderSettings)))
+    _run(run(_build(UploaderSettings)))
 
 
 def _notifier() -> None:
     from notifier.main import run
     from notifier.settings import NotifierSettings
 
-    asyncio.run(run(_build(NotifierSettings)))
+    _run(run(_build(NotifierSettings)))
 
 
 def _up() -> None:

@@ -45,6 +45,24 @@ class LocalSettings(KeySettings):
     host: str = "127.0.0.1"
 
 
+def default_torch_threads() -> int:
+    """The worker's torch threads when it shares the machine with every other service: half the
+    cores. Its operator threads wait for each other spinning, so a core taken by the gateway,
+    Redis or the uploader in the middle of an operator stalls the whole render."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def consumer_probe_ports(first: str | None) -> dict[str, dict[str, str]]:
+    """With ``DARKROOM_HEALTH_PORT`` set, each consumer serves /livez, /readyz and /metrics on a
+    port of its own: the worker on that one, the uploader and the notifier on the next two."""
+    if not first:
+        return {}
+    return {
+        name: {"DARKROOM_HEALTH_PORT": str(int(first) + offset)}
+        for offset, name in enumerate(("worker", "uploader", "notifier"))
+    }
+
+
 def running_redis_url(state_dir: Path) -> str | None:
     """The embedded Redis of a ``darkroom up`` running with this state directory, if any."""
     path = state_dir / REDIS_URL_FILE
@@ -112,16 +130,20 @@ def up(settings: LocalSettings) -> int:
     env["DARKROOM_HOST"] = settings.host
     env["DARKROOM_AUTH"] = settings.auth
     env.pop("DARKROOM_STATE_DIR", None)
+    env.setdefault("DARKROOM_TORCH_THREADS", str(default_torch_threads()))
     if settings.auth == "off" and settings.host == "127.0.0.1":
         # One user on one machine: webhooks may go to a receiver on this machine too.
         env.setdefault("DARKROOM_WEBHOOK_ALLOW_NETS", "127.0.0.0/8,::1/128")
+    probe_ports = consumer_probe_ports(env.pop("DARKROOM_HEALTH_PORT", None))
     secret_from = "DARKROOM_WEBHOOK_SECRET"
     if "DARKROOM_WEBHOOK_SECRET" not in env:
         env["DARKROOM_WEBHOOK_SECRET"], secret_path = webhook_secret(settings.state_dir)
         secret_from = str(secret_path)
 
     children = {
-        name: subprocess.Popen([sys.executable, "-m", "common.cli", name], env=env)
+        name: subprocess.Popen(
+            [sys.executable, "-m", "common.cli", name], env={**env, **probe_ports.get(name, {})}
+        )
         for name in SERVICES
     }
     log.info(
@@ -132,6 +154,7 @@ def up(settings: LocalSettings) -> int:
         auth=settings.auth,
         webhook_secret=secret_from,
         webhook_allow_nets=env.get("DARKROOM_WEBHOOK_ALLOW_NETS", ""),
+        probe_ports={name: int(port["DARKROOM_HEALTH_PORT"]) for name, port in probe_ports.items()},
         message=f"listening on {settings.host}:{settings.port} with auth {settings.auth}"
         + (
             " (this machine only; no API keys needed)"

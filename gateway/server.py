@@ -19,6 +19,7 @@ def serve(settings: GatewaySettings, role: Role) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=settings.access_log,
         proxy_headers=True,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )

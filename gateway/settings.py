@@ -18,6 +18,9 @@ class GatewaySettings(KeySettings):
     port: int = Field(default=8000, ge=1, le=65535)
     # GET /metrics (Prometheus) on this port, apart from the public one; unset: not served.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # uvicorn's access log, one unstructured line per request: off by default, since every
+    # request is counted by route and status on /metrics and every job's own lines name it.
+    access_log: bool = False
     # Largest accepted image upload; the request body may exceed it by the form's overhead only.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     # Larger images are refused before they are decoded (decompression bombs).

@@ -29,6 +29,7 @@ async def run(settings: WorkerSettings) -> None:
     stop = stop_event_on_signals()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    log.info("worker.torch", threads=torch.get_num_threads())
     budget_mb = settings.model_memory_budget_mb
     registry = ModelRegistry(
         Catalog.load(settings.models_file),

@@ -31,9 +31,11 @@ def _healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
 
 
 def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+    port, probe_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DARKROOM_", "REDIS_"))}
     env.update({"DARKROOM_PORT": str(port), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)})
+    # Each consumer's probes on a port of its own: the worker's, then the next two.
+    env["DARKROOM_HEALTH_PORT"] = str(probe_port)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -88,6 +90,15 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         # Auth off, this machine only, and it says so; `darkroom keys` finds its Redis.
         up_line = next(line for line in log.read_text().splitlines() if '"darkroom.up"' in line)
         assert '"auth": "off"' in up_line and '"host": "127.0.0.1"' in up_line, up_line
+        for offset, service in enumerate(("worker", "uploader", "notifier")):
+            assert f'"{service}": {probe_port + offset}' in up_line, up_line
+            ready = httpx.get(f"http://127.0.0.1:{probe_port + offset}/readyz", timeout=5)
+            assert ready.status_code == 200, (service, ready.text)
+        worker_metrics = httpx.get(f"http://127.0.0.1:{probe_port}/metrics", timeout=5).text
+        assert 'darkroom_batch_size_count{model="sd"} 1.0' in worker_metrics
+        # The worker shares the machine with every other service: half the cores at most.
+        torch_line = next(line for line in log.read_text().splitlines() if "worker.torch" in line)
+        assert f'"threads": {max(1, (os.cpu_count() or 1) // 2)}' in torch_line, torch_line
         keys = subprocess.run(
             [sys.executable, "-m", "common.cli", "keys", "create", "--name", "laptop"],
             cwd=tmp_path,
