@@ -37,7 +37,8 @@ class Generator:
         from common.catalog import Catalog
         from gpu_worker.registry import ModelRegistry
 
-        # Ray sets OMP_NUM_THREADS=1 in its workers; the Darkroom worker uses every core.
+        # Ray sets OMP_NUM_THREADS=1 in its workers; the bench gives the replica the threads
+        # it gives the Darkroom worker.
         torch.set_num_threads(torch_threads)
         registry = ModelRegistry(Catalog.load(Path(models_file)), [ROUTE], torch.device("cpu"))
         registry.load_all()
@@ -47,7 +48,8 @@ class Generator:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.made = 0
 
-    async def render_batch(self, bodies: list[dict[str, Any]]) -> list[dict[str, str]]:
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def render(self, bodies: list[dict[str, Any]]) -> list[dict[str, str]]:
         from common.schemas import JobSpec, RenderParams, Task
         from gpu_worker.encoding import encode
         from gpu_worker.families import batch_family
@@ -75,8 +77,6 @@ class Generator:
             path.write_bytes(encode(artifacts[0]).data)
             urls.append({"url": path.as_uri()})
         return urls
-
-    render = serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)(render_batch)
 
     async def __call__(self, request: Request) -> dict[str, str]:
         answer: dict[str, str] = await self.render(await request.json())
