@@ -46,17 +46,28 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """
 
-# KEYS: stream, target, then blob keys; ARGV: group, consumer, msg_id, field, value, blob TTL,
-# then the blobs' bytes. Writes the blobs, appends to the target stream and acks, only if the
-# entry is still ours: a member that lost it writes nothing at all.
+# KEYS: per entry its stream, its target and its blob keys; ARGV: group, consumer, blob TTL, then
+# per entry: msg_id, field, value, the number of blobs, then the blobs' bytes. For each entry:
+# writes its blobs, appends to its target stream and acks, only if the entry is still ours: a
+# member that lost it writes nothing at all for it. Returns 1 or 0 for each.
 _FORWARD = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
-for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 4], 'EX', ARGV[6]) end
-redis.call('XADD', KEYS[2], '*', ARGV[4], ARGV[5])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
+local group, consumer, ttl = ARGV[1], ARGV[2], ARGV[3]
+local k, a, out = 1, 4, {}
+while a <= #ARGV do
+  local stream, target, msg_id, n = KEYS[k], KEYS[k + 1], ARGV[a], tonumber(ARGV[a + 3])
+  local pending = redis.call('XPENDING', stream, group, msg_id, msg_id, 1)
+  if #pending == 0 or pending[1][2] ~= consumer then
+    out[#out + 1] = 0
+  else
+    for i = 1, n do redis.call('SET', KEYS[k + 1 + i], ARGV[a + 3 + i], 'EX', ttl) end
+    redis.call('XADD', target, '*', ARGV[a + 1], ARGV[a + 2])
+    redis.call('XACK', stream, group, msg_id)
+    redis.call('XDEL', stream, msg_id)
+    out[#out + 1] = 1
+  end
+  k, a = k + 2 + n, a + 4 + n
+end
+return out
 """
 
 # KEYS: stream; ARGV: group, consumer, msg_id, idle_ms, deliveries to uncount (1 or 0). Gives an
@@ -85,6 +96,18 @@ class Delivery:
     @property
     def reclaimed(self) -> bool:
         return self.attempt > 1
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One entry for ``StreamConsumer.forward_all``: ``{name: value}`` goes to ``target``, with
+    ``blobs`` (key → bytes) written beside it."""
+
+    delivery: Delivery
+    target: str
+    name: str
+    value: str
+    blobs: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -199,25 +222,29 @@ class StreamConsumer:
         """Write ``blobs`` (key → bytes, with a TTL), append ``{name: value}`` to ``target`` and
         ack, atomically and only if the entry is still this member's. ``False``: another member
         took it over, and nothing was written. On a Redis error the delivery stays held."""
-        blobs = blobs or {}
-        self._settle(delivery)  # before the call: the claim keeper must not see it acked
+        (done,) = await self.forward_all(
+            [Forward(delivery, target, name, value, blobs or {})], blob_ttl_s=blob_ttl_s
+        )
+        return done
+
+    async def forward_all(self, items: Sequence[Forward], *, blob_ttl_s: int = 0) -> list[bool]:
+        """``forward`` for several entries in one round trip (a batch's outputs), each on its
+        own: one whose claim was lost writes nothing, the others go on. On a Redis error every
+        delivery stays held."""
+        keys: list[str] = []
+        args: list[str | bytes | int] = [self.group, self.consumer, blob_ttl_s]
+        for item in items:
+            keys += [item.delivery.stream, item.target, *item.blobs]
+            args += [item.delivery.msg_id, item.name, item.value, len(item.blobs)]
+            args += item.blobs.values()
+            self._settle(item.delivery)  # before the call: the claim keeper must not see it acked
         try:
-            done = await self._forward(
-                keys=[delivery.stream, target, *blobs],
-                args=[
-                    self.group,
-                    self.consumer,
-                    delivery.msg_id,
-                    name,
-                    value,
-                    blob_ttl_s,
-                    *blobs.values(),
-                ],
-            )
+            done = await self._forward(keys=keys, args=args)
         except BaseException:
-            self._held[_key(delivery)] = delivery  # not handed on: still ours to keep
+            for item in items:  # not handed on: still ours to keep
+                self._held[_key(item.delivery)] = item.delivery
             raise
-        return bool(done)
+        return [bool(one) for one in done]
 
     async def keep_claim(self, delivery: Delivery) -> bool:
         """Reset the entry's idle time so a long job is not taken over; ``False`` if lost."""

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT, FieldT, KeyT
 
 from common.cost import job_cost
 from common.keys import WORKERS_GROUP, Keys
@@ -78,107 +79,123 @@ local function batch_item_ended(batch_id, job, log, ttl_s, batch_prefix, items_p
 end
 """
 
+# KEYS: webhook events, deadlines, inputs, input bytes; then per job: its record, its event log,
+# its input blob. ARGV: now, terminal TTL, event log maxlen, webhook progress interval, ready
+# stream prefix, workers group, tenant jobs and input bytes prefixes, the tenant of a record
+# without one, usage prefix, day and TTL, batch, batch items, job and event log prefixes,
+# scheduler prefix, backlog prefix, webhook stream cap; then per job: its patch (JSON) and its
+# pub/sub channel. Returns each job's event ('' if unknown or already terminal).
 _EMIT = (
     RECORD_USAGE_LUA
     + BATCH_ITEM_ENDED_LUA
     + SCHEDULER_LUA
     + """
-local job, log, webhook_stream = KEYS[1], KEYS[2], KEYS[3]
-local deadlines, inputs, input_bytes, input_blob = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local patch = cjson.decode(ARGV[1])
-local now, ttl_s, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local log_maxlen, progress_interval_s = ARGV[5], tonumber(ARGV[6])
-local stream_prefix, group = ARGV[7], ARGV[8]
-local tenant_jobs_prefix, tenant_bytes_prefix, local_tenant = ARGV[9], ARGV[10], ARGV[11]
-local usage_prefix, usage_day, usage_ttl_s = ARGV[12], ARGV[13], ARGV[14]
-local sched_prefix, backlog_prefix = ARGV[19], ARGV[20]
+local webhook_stream, deadlines, inputs, input_bytes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, ttl_s = ARGV[1], tonumber(ARGV[2])
+local log_maxlen, progress_interval_s = ARGV[3], tonumber(ARGV[4])
+local stream_prefix, group = ARGV[5], ARGV[6]
+local tenant_jobs_prefix, tenant_bytes_prefix, local_tenant = ARGV[7], ARGV[8], ARGV[9]
+local usage_prefix, usage_day, usage_ttl_s = ARGV[10], ARGV[11], ARGV[12]
+local sched_prefix, backlog_prefix = ARGV[17], ARGV[18]
 
-local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls',
-  'error', 'model', 'entry_id', 'input_bytes')
-if not cur[1] then return false end
-local status = cur[2]
-if status == 'completed' or status == 'failed' or status == 'canceled' then return false end
-local previous = status
+local function emit(job, log, input_blob, patch, channel)
+  local cur = redis.call('HMGET', job, 'job_id', 'status', 'progress', 'message', 'result_urls',
+    'error', 'model', 'entry_id', 'input_bytes')
+  if not cur[1] then return false end
+  local status = cur[2]
+  if status == 'completed' or status == 'failed' or status == 'canceled' then return false end
+  local previous = status
 
-local progress = tonumber(cur[3]) or 0
-if patch.progress and patch.progress > progress then progress = patch.progress end
-if patch.status then status = patch.status end
-local message = patch.message or cur[4] or ''
-local result_urls = patch.result_urls or cur[5]
-local err = patch.error or cur[6]
-local seq = redis.call('HINCRBY', job, 'seq', 1)
+  local progress = tonumber(cur[3]) or 0
+  if patch.progress and patch.progress > progress then progress = patch.progress end
+  if patch.status then status = patch.status end
+  local message = patch.message or cur[4] or ''
+  local result_urls = patch.result_urls or cur[5]
+  local err = patch.error or cur[6]
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
 
-redis.call('HSET', job,
-  'status', status, 'progress', progress, 'message', message, 'updated_at', now)
-if patch.result_urls then redis.call('HSET', job, 'result_urls', patch.result_urls) end
-if patch.error then redis.call('HSET', job, 'error', patch.error) end
-if patch.fields then
-  for k, v in pairs(patch.fields) do redis.call('HSET', job, k, v) end
-end
-
-local event = {seq = seq, job_id = cur[1], status = status, progress = progress,
-               message = message, ts = tonumber(now)}
-if result_urls and result_urls ~= '[]' then event.result_urls = cjson.decode(result_urls) end
-if err then event.error = err end
-local payload = cjson.encode(event)
-
-redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, seq .. '-0', 'event', payload)
-if status == 'completed' or status == 'failed' or status == 'canceled' then
-  redis.call('EXPIRE', job, ttl_s)
-  redis.call('EXPIRE', log, ttl_s)
-  -- Nothing of a finished job waits anywhere: its queue entry (a worker holding it finds its
-  -- claim gone and hands nothing on), its deadline, its input bytes.
-  if cur[7] and cur[8] then
-    local stream = stream_prefix .. cur[7]
-    redis.call('XACK', stream, group, cur[8])
-    redis.call('XDEL', stream, cur[8])
+  redis.call('HSET', job,
+    'status', status, 'progress', progress, 'message', message, 'updated_at', now)
+  if patch.result_urls then redis.call('HSET', job, 'result_urls', patch.result_urls) end
+  if patch.error then redis.call('HSET', job, 'error', patch.error) end
+  if patch.fields then
+    for k, v in pairs(patch.fields) do redis.call('HSET', job, k, v) end
   end
-  redis.call('ZREM', deadlines, cur[1])
-  -- Nor in the scheduler's waiting lists, nor in the route's backlog.
-  local sched = redis.call('HMGET', job, 'queue', 'priority', 'tenant', 'backlog_id')
-  if sched[1] and cur[7] then
-    sched_remove(sched_prefix, cur[7], sched[2], sched[3] or local_tenant, cur[1])
-    redis.call('HDEL', job, 'queue')
+
+  local event = {seq = seq, job_id = cur[1], status = status, progress = progress,
+                 message = message, ts = tonumber(now)}
+  if result_urls and result_urls ~= '[]' then event.result_urls = cjson.decode(result_urls) end
+  if err then event.error = err end
+  local payload = cjson.encode(event)
+
+  redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, seq .. '-0', 'event', payload)
+  if status == 'completed' or status == 'failed' or status == 'canceled' then
+    redis.call('EXPIRE', job, ttl_s)
+    redis.call('EXPIRE', log, ttl_s)
+    -- Nothing of a finished job waits anywhere: its queue entry (a worker holding it finds its
+    -- claim gone and hands nothing on), its deadline, its input bytes.
+    if cur[7] and cur[8] then
+      local stream = stream_prefix .. cur[7]
+      redis.call('XACK', stream, group, cur[8])
+      redis.call('XDEL', stream, cur[8])
+    end
+    redis.call('ZREM', deadlines, cur[1])
+    -- Nor in the scheduler's waiting lists, nor in the route's backlog.
+    local sched = redis.call('HMGET', job, 'queue', 'priority', 'tenant', 'backlog_id')
+    if sched[1] and cur[7] then
+      sched_remove(sched_prefix, cur[7], sched[2], sched[3] or local_tenant, cur[1])
+      redis.call('HDEL', job, 'queue')
+    end
+    if sched[4] and cur[7] then redis.call('XDEL', backlog_prefix .. cur[7], sched[4]) end
+    -- Nor does it count against its tenant's quotas: jobs at once, input bytes waiting.
+    local tenant = redis.call('HGET', job, 'tenant') or local_tenant
+    local tenant_bytes = tenant_bytes_prefix .. tenant
+    redis.call('ZREM', tenant_jobs_prefix .. tenant, cur[1])
+    if cur[9] then
+      redis.call('DEL', input_blob)
+      if redis.call('ZREM', inputs, cur[1] .. ':' .. cur[9]) == 1 then
+        redis.call('DECRBY', input_bytes, cur[9])
+        if redis.call('DECRBY', tenant_bytes, cur[9]) <= 0 then redis.call('DEL', tenant_bytes) end
+      end
+    end
+    record_usage(job, status, usage_prefix, usage_day, usage_ttl_s)
+    local batch = redis.call('HGET', job, 'batch')
+    if batch then batch_item_ended(batch, job, log, ttl_s, ARGV[13], ARGV[14], ARGV[15],
+      ARGV[16]) end
   end
-  if sched[4] and cur[7] then redis.call('XDEL', backlog_prefix .. cur[7], sched[4]) end
-  -- Nor does it count against its tenant's quotas: jobs at once, input bytes waiting.
-  local tenant = redis.call('HGET', job, 'tenant') or local_tenant
-  local tenant_bytes = tenant_bytes_prefix .. tenant
-  redis.call('ZREM', tenant_jobs_prefix .. tenant, cur[1])
-  if cur[9] then
-    redis.call('DEL', input_blob)
-    if redis.call('ZREM', inputs, cur[1] .. ':' .. cur[9]) == 1 then
-      redis.call('DECRBY', input_bytes, cur[9])
-      if redis.call('DECRBY', tenant_bytes, cur[9]) <= 0 then redis.call('DEL', tenant_bytes) end
+  -- A job that asked for a webhook puts the kinds of event it asked for on the notifier's stream.
+  local hook = redis.call('HMGET', job, 'webhook', 'webhook_events', 'webhook_progress_at',
+    'tenant', 'api', 'params')
+  if hook[1] then
+    local kind, event_type = nil, nil
+    if status == 'completed' or status == 'failed' or status == 'canceled' then
+      kind, event_type = 'completed', 'job.' .. status
+    elseif status == 'processing' and previous == 'pending' then
+      kind, event_type = 'start', 'job.started'
+    elseif status == 'processing'
+      and tonumber(now) - (tonumber(hook[3]) or 0) >= progress_interval_s then
+      kind, event_type = 'progress', 'job.progress'
+    end
+    if kind and string.find(',' .. hook[2] .. ',', ',' .. kind .. ',', 1, true) then
+      if kind ~= 'completed' then redis.call('HSET', job, 'webhook_progress_at', now) end
+      -- Capped (ARGV[19]): with no notifier reading it, it must not fill Redis.
+      redis.call('XADD', webhook_stream, 'MAXLEN', '~', ARGV[19], '*', 'job_id', cur[1], 'seq', seq,
+        'type', event_type, 'url', hook[1], 'tenant', hook[4] or '', 'api', hook[5] or 'api',
+        'params', hook[6] or '{}', 'event', payload)
     end
   end
-  record_usage(job, status, usage_prefix, usage_day, usage_ttl_s)
-  local batch = redis.call('HGET', job, 'batch')
-  if batch then batch_item_ended(batch, job, log, ttl_s, ARGV[15], ARGV[16], ARGV[17], ARGV[18]) end
+  redis.call('PUBLISH', channel, payload)
+  return payload
 end
--- A job that asked for a webhook puts the kinds of event it asked for on the notifier's stream.
-local hook = redis.call('HMGET', job, 'webhook', 'webhook_events', 'webhook_progress_at',
-  'tenant', 'api', 'params')
-if hook[1] then
-  local kind, event_type = nil, nil
-  if status == 'completed' or status == 'failed' or status == 'canceled' then
-    kind, event_type = 'completed', 'job.' .. status
-  elseif status == 'processing' and previous == 'pending' then
-    kind, event_type = 'start', 'job.started'
-  elseif status == 'processing' and tonumber(now) - (tonumber(hook[3]) or 0) >= progress_interval_s
-  then
-    kind, event_type = 'progress', 'job.progress'
-  end
-  if kind and string.find(',' .. hook[2] .. ',', ',' .. kind .. ',', 1, true) then
-    if kind ~= 'completed' then redis.call('HSET', job, 'webhook_progress_at', now) end
-    -- Capped (ARGV[21]): with no notifier reading it, it must not fill Redis.
-    redis.call('XADD', webhook_stream, 'MAXLEN', '~', ARGV[21], '*', 'job_id', cur[1], 'seq', seq,
-      'type', event_type, 'url', hook[1], 'tenant', hook[4] or '', 'api', hook[5] or 'api',
-      'params', hook[6] or '{}', 'event', payload)
-  end
+
+-- Each job's change on its own: one that is unknown or terminal is skipped ('').
+local out = {}
+for i = 0, (#KEYS - 4) / 3 - 1 do
+  local payload = emit(KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i],
+    cjson.decode(ARGV[20 + 2 * i]), ARGV[21 + 2 * i])
+  out[i + 1] = payload or ''
 end
-redis.call('PUBLISH', channel, payload)
-return payload
+return out
 """
 )
 
@@ -352,6 +369,36 @@ def record_fields(
     return record
 
 
+@dataclass(frozen=True)
+class JobChange:
+    """One change of a job for ``JobStore.emit_all``; a field left ``None`` keeps its value."""
+
+    job_id: str
+    status: JobStatus | None = None
+    progress: int | None = None
+    message: str | None = None
+    result_urls: list[str] | None = None
+    error: str | None = None
+    fields: dict[str, str | int | float] | None = None
+
+    def patch(self) -> str:
+        """The change as the emit script reads it (JSON)."""
+        patch: dict[str, Any] = {}
+        if self.status is not None:
+            patch["status"] = self.status.value
+        if self.progress is not None:
+            patch["progress"] = max(0, min(100, self.progress))
+        if self.message is not None:
+            patch["message"] = self.message
+        if self.result_urls is not None:
+            patch["result_urls"] = json.dumps(self.result_urls)
+        if self.error is not None:
+            patch["error"] = self.error
+        if self.fields:
+            patch["fields"] = {k: str(v) for k, v in self.fields.items()}
+        return json.dumps(patch)
+
+
 class JobStore:
     def __init__(
         self,
@@ -475,58 +522,65 @@ class JobStore:
         fields: dict[str, str | int | float] | None = None,
     ) -> JobEvent | None:
         """Apply a change and publish it; ``None`` when the job is unknown or already terminal."""
-        patch: dict[str, Any] = {}
-        if status is not None:
-            patch["status"] = status.value
-        if progress is not None:
-            patch["progress"] = max(0, min(100, progress))
-        if message is not None:
-            patch["message"] = message
-        if result_urls is not None:
-            patch["result_urls"] = json.dumps(result_urls)
-        if error is not None:
-            patch["error"] = error
-        if fields:
-            patch["fields"] = {k: str(v) for k, v in fields.items()}
+        change = JobChange(job_id, status, progress, message, result_urls, error, fields)
+        (payload,) = await self._apply([change])
+        return JobEvent.model_validate_json(payload) if payload else None
+
+    async def emit_all(self, changes: Sequence[JobChange]) -> list[bool]:
+        """Apply each change and publish it, as ``emit`` does, all in one round trip (a batch's
+        progress); for each, whether it applied (``False``: unknown or already terminal)."""
+        if not changes:
+            return []
+        return [bool(payload) for payload in await self._apply(changes)]
+
+    async def _apply(self, changes: Sequence[JobChange]) -> list[str]:
         keys, now = self._keys, time.time()
-        payload = await self._emit(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                keys.webhook_events,
-                keys.deadlines,
-                keys.inputs,
-                keys.input_bytes,
-                keys.input_blob(job_id),
-            ],
-            args=[
-                json.dumps(patch),
-                repr(now),
-                self._task_ttl_s,
-                keys.progress_channel(job_id),
-                JOB_EVENT_LOG_MAXLEN,
-                WEBHOOK_PROGRESS_INTERVAL_S,
-                keys.job_stream(""),
-                WORKERS_GROUP,
-                keys.tenant_jobs(""),
-                keys.tenant_input_bytes(""),
-                LOCAL_TENANT,
-                # A job that ends here is added to its tenant's usage of this UTC day.
-                keys.usage_prefix,
-                usage_day(now),
-                self._usage_retention_s,
-                # A batch's item that ends may end its batch (``common.batches``).
-                keys.batch(""),
-                keys.batch_jobs(""),
-                keys.job(""),
-                keys.job_events(""),
-                # A waiting job leaves the scheduler's lists, every job the route's backlog.
-                keys.scheduler_prefix,
-                keys.backlog(""),
-                self._webhook_events_maxlen,
-            ],
-        )
-        return None if payload is None else JobEvent.model_validate_json(payload)
+        script_keys: list[KeyT] = [
+            keys.webhook_events,
+            keys.deadlines,
+            keys.inputs,
+            keys.input_bytes,
+        ]
+        args: list[EncodableT] = [
+            repr(now),
+            self._task_ttl_s,
+            JOB_EVENT_LOG_MAXLEN,
+            WEBHOOK_PROGRESS_INTERVAL_S,
+            keys.job_stream(""),
+            WORKERS_GROUP,
+            keys.tenant_jobs(""),
+            keys.tenant_input_bytes(""),
+            LOCAL_TENANT,
+            # A job that ends here is added to its tenant's usage of this UTC day.
+            keys.usage_prefix,
+            usage_day(now),
+            self._usage_retention_s,
+            # A batch's item that ends may end its batch (``common.batches``).
+            keys.batch(""),
+            keys.batch_jobs(""),
+            keys.job(""),
+            keys.job_events(""),
+            # A waiting job leaves the scheduler's lists, every job the route's backlog.
+            keys.scheduler_prefix,
+            keys.backlog(""),
+            self._webhook_events_maxlen,
+        ]
+        for change in changes:
+            job_id = change.job_id
+            script_keys += [keys.job(job_id), keys.job_events(job_id), keys.input_blob(job_id)]
+            args += [change.patch(), keys.progress_channel(job_id)]
+        payloads: list[str | bytes] = await self._emit(keys=script_keys, args=args)
+        return [_text(payload) for payload in payloads]
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Each job's status, ``None`` for one unknown (expired); one round trip for all."""
+        if not job_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self._keys.job(job_id), "status")
+            found: list[str | bytes | None] = await pipe.execute()
+        return [None if status is None else JobStatus(_text(status)) for status in found]
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))

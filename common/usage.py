@@ -13,6 +13,7 @@ stopping at its next step) goes straight to the day the job was counted on.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -44,20 +45,27 @@ local function record_usage(job, status, prefix, day, ttl_s)
 end
 """
 
-# KEYS: job. ARGV: GPU seconds, render token, usage key prefix, retention in seconds.
-# Once per token: a retried call (a lost reply) charges nothing more.
+# KEYS: jobs. ARGV: usage key prefix, retention in seconds, then per job: GPU seconds, render
+# token. Once per token: a retried call (a lost reply) charges nothing more. Returns 1 for each
+# job charged, 0 for one unknown or charged already.
 _CHARGE_GPU = f"""
-local job = KEYS[1]
-local cur = redis.call('HMGET', job, 'job_id', 'tenant', 'usage_day')
-if not cur[1] then return 0 end
-if redis.call('HSETNX', job, 'charged:' .. ARGV[2], ARGV[1]) == 0 then return 0 end
-redis.call('HINCRBYFLOAT', job, 'gpu_s', ARGV[1])
-if cur[3] then
-  local key = ARGV[3] .. (cur[2] or '{LOCAL_TENANT}') .. ':' .. cur[3]
-  redis.call('HINCRBYFLOAT', key, 'gpu_s', ARGV[1])
-  redis.call('EXPIRE', key, ARGV[4])
+local out = {{}}
+for i, job in ipairs(KEYS) do
+  local gpu_s, token = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local cur = redis.call('HMGET', job, 'job_id', 'tenant', 'usage_day')
+  if not cur[1] or redis.call('HSETNX', job, 'charged:' .. token, gpu_s) == 0 then
+    out[i] = 0
+  else
+    redis.call('HINCRBYFLOAT', job, 'gpu_s', gpu_s)
+    if cur[3] then
+      local key = ARGV[1] .. (cur[2] or '{LOCAL_TENANT}') .. ':' .. cur[3]
+      redis.call('HINCRBYFLOAT', key, 'gpu_s', gpu_s)
+      redis.call('EXPIRE', key, ARGV[2])
+    end
+    out[i] = 1
+  end
 end
-return 1
+return out
 """
 
 
@@ -175,11 +183,20 @@ class UsageStore:
         """Add one render's GPU time to its job, once per ``token`` (``render_token``); to the
         tenant's day as well when the job has ended already. ``False``: nothing added (an
         unknown job, or this token was charged already)."""
+        (charged,) = await self.charge_gpu_all([(job_id, gpu_s, token)])
+        return charged
+
+    async def charge_gpu_all(self, charges: Sequence[tuple[str, float, str]]) -> list[bool]:
+        """``charge_gpu`` for several renders (job id, GPU seconds, token) in one round trip."""
+        if not charges:
+            return []
+        args: list[str | int] = [self._keys.usage_prefix, self._retention_s]
+        for _, gpu_s, token in charges:
+            args += [f"{gpu_s:.6f}", token]
         charged = await self._charge_gpu(
-            keys=[self._keys.job(job_id)],
-            args=[f"{gpu_s:.6f}", token, self._keys.usage_prefix, self._retention_s],
+            keys=[self._keys.job(job_id) for job_id, _, _ in charges], args=args
         )
-        return bool(charged)
+        return [bool(one) for one in charged]
 
     async def read(self, tenant: str, first: date, last: date) -> UsageReport:
         """The tenant's usage from ``first`` to ``last``, both included: one round trip."""

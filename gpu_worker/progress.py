@@ -3,9 +3,10 @@ and carries "stop" back: a canceled job, a passed deadline or a lost claim ends 
 next denoising step.
 
 The diffusers callback only records the latest step and reads the stop reason (thread-safe,
-constant time); a task on the loop publishes progress. Steps that arrive faster than Redis takes
-them are coalesced: the newest wins. When publishing finds the job already terminal (canceled),
-the render is told to stop. Events go out at most every ``PROGRESS_MIN_INTERVAL_S``.
+constant time); one task on the loop publishes the progress of a pipeline call's jobs together.
+Steps that arrive faster than Redis takes them are coalesced: the newest wins. When publishing
+finds a job already terminal (canceled), its render is told to stop. Events go out at most every
+``PROGRESS_MIN_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import torch
 
 from common.consumer import sleep_unless
-from common.jobs import DEADLINE_EXCEEDED, JobStore
+from common.jobs import DEADLINE_EXCEEDED, JobChange, JobStore
 from common.redis_errors import REDIS_TRANSIENT
 from common.schemas import JobStatus
 from gpu_worker.previews import JobPreviews, LatentPreview
@@ -46,7 +47,8 @@ class RenderInterrupted(Exception):
 
 
 class ProgressReporter:
-    """One job's events while it renders: "processing" first, then its steps.
+    """One job's events while it renders: "processing" first, then its steps. Its batch's
+    ``BatchProgress`` publishes them.
 
     The first event is published beside the render, not before it, so the device never waits
     for it; it carries ``fields`` onto the record. A job found canceled by then stops at its
@@ -55,7 +57,6 @@ class ProgressReporter:
 
     def __init__(
         self,
-        jobs: JobStore,
         job_id: str,
         *,
         deadline_at: float | None = None,
@@ -63,18 +64,13 @@ class ProgressReporter:
         fields: dict[str, str | int | float] | None = None,
         previews: JobPreviews | None = None,
     ) -> None:
-        self._jobs = jobs
         self.previews = previews
         self._job_id = job_id
         self._deadline_at = deadline_at
         self._message = message
         self._fields = fields
-        self._loop = asyncio.get_running_loop()
         self._latest: tuple[int, int] | None = None
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.stop_reason: str | None = None
-        self._closing = asyncio.Event()
 
     def stop(self, reason: str) -> None:
         """Ask the render to end at its next step (from any thread)."""
@@ -88,60 +84,33 @@ class ProgressReporter:
         if self.stop_reason is not None:
             return False
         self._latest = (done, total)
-        self._loop.call_soon_threadsafe(self._changed.set)
         return True
 
-    def start(self) -> None:
-        """Begin publishing: "processing" at once, then the steps as they come."""
-        self._task = asyncio.create_task(self._publish())
+    def first_event(self) -> JobChange:
+        return JobChange(
+            self._job_id,
+            status=JobStatus.PROCESSING,
+            progress=RENDER_START_PCT,
+            message=self._message,
+            fields=self._fields,
+        )
 
-    async def close(self) -> None:
-        """Publish the latest step, if not yet out, and stop."""
-        # The publisher is asked to finish, never cancelled: a Redis call cancelled half-way can
-        # leave its connection wedged.
-        assert self._task is not None
-        self._closing.set()
-        self._changed.set()
-        await self._task
-        if self.previews is not None:
-            await self.previews.close()
-
-    async def _publish(self) -> None:
-        await self._emit(progress=RENDER_START_PCT, message=self._message, fields=self._fields)
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            if self.stop_reason is None:
-                await self._flush()
-            if self._closing.is_set():
-                return
-            await sleep_unless(self._closing, PROGRESS_MIN_INTERVAL_S)
-
-    async def _flush(self) -> None:
+    def latest_step(self) -> JobChange | None:
+        """The event of the latest step, if not yet out and the job still renders."""
         latest, self._latest = self._latest, None
-        if latest is None:
-            return
+        if latest is None or self.stop_reason is not None:
+            return None
         done, total = latest
         span = RENDER_END_PCT - RENDER_START_PCT
-        await self._emit(
+        return JobChange(
+            self._job_id,
+            status=JobStatus.PROCESSING,
             progress=RENDER_START_PCT + span * done // max(total, 1),
             message=f"{self._message}: step {done}/{total}",
         )
 
-    async def _emit(
-        self, *, progress: int, message: str, fields: dict[str, str | int | float] | None = None
-    ) -> None:
-        try:
-            event = await self._jobs.emit(
-                self._job_id,
-                status=JobStatus.PROCESSING,
-                progress=progress,
-                message=message,
-                fields=fields,
-            )
-        except REDIS_TRANSIENT:
-            return  # progress is best effort; the render goes on and the hand-off will retry
-        if event is None:  # the job is terminal already: canceled while it waited or rendered
+    def published(self, applied: bool) -> None:
+        if not applied:  # the job is terminal already: canceled while it waited or rendered
             self.stop(CANCELED)
 
 
@@ -150,28 +119,70 @@ class BatchProgress:
     is abandoned only when every job in it wants to stop; a job that stops alone has its share
     of the output discarded, so one cancel does not cost the others their render.
 
-    ``start`` runs every job's reporter; ``close`` ends them together (the batch's last events
-    cost one round trip, not one per job), and may be awaited after the next batch has begun.
+    One task on the loop publishes the batch's events: "processing" for every job at ``start``,
+    then the newest step at most every ``PROGRESS_MIN_INTERVAL_S``, each round one round trip
+    for the whole batch (``JobStore.emit_all``). Steps that arrive faster are coalesced: the
+    newest wins. ``close`` publishes the last step, if not yet out, and may be awaited after
+    the next batch has begun.
     """
 
-    def __init__(self, reporters: list[ProgressReporter]) -> None:
+    def __init__(self, jobs: JobStore, reporters: list[ProgressReporter]) -> None:
+        self._jobs = jobs
         self._reporters = reporters
-        self._closing: asyncio.Future[list[None]] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
 
     def start(self) -> None:
-        for reporter in self._reporters:
-            reporter.start()
+        """Begin publishing: "processing" at once, then the steps as they come."""
+        self._task = asyncio.create_task(self._publish())
 
     async def close(self) -> None:
-        """Wait until every reporter has published its last event (once, however often called)."""
-        if self._closing is None:
-            self._closing = asyncio.gather(*(r.close() for r in self._reporters))
-        await self._closing
+        """Wait until every job's last event is out (once, however often called)."""
+        if self._closed is None:
+            self._closed = asyncio.ensure_future(self._close())
+        await self._closed
+
+    async def _close(self) -> None:
+        # The publisher is asked to finish, never cancelled: a Redis call cancelled half-way can
+        # leave its connection wedged.
+        assert self._task is not None
+        self._closing.set()
+        self._changed.set()
+        await self._task
+        for reporter in self._reporters:
+            if reporter.previews is not None:
+                await reporter.previews.close()
 
     def on_step(self, done: int, total: int) -> None:
         live = [reporter.step(done, total) for reporter in self._reporters]
         if not any(live):
             raise RenderInterrupted(self._reporters[0].stop_reason or CANCELED)
+        self._loop.call_soon_threadsafe(self._changed.set)
+
+    async def _publish(self) -> None:
+        await self._emit([(r, r.first_event()) for r in self._reporters])
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self._emit(
+                [(r, change) for r in self._reporters if (change := r.latest_step()) is not None]
+            )
+            if self._closing.is_set():
+                return
+            await sleep_unless(self._closing, PROGRESS_MIN_INTERVAL_S)
+
+    async def _emit(self, changes: list[tuple[ProgressReporter, JobChange]]) -> None:
+        if not changes:
+            return
+        try:
+            applied = await self._jobs.emit_all([change for _, change in changes])
+        except REDIS_TRANSIENT:
+            return  # progress is best effort; the render goes on and the hand-off will retry
+        for (reporter, _), ok in zip(changes, applied, strict=True):
+            reporter.published(ok)
 
     @property
     def wants_previews(self) -> bool:

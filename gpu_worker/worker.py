@@ -38,10 +38,10 @@ from PIL import Image
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
+from common.consumer import Delivery, Forward, StreamConsumer, StreamPolicy, sleep_unless
 from common.cost import job_cost
 from common.health import redis_writable
-from common.jobs import DEADLINE_EXCEEDED, JobStore
+from common.jobs import DEADLINE_EXCEEDED, JobChange, JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
 from common.previews import PreviewStore
@@ -353,24 +353,29 @@ class Worker:
     async def take(self, deliveries: list[Delivery]) -> None:
         """The consumer's handler: admit a round and leave it waiting for the render stage;
         return when the intake may read again."""
-        admitted = await all_of(self._admit(delivery) for delivery in deliveries)
+        read: list[tuple[Delivery, JobSpec]] = []
+        for delivery in deliveries:
+            try:
+                read.append((delivery, JobSpec.model_validate_json(delivery.fields["job"])))
+            except (KeyError, ValidationError):
+                log.exception("job.unreadable", fields=delivery.fields)
+                await self.consumer.bury(delivery)
+        # Whether each job still waits for a render: the round's records in one round trip.
+        statuses = await self._jobs.statuses([spec.job_id for _, spec in read])
+        admitted = await all_of(
+            self._admit(Job(delivery, spec), status)
+            for (delivery, spec), status in zip(read, statuses, strict=True)
+        )
         jobs = [job for job in admitted if job is not None]
         for job in jobs:
             self.consumer.hold(job.delivery)
         await self._waiting.add(jobs)
 
-    async def _admit(self, delivery: Delivery) -> Job | None:
-        try:
-            spec = JobSpec.model_validate_json(delivery.fields["job"])
-        except (KeyError, ValidationError):
-            log.exception("job.unreadable", fields=delivery.fields)
-            await self.consumer.bury(delivery)
-            return None
-        job = Job(delivery, spec)
+    async def _admit(self, job: Job, status: JobStatus | None) -> Job | None:
+        delivery, spec = job.delivery, job.spec
         with job.log:
-            record = await self._jobs.get(spec.job_id)
-            if record is None or record.status.terminal:
-                log.info("job.skipped", reason="expired" if record is None else record.status.value)
+            if status is None or status.terminal:
+                log.info("job.skipped", reason="expired" if status is None else status.value)
                 await self.consumer.ack(delivery)
                 return None
             unavailable = self._registry.unavailable(spec.model)
@@ -432,7 +437,6 @@ class Worker:
         loaded = self._registry.is_loaded(jobs[0].spec.model)
         for job in jobs:
             job.reporter = ProgressReporter(
-                self._jobs,
                 job.spec.job_id,
                 deadline_at=job.spec.deadline_at,
                 message="Generating" if loaded else "Loading model",
@@ -444,7 +448,9 @@ class Worker:
                 ),
             )
             self._rendering[job.delivery.msg_id] = job
-        progress = BatchProgress([job.reporter for job in jobs if job.reporter is not None])
+        progress = BatchProgress(
+            self._jobs, [job.reporter for job in jobs if job.reporter is not None]
+        )
         meter = GpuMeter([job_cost(job.spec.params, job.spec.task) for job in jobs])
         progress.start()
         try:
@@ -570,72 +576,120 @@ class Worker:
         self, progress: BatchProgress, rendered: list[tuple[Job, list[Artifact]]]
     ) -> None:
         """Off the render thread, while the next batch renders: the last progress events, then
-        encode, hand off and ack, the jobs of a batch side by side. Never raises: a job it
-        cannot finish goes back to the group, and the next batch's finish does not inherit
-        the failure."""
+        encode, hand off and ack, the jobs of a batch together (one round trip for all). Never
+        raises: a job it cannot finish goes back to the group, and the next batch's finish does
+        not inherit the failure."""
         try:
             await progress.close()
         except Exception:  # progress is best effort; the outputs are what matter
             log.exception("batch.progress_failed")
-        batch = sum(_stop_reason(job) is None for job, _ in rendered)
+        done = [(job, artifacts) for job, artifacts in rendered if _stop_reason(job) is None]
         await asyncio.gather(
-            *(self._finish_job(job, artifacts, batch) for job, artifacts in rendered)
+            self._finish_rendered(done),
+            *(
+                self._guarded(job, functools.partial(self._interrupted, job, reason))
+                for job, _ in rendered
+                if (reason := _stop_reason(job)) is not None  # canceled, or out of time
+            ),
         )
 
-    async def _finish_job(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
+    async def _guarded(self, job: Job, step: Callable[[], Awaitable[None]]) -> None:
+        """A job's end that must not raise: what fails goes back to the group."""
         with job.log:
             try:
-                reason = _stop_reason(job)
-                if reason is not None:  # canceled, or out of time, while the others rendered on
-                    await self._interrupted(job, reason)
-                else:
-                    await self._finish_one(job, artifacts, batch=batch)
-            except REDIS_TRANSIENT as exc:  # for another worker, or this one, once Redis is back
-                log.warning("job.not_finished", error=describe(exc))
-                await self._release(job)
-            except Exception:  # a bug: delivered again after its idle time, and counted
-                log.exception("job.not_finished")
-                self.consumer.leave_pending(job.delivery)
+                await step()
+            except Exception as exc:
+                await self._not_finished(job, exc)
 
-    async def _finish_one(self, job: Job, artifacts: list[Artifact], batch: int) -> None:
+    async def _not_finished(self, job: Job, exc: Exception) -> None:
+        if isinstance(exc, REDIS_TRANSIENT):  # for another worker, or this one, once Redis is back
+            log.warning("job.not_finished", error=describe(exc))
+            await self._release(job)
+        else:  # a bug: delivered again after its idle time, and counted
+            log.error("job.not_finished", exc_info=exc)
+            self.consumer.leave_pending(job.delivery)
+
+    async def _finish_rendered(self, rendered: list[tuple[Job, list[Artifact]]]) -> None:
+        if not rendered:
+            return
+        encoded = await asyncio.gather(
+            *(asyncio.to_thread(_encode_all, artifacts) for _, artifacts in rendered)
+        )
+        ready: list[tuple[Job, list[Encoded]]] = []
+        for (job, _), outputs in zip(rendered, encoded, strict=True):
+            if isinstance(outputs, Exception):
+                await self._guarded(job, functools.partial(self._encode_failed, job, outputs))
+            else:
+                ready.append((job, outputs))
+        if not ready:
+            return
         try:
-            outputs = [await asyncio.to_thread(encode, artifact) for artifact in artifacts]
+            handed_off = await retry_transient(
+                lambda: self._hand_off(ready),
+                for_s=HAND_OFF_RETRY_S,
+                still_wanted=lambda: any(self.consumer.holds(job.delivery) for job, _ in ready),
+                event="job.hand_off_retry",
+            )
         except Exception as exc:
-            log.exception("job.encode_failed")
-            await self._fail(job, f"Could not encode the output: {exc}")
+            for job, _ in ready:
+                with job.log:
+                    await self._not_finished(job, exc)
             return
-        handed_off = await retry_transient(
-            lambda: self._hand_off(job, outputs),
-            for_s=HAND_OFF_RETRY_S,
-            still_wanted=lambda: self.consumer.holds(job.delivery),
-            event="job.hand_off_retry",
-        )
-        if not handed_off:
-            log.warning("job.claim_lost", stage="hand_off")
-            return
-        JOBS.labels(job.spec.model, "rendered").inc()
-        log.info(
-            "job.rendered",
-            duration_ms=round((time.perf_counter() - job.started_at) * 1000),
-            outputs=len(outputs),
-            batch=batch,
-        )
-        await self._jobs.emit(
-            job.spec.job_id,
-            # "processing" again: the render's first event is best effort
-            status=JobStatus.PROCESSING,
-            progress=RENDER_END_PCT,
-            message=HANDED_OFF_MESSAGE,
-        )
+        finished: list[JobChange] = []
+        for (job, outputs), ok in zip(ready, handed_off, strict=True):
+            with job.log:
+                if not ok:
+                    log.warning("job.claim_lost", stage="hand_off")
+                    continue
+                JOBS.labels(job.spec.model, "rendered").inc()
+                log.info(
+                    "job.rendered",
+                    duration_ms=round((time.perf_counter() - job.started_at) * 1000),
+                    outputs=len(outputs),
+                    batch=len(rendered),
+                )
+            finished.append(
+                JobChange(
+                    job.spec.job_id,
+                    # "processing" again: the render's first event is best effort
+                    status=JobStatus.PROCESSING,
+                    progress=RENDER_END_PCT,
+                    message=HANDED_OFF_MESSAGE,
+                )
+            )
+        try:
+            await self._jobs.emit_all(finished)
+        except REDIS_TRANSIENT as exc:  # handed off already: the uploader completes the jobs
+            log.warning("batch.handed_off_event_failed", error=describe(exc))
+        except Exception:  # a bug, but the next batch's finish must not inherit it
+            log.exception("batch.handed_off_event_failed")
 
-    async def _hand_off(self, job: Job, outputs: list[Encoded]) -> bool:
-        """Atomically and only if the job is still this worker's: the output bytes to blobs,
-        the ``rendered`` entry and the ack. A worker that lost its claim writes nothing.
-        The render's GPU time is charged first (once, however often this is retried), so it
-        is on the record before the job can complete."""
-        if not self.consumer.holds(job.delivery):
-            return False
-        await self._usage.charge_gpu(job.spec.job_id, job.gpu_s, job.render)
+    async def _encode_failed(self, job: Job, exc: Exception) -> None:
+        log.error("job.encode_failed", exc_info=exc)
+        await self._fail(job, f"Could not encode the output: {exc}")
+
+    async def _hand_off(self, ready: list[tuple[Job, list[Encoded]]]) -> list[bool]:
+        """Atomically for each job and only if it is still this worker's: the output bytes to
+        blobs, the ``rendered`` entry and the ack; the batch in one round trip. A worker that
+        lost its claim writes nothing. The renders' GPU time is charged first (once, however
+        often this is retried), so it is on the record before the job can complete."""
+        held = [self.consumer.holds(job.delivery) for job, _ in ready]
+        mine = [item for item, holds in zip(ready, held, strict=True) if holds]
+        if not mine:
+            return held
+        await self._usage.charge_gpu_all(
+            [(job.spec.job_id, job.gpu_s, job.render) for job, _ in mine]
+        )
+        forwarded = iter(
+            await self.consumer.forward_all(
+                [self._rendered(job, outputs) for job, outputs in mine],
+                blob_ttl_s=self._blob_ttl_s,
+            )
+        )
+        return [holds and next(forwarded) for holds in held]
+
+    def _rendered(self, job: Job, outputs: list[Encoded]) -> Forward:
+        """The job's ``rendered`` entry and its output blobs."""
         spec = job.spec
         blobs = [
             OutputBlob(
@@ -658,13 +712,12 @@ class Worker:
                 else None
             ),
         )
-        return await self.consumer.forward(
+        return Forward(
             job.delivery,
             self._keys.rendered,
             "rendered",
             rendered.model_dump_json(),
             blobs={blob.key: output.data for blob, output in zip(blobs, outputs, strict=True)},
-            blob_ttl_s=self._blob_ttl_s,
         )
 
     # -- endings other than success -------------------------------------------------------
@@ -796,6 +849,14 @@ def _metered(jobs: list[Job], meter: GpuMeter) -> None:
     """Note each job's share of the pipeline call, under a new name for its charge."""
     for job, gpu_s in zip(jobs, meter.seconds, strict=True):
         job.gpu_s, job.render = gpu_s, render_token()
+
+
+def _encode_all(artifacts: list[Artifact]) -> list[Encoded] | Exception:
+    """On a thread: a job's outputs encoded, or why they could not be."""
+    try:
+        return [encode(artifact) for artifact in artifacts]
+    except Exception as exc:
+        return exc
 
 
 def _stop_reason(job: Job) -> str | None:
