@@ -182,6 +182,25 @@ return payload
 """
 )
 
+# The uploader's completion (``JobStore.complete``): the change above and, only if it was made,
+# the ack of the ``rendered`` entry and the removal of the job's blobs, in one atomic step and one
+# round trip. KEYS: emit's seven, the rendered stream, then the blob keys; ARGV: emit's 21, the
+# group, the entry id.
+_COMPLETE = (
+    "local function emit()\n"
+    + _EMIT
+    + """
+end
+local payload = emit()
+if payload then
+  redis.call('XACK', KEYS[8], ARGV[22], ARGV[23])
+  redis.call('XDEL', KEYS[8], ARGV[23])
+  for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
+  return 1
+end
+return 0
+"""
+)
 
 # KEYS: ready stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key
 # ('' if none), tenant's jobs, tenant's input bytes, the rendered stream, the route's backlog.
@@ -370,6 +389,7 @@ class JobStore:
         self._webhook_events_maxlen = webhook_events_maxlen
         self._usage_retention_s = usage_retention_days * SECONDS_PER_DAY
         self._emit = redis.register_script(_EMIT)
+        self._complete = redis.register_script(_COMPLETE)
         self._submit = redis.register_script(_SUBMIT)
 
     async def submit(
@@ -475,22 +495,36 @@ class JobStore:
         fields: dict[str, str | int | float] | None = None,
     ) -> JobEvent | None:
         """Apply a change and publish it; ``None`` when the job is unknown or already terminal."""
-        patch: dict[str, Any] = {}
-        if status is not None:
-            patch["status"] = status.value
-        if progress is not None:
-            patch["progress"] = max(0, min(100, progress))
-        if message is not None:
-            patch["message"] = message
-        if result_urls is not None:
-            patch["result_urls"] = json.dumps(result_urls)
-        if error is not None:
-            patch["error"] = error
-        if fields:
-            patch["fields"] = {k: str(v) for k, v in fields.items()}
+        patch = _patch(status, progress, message, result_urls, error, fields)
+        keys, args = self._emit_call(job_id, patch)
+        payload = await self._emit(keys=keys, args=args)
+        return None if payload is None else JobEvent.model_validate_json(payload)
+
+    async def complete(
+        self,
+        job_id: str,
+        *,
+        message: str,
+        result_urls: list[str],
+        fields: dict[str, str | int | float],
+        ack: tuple[str, str, str],
+        blobs: list[str],
+    ) -> bool:
+        """The uploader's last step: mark the job completed (as ``emit`` does) and, only if that
+        changed it, ack the ``rendered`` entry (``ack``: stream, group, entry id) and delete its
+        ``blobs``, atomically. ``False`` when the job was unknown or already terminal: nothing
+        was changed, the entry is still pending."""
+        patch = _patch(JobStatus.COMPLETED, 100, message, result_urls, None, fields)
+        keys, args = self._emit_call(job_id, patch)
+        stream, group, msg_id = ack
+        done = await self._complete(keys=[*keys, stream, *blobs], args=[*args, group, msg_id])
+        return bool(done)
+
+    def _emit_call(self, job_id: str, patch: dict[str, Any]) -> tuple[list[str], list[EncodableT]]:
+        """The keys and arguments of the emit script (and of the completion that wraps it)."""
         keys, now = self._keys, time.time()
-        payload = await self._emit(
-            keys=[
+        return (
+            [
                 keys.job(job_id),
                 keys.job_events(job_id),
                 keys.webhook_events,
@@ -499,7 +533,7 @@ class JobStore:
                 keys.input_bytes,
                 keys.input_blob(job_id),
             ],
-            args=[
+            [
                 json.dumps(patch),
                 repr(now),
                 self._task_ttl_s,
@@ -526,7 +560,6 @@ class JobStore:
                 self._webhook_events_maxlen,
             ],
         )
-        return None if payload is None else JobEvent.model_validate_json(payload)
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))
@@ -541,6 +574,31 @@ class JobStore:
             self._keys.job_events(job_id), min=f"({seq}-0", max="+"
         )
         return [JobEvent.model_validate_json(fields["event"]) for _, fields in entries]
+
+
+def _patch(
+    status: JobStatus | None,
+    progress: int | None,
+    message: str | None,
+    result_urls: list[str] | None,
+    error: str | None,
+    fields: dict[str, str | int | float] | None,
+) -> dict[str, Any]:
+    """The emit script's patch: only what changes."""
+    patch: dict[str, Any] = {}
+    if status is not None:
+        patch["status"] = status.value
+    if progress is not None:
+        patch["progress"] = max(0, min(100, progress))
+    if message is not None:
+        patch["message"] = message
+    if result_urls is not None:
+        patch["result_urls"] = json.dumps(result_urls)
+    if error is not None:
+        patch["error"] = error
+    if fields:
+        patch["fields"] = {k: str(v) for k, v in fields.items()}
+    return patch
 
 
 def _text(value: Any) -> str:
