@@ -148,6 +148,8 @@ class StreamConsumer:
     # Runs before every read of new entries: the worker's scheduler refill.
     before_read: ReadHook | None = None
     _claim_cursors: dict[str, str] = field(default_factory=dict)
+    # When each stream's pending entries were last scanned through and none was claimable.
+    _claims_scanned_at: dict[str, float] = field(default_factory=dict)
     _held: dict[tuple[str, str], Delivery] = field(default_factory=dict)
     _retained: set[tuple[str, str]] = field(default_factory=set)
 
@@ -245,6 +247,21 @@ class StreamConsumer:
                 self._held[_key(item.delivery)] = item.delivery
             raise
         return [bool(one) for one in done]
+
+    async def ack_by(self, delivery: Delivery, step: Callable[[], Awaitable[bool]]) -> bool:
+        """Run ``step``, the caller's own script that acks the entry in the same atomic step as
+        the work it confirms, and says whether it did. Meanwhile the claim is not kept (the
+        keeper must not find it acked and call it lost); it is again if ``step`` did not ack
+        or raised."""
+        self._settle(delivery)
+        try:
+            acked = await step()
+        except BaseException:
+            self._held[_key(delivery)] = delivery
+            raise
+        if not acked:
+            self._held[_key(delivery)] = delivery
+        return acked
 
     async def keep_claim(self, delivery: Delivery) -> bool:
         """Reset the entry's idle time so a long job is not taken over; ``False`` if lost."""
@@ -389,7 +406,16 @@ class StreamConsumer:
         ]
 
     async def _claim_stale(self) -> list[Delivery]:
+        now = asyncio.get_running_loop().time()
         for stream in self.streams:
+            # A busy member does not scan every round: at most once per block time (or claim
+            # idle time, if shorter) after a scan that found nothing, which is as often as an
+            # idle one scans (between reads that wait the block time). An entry does not wait
+            # longer to be taken over than it does when the group is idle.
+            every_s = min(self.block_ms, self.policy(stream).claim_idle_ms) / 1000
+            scanned_at = self._claims_scanned_at.get(stream)
+            if scanned_at is not None and now - scanned_at < every_s:
+                continue
             cursor = self._claim_cursors.get(stream, "0-0")
             reply = await self.redis.xautoclaim(
                 stream,
@@ -410,6 +436,8 @@ class StreamConsumer:
                 attempt = int(pending[0]["times_delivered"]) if pending else 1
                 log.info("consumer.reclaimed", stream=stream, msg_id=msg_id, attempt=attempt)
                 return [Delivery(stream, msg_id, _fields(raw), attempt=attempt)]
+            if self._claim_cursors[stream] == "0-0":  # scanned through: none to take over
+                self._claims_scanned_at[stream] = now
         return []
 
 

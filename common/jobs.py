@@ -85,7 +85,7 @@ end
 # without one, usage prefix, day and TTL, batch, batch items, job and event log prefixes,
 # scheduler prefix, backlog prefix, webhook stream cap; then per job: its patch (JSON) and its
 # pub/sub channel. Returns each job's event ('' if unknown or already terminal).
-_EMIT = (
+_EMIT_FUNCTION = (
     RECORD_USAGE_LUA
     + BATCH_ITEM_ENDED_LUA
     + SCHEDULER_LUA
@@ -187,7 +187,13 @@ local function emit(job, log, input_blob, patch, channel)
   redis.call('PUBLISH', channel, payload)
   return payload
 end
-
+"""
+)
+# KEYS: the four above, then each job's record, event log and input blob; ARGV: the 19 above,
+# then each job's patch (JSON) and progress channel. Returns each job's event ('': not applied).
+_EMIT = (
+    _EMIT_FUNCTION
+    + """
 -- Each job's change on its own: one that is unknown or terminal is skipped ('').
 local out = {}
 for i = 0, (#KEYS - 4) / 3 - 1 do
@@ -199,6 +205,22 @@ return out
 """
 )
 
+# The uploader's completion (``JobStore.complete``): one job's change as above and, only if it
+# was made, the ack of the ``rendered`` entry and the removal of the job's blobs, in one atomic
+# step and one round trip. KEYS: emit's four, the job's three, the rendered stream, then the blob
+# keys; ARGV: emit's 19, the patch, the channel, the group, the entry id.
+_COMPLETE = (
+    _EMIT_FUNCTION
+    + """
+if emit(KEYS[5], KEYS[6], KEYS[7], cjson.decode(ARGV[20]), ARGV[21]) then
+  redis.call('XACK', KEYS[8], ARGV[22], ARGV[23])
+  redis.call('XDEL', KEYS[8], ARGV[23])
+  for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
+  return 1
+end
+return 0
+"""
+)
 
 # KEYS: ready stream, job, job events, input blob, deadlines, inputs, input bytes, claimed key
 # ('' if none), tenant's jobs, tenant's input bytes, the rendered stream, the route's backlog.
@@ -417,6 +439,7 @@ class JobStore:
         self._webhook_events_maxlen = webhook_events_maxlen
         self._usage_retention_s = usage_retention_days * SECONDS_PER_DAY
         self._emit = redis.register_script(_EMIT)
+        self._complete = redis.register_script(_COMPLETE)
         self._submit = redis.register_script(_SUBMIT)
 
     async def submit(
@@ -533,7 +556,33 @@ class JobStore:
             return []
         return [bool(payload) for payload in await self._apply(changes)]
 
+    async def complete(
+        self,
+        job_id: str,
+        *,
+        message: str,
+        result_urls: list[str],
+        fields: dict[str, str | int | float],
+        ack: tuple[str, str, str],
+        blobs: list[str],
+    ) -> bool:
+        """The uploader's last step: mark the job completed (as ``emit`` does) and, only if that
+        changed it, ack the ``rendered`` entry (``ack``: stream, group, entry id) and delete its
+        ``blobs``, atomically. ``False`` when the job was unknown or already terminal: nothing
+        was changed, the entry is still pending."""
+        change = JobChange(job_id, JobStatus.COMPLETED, 100, message, result_urls, None, fields)
+        keys, args = self._emit_call([change])
+        stream, group, msg_id = ack
+        done = await self._complete(keys=[*keys, stream, *blobs], args=[*args, group, msg_id])
+        return bool(done)
+
     async def _apply(self, changes: Sequence[JobChange]) -> list[str]:
+        script_keys, args = self._emit_call(changes)
+        payloads: list[str | bytes] = await self._emit(keys=script_keys, args=args)
+        return [_text(payload) for payload in payloads]
+
+    def _emit_call(self, changes: Sequence[JobChange]) -> tuple[list[KeyT], list[EncodableT]]:
+        """The keys and arguments of the emit script (and of the completion built on it)."""
         keys, now = self._keys, time.time()
         script_keys: list[KeyT] = [
             keys.webhook_events,
@@ -569,8 +618,7 @@ class JobStore:
             job_id = change.job_id
             script_keys += [keys.job(job_id), keys.job_events(job_id), keys.input_blob(job_id)]
             args += [change.patch(), keys.progress_channel(job_id)]
-        payloads: list[str | bytes] = await self._emit(keys=script_keys, args=args)
-        return [_text(payload) for payload in payloads]
+        return script_keys, args
 
     async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         """Each job's status, ``None`` for one unknown (expired); one round trip for all."""

@@ -9,8 +9,9 @@ thing to catch; its ``retryable`` says whether to retry or fail the job at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,16 +104,28 @@ def result_key(job_id: str, created_at: datetime, index: int, extension: str) ->
 
 
 class LocalStorage:
-    """Files under ``root``; the gateway serves them at ``<public_base_url>/output/<key>``."""
+    """Files under ``root``; the gateway serves them at ``<public_base_url>/output/<key>``.
+
+    Writes go to one writer thread in batches: those that arrive while it is busy go together
+    on its next hop, so a busy uploader pays one thread hand-off per batch, not per file.
+    """
 
     def __init__(self, root: Path, public_base_url: str) -> None:
         self.root = root
         self.public_base_url = public_base_url.rstrip("/")
+        # Resolved once: checking a key is then lexical, with no file system call on the loop.
+        self._real_root = os.path.realpath(root)
+        self._pending: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     def path_for(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        return Path(self._real_path(key))
+
+    def _real_path(self, key: str) -> str:
+        path = os.path.normpath(os.path.join(self._real_root, key))
         # Keys come from result_key, but never let one escape the served directory.
-        if not path.is_relative_to(self.root.resolve()):
+        if not path.startswith(self._real_root + os.sep):
             raise ValueError(f"storage key {key!r} escapes {self.root}")
         return path
 
@@ -123,12 +136,45 @@ class LocalStorage:
         return self.url_for(key)
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
-        path = self.path_for(key)
+        path = self._real_path(key)
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((path, data, written))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_pending(), name="local-storage")
         try:
-            await asyncio.to_thread(_write_atomically, path, data)
+            await written
         except OSError as exc:
             raise StorageError(f"writing {len(data)} bytes to {path} failed: {exc}") from exc
         return self.url_for(key)
+
+    async def _write_pending(self) -> None:
+        """Hand the waiting writes to the writer thread, batch after batch, until none wait."""
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-storage")
+        batch: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                files = [(path, data) for path, data, _ in batch]
+                errors = await loop.run_in_executor(self._executor, _write_files, files)
+                for (_, _, written), error in zip(batch, errors, strict=True):
+                    if written.done():  # its put was cancelled; the file is written anyway
+                        continue
+                    if error is None:
+                        written.set_result(None)
+                    else:
+                        written.set_exception(error)
+                batch = []
+        except BaseException as exc:
+            # A bug, or the loop shutting down: no put may wait for ever.
+            for _, _, written in [*batch, *self._pending]:
+                if not written.done():
+                    written.set_exception(exc if isinstance(exc, Exception) else OSError(exc))
+            self._pending = []
+            raise
+        finally:
+            self._writer = None
 
     async def delete(self, key: str) -> None:
         path = self.path_for(key)
@@ -138,29 +184,75 @@ class LocalStorage:
             raise StorageError(f"deleting {path} failed: {exc}") from exc
 
     async def aclose(self) -> None:
-        return None
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and ``os.replace``.
+def _write_files(files: list[tuple[str, bytes]]) -> list[OSError | None]:
+    """Write each file atomically and durably; the error of each, ``None`` if it was written.
 
-    A reader (the gateway serving /output) sees the old file or the whole new one, never a
-    half-written one, and a retry simply replaces the file.
+    Each goes to a temp file in its directory, is flushed to disk (``fdatasync``) and renamed over
+    the final name, so a reader (the gateway serving /output) sees the old file or the whole new
+    one, never a half-written one, and a retry simply replaces the file. Then each directory is
+    synced once for the whole batch, so the renames are on disk too: only after that does the
+    uploader write the completed record, so a machine crash cannot leave a completed job whose
+    file is empty or missing.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    errors: list[OSError | None] = []
+    written: dict[str, list[int]] = {}  # directory → indexes of the files renamed into it
+    for index, (path, data) in enumerate(files):
+        try:
+            _write_atomically(path, data)
+        except OSError as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+            written.setdefault(os.path.dirname(path), []).append(index)
+    for directory, indexes in written.items():
+        try:
+            _sync_directory(directory)
+        except OSError as exc:
+            for index in indexes:
+                errors[index] = exc
+    return errors
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    # Only the one writer thread of this process writes, so its pid makes the temp name unique;
+    # a stale one (a crashed process with the same pid) is simply truncated.
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            # Whatever the umask: outputs are meant to be served, possibly by another user.
+            os.fchmod(fd, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             # So a crash right after the rename cannot leave an empty file under the final name.
-            os.fsync(tmp.fileno())
-        # mkstemp creates 0600; outputs are meant to be served, possibly by another user.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
+
+
+def _sync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class S3Storage:

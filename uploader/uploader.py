@@ -93,6 +93,7 @@ class Uploader:
         storage_health: StorageHealth | None = None,
     ) -> None:
         self._blobs = blobs
+        self._keys = keys
         self._jobs = jobs
         self._storage = storage
         # Whether storage takes writes: the uploader's readiness.
@@ -190,19 +191,24 @@ class Uploader:
             result_key(rendered.job_id, rendered.created_at, index, blob.extension)
             for index, blob in enumerate(rendered.outputs)
         ]
-        record = await self._jobs.get(rendered.job_id)
-        if record is None or record.status.terminal:
+        # The job's status and its bytes in one round trip.
+        async with self._blobs.pipeline(transaction=False) as pipe:
+            pipe.hget(self._keys.job(rendered.job_id), "status")
+            for blob in rendered.outputs:
+                pipe.get(blob.key)
+            raw_status, *blobs = await pipe.execute()
+        status = None if raw_status is None else JobStatus(raw_status.decode())
+        if status is None or status.terminal:
             # Canceled or failed since the hand-off: nobody will fetch the result. An earlier
             # try that crashed before its ack may have stored some of it.
-            log.info("job.skipped", reason="expired" if record is None else record.status.value)
+            log.info("job.skipped", reason="expired" if status is None else status.value)
             await self._discard(rendered.job_id, keys)
             await self._finish(rendered, delivery)
             return
         began = time.perf_counter()
         urls: list[str] = []
         output_bytes = 0
-        for key, blob in zip(keys, rendered.outputs, strict=True):
-            data: bytes | None = await self._blobs.get(blob.key)  # type: ignore[assignment]  # undecoded client
+        for key, blob, data in zip(keys, rendered.outputs, blobs, strict=True):
             if data is None:
                 error = "The rendered output expired before it was stored."
                 await self._fail(rendered, delivery, error, stored=keys[: len(urls)])
@@ -218,25 +224,31 @@ class Uploader:
                 return
             urls.append(url)
             output_bytes += len(data)
-        completed = await self._jobs.emit(
-            rendered.job_id,
-            status=JobStatus.COMPLETED,
-            progress=100,
-            message=COMPLETED_MESSAGE,
-            result_urls=urls,
-            # On the record with "completed", so the tenant's usage counts them.
-            fields={"output_bytes": output_bytes},
+        # Storage holds the result: the record says so, and the entry is acked and its bytes
+        # removed in the same atomic step. A crash before it redelivers the entry (the upload
+        # overwrites); after it, nothing is left to redeliver.
+        completed = await self.consumer.ack_by(
+            delivery,
+            lambda: self._jobs.complete(
+                rendered.job_id,
+                message=COMPLETED_MESSAGE,
+                result_urls=urls,
+                # On the record with "completed", so the tenant's usage counts them.
+                fields={"output_bytes": output_bytes},
+                ack=(delivery.stream, UPLOADERS_GROUP, delivery.msg_id),
+                blobs=self._blob_keys(rendered),
+            ),
         )
-        if completed is None:  # canceled, or out of time, while uploading
+        if not completed:  # canceled, or out of time, while uploading
             await self._discard(rendered.job_id, keys)
-        else:
-            # Keys, not URLs: a presigned URL is a credential and stays out of the logs.
-            duration_ms = round((time.perf_counter() - began) * 1000)
-            log.info("job.completed", keys=keys, output_bytes=output_bytes, duration_ms=duration_ms)
-            if rendered.cache_digest is not None:
-                result = CachedResult(job_id=rendered.job_id, keys=keys)
-                await self._remember(rendered.cache_digest, result)
-        await self._finish(rendered, delivery)
+            await self._finish(rendered, delivery)
+            return
+        # Keys, not URLs: a presigned URL is a credential and stays out of the logs.
+        duration_ms = round((time.perf_counter() - began) * 1000)
+        log.info("job.completed", keys=keys, output_bytes=output_bytes, duration_ms=duration_ms)
+        if rendered.cache_digest is not None:
+            result = CachedResult(job_id=rendered.job_id, keys=keys)
+            await self._remember(rendered.cache_digest, result)
 
     async def _remember(self, digest: str, result: CachedResult) -> None:
         """Best effort: a result not cached is rendered again next time, nothing worse."""
@@ -360,10 +372,15 @@ class Uploader:
             error=f"Could not store the result after {delivery.attempt - 1} attempts",
         )
 
-    async def _finish(self, rendered: RenderedJob, delivery: Delivery) -> None:
+    @staticmethod
+    def _blob_keys(rendered: RenderedJob) -> list[str]:
         keys = [blob.key for blob in rendered.outputs]
         if rendered.input_blob:
             keys.append(rendered.input_blob)
+        return keys
+
+    async def _finish(self, rendered: RenderedJob, delivery: Delivery) -> None:
+        keys = self._blob_keys(rendered)
         async with self._blobs.pipeline(transaction=True) as pipe:
             self.consumer.ack_in(pipe, delivery)
             if keys:  # a cache hit brought no bytes
