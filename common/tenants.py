@@ -7,8 +7,12 @@ its SHA-256: with 256 random bits there is nothing to guess, so a slow or salted
 nothing, and a plain digest lets a request find its key in one lookup with no server-side secret
 to hand to every replica and the CLI. A tenant is the key's name; one key per name.
 
-Nothing is cached in a process: every request looks its key up in Redis, so a revocation holds on
-every replica at once (and so does a key's limits, read in the same lookup).
+A process keeps what a key verified to for ``VERIFY_CACHE_S`` (one Redis lookup per key per
+second, not one per request): a revocation made through this process holds at once, one made
+elsewhere as soon as its message on the revocations channel arrives (``forget``, which the
+gateway's pub/sub connection calls), and within ``VERIFY_CACHE_S`` however it was made, the
+channel down or not. A key's limits are read in the same lookup, so they hold within that bound
+too. An unknown key is never remembered: a key created a moment ago verifies at once.
 
 A tenant's webhook secret (``whsec_`` + base64 of 24 random bytes, the Standard Webhooks form) is
 stored as it is, in the tenant's record: the services must sign with it. After a rotation the
@@ -43,6 +47,11 @@ KEY_PREFIX = "dk_"
 KEY_RANDOM_BYTES = 32
 # "Last used" is this precise: one write per key per minute at most, not one per request.
 LAST_USED_RESOLUTION_S = 60.0
+# The longest a process goes on accepting a key revoked by another process (or replica) that
+# never told it; see the module docstring.
+VERIFY_CACHE_S = 1.0
+# Keys remembered at once; past it the remembered ones are dropped (each then costs one lookup).
+VERIFY_CACHE_MAX = 10_000
 # No ':' (the name is part of Redis key names), nothing a shell or a URL needs to quote.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -312,6 +321,10 @@ class TenantStore:
         self._verify = redis.register_script(_VERIFY)
         self._touch = redis.register_script(_TOUCH)
         self._revoke = redis.register_script(_REVOKE)
+        # Key digest -> (its tenant, when to look it up again: time.monotonic()).
+        self._verified: dict[str, tuple[Tenant, float]] = {}
+        # Bumped by every ``forget``: a lookup that was in flight across one is not remembered.
+        self._forgets = 0
 
     async def create(self, request: CreateKeyRequest) -> CreatedKey:
         """A new key for a new name; ``NameTaken`` when the name has a key already."""
@@ -338,20 +351,49 @@ class TenantStore:
 
     async def verify(self, key: str) -> Tenant | None:
         """The tenant a key names; ``None`` for an unknown or revoked key. Notes the key's use
-        (at most once a ``LAST_USED_RESOLUTION_S``), best effort: a failed note is no failure."""
+        (at most once a ``LAST_USED_RESOLUTION_S``), best effort: a failed note is no failure.
+        A known key is looked up again after ``VERIFY_CACHE_S`` at most."""
+        key_digest = digest(key)
+        now_s = time.monotonic()
+        remembered = self._verified.get(key_digest)
+        if remembered is not None and now_s < remembered[1]:
+            return remembered[0]
+        forgets = self._forgets
+        tenant, noted = await self._lookup(key_digest)
+        if tenant is None:
+            self._verified.pop(key_digest, None)
+            return None
+        if forgets != self._forgets or not noted:
+            return tenant  # the next request looks again (and notes the use then)
+        if len(self._verified) >= VERIFY_CACHE_MAX:
+            self._verified.clear()
+        self._verified[key_digest] = (tenant, now_s + VERIFY_CACHE_S)
+        return tenant
+
+    def forget(self, name: str) -> None:
+        """Drop what this process remembers of ``name``'s key: it was revoked."""
+        self._forgets += 1
+        for key_digest, (tenant, _) in list(self._verified.items()):
+            if tenant.name == name:
+                del self._verified[key_digest]
+
+    async def _lookup(self, key_digest: str) -> tuple[Tenant | None, bool]:
+        """The key's tenant, and whether its use is noted (false when the note failed)."""
         found = await self._verify(
-            keys=[self._keys.api_keys], args=[digest(key), self._keys.tenant("")]
+            keys=[self._keys.api_keys], args=[key_digest, self._keys.tenant("")]
         )
         if not found:
-            return None
+            return None, False
         name, admin, last_used, *limits = found
+        tenant = Tenant(name=name, admin=admin == "1", limits=_parse_limits(limits))
         now = datetime.now(UTC).timestamp()
         if not last_used or now - float(last_used) >= LAST_USED_RESOLUTION_S:
             try:
                 await self._touch(keys=[self._keys.tenant(name)], args=[repr(now)])
             except RedisError as exc:
                 log.warning("key.touch_failed", tenant=name, error=describe(exc))
-        return Tenant(name=name, admin=admin == "1", limits=_parse_limits(limits))
+                return tenant, False
+        return tenant, True
 
     async def list(self) -> list[KeyInfo]:
         found = await self._redis.hvals(self._keys.api_keys)
@@ -370,6 +412,7 @@ class TenantStore:
             keys=[self._keys.tenant(name), self._keys.api_keys],
             args=[name, self._keys.revocations],
         )
+        self.forget(name)
         return bool(revoked)
 
     async def webhook_secret(self, name: str, *, rotate: bool = False) -> WebhookSecret | None:

@@ -97,7 +97,14 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             usage_retention_days=settings.usage_retention_days,
             priority_aging_s=settings.priority_aging_s,
         )
-        fanout = EventFanout(redis, keys)
+        tenants = TenantStore(
+            redis,
+            keys,
+            defaults=settings.key_defaults,
+            webhook_grace_s=settings.webhook_secret_grace_s,
+        )
+        # A key revoked on another replica is forgotten here as soon as the message arrives.
+        fanout = EventFanout(redis, keys, on_revoked=tenants.forget)
         fanout.start()
         app.state.services = Services(
             settings=settings,
@@ -107,12 +114,7 @@ def create_app(settings: GatewaySettings, *, role: Role = "gateway") -> Starlett
             fanout=fanout,
             feeds=FeedLimit(settings.sse_max_feeds),
             keys=keys,
-            tenants=TenantStore(
-                redis,
-                keys,
-                defaults=settings.key_defaults,
-                webhook_grace_s=settings.webhook_secret_grace_s,
-            ),
+            tenants=tenants,
             rate=RateLimiter(redis, keys),
             job_tokens=JobTokens(redis, keys),
             usage=UsageStore(redis, keys, retention_days=settings.usage_retention_days),

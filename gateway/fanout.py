@@ -3,7 +3,8 @@
 Each event is parsed and encoded as an SSE frame once, however many feeds watch its job. Pub/sub
 loses messages across a disconnect, so after a reconnect (or when a slow feed's queue overflows)
 every affected feed gets a ``RESYNC`` marker and re-reads the job's event log. The same
-connection hears of revoked keys: the feeds opened with one get ``REVOKED`` and end, and of
+connection hears of revoked keys: the process forgets the key it remembered
+(``common.tenants``) and the feeds opened with one get ``REVOKED`` and end; and it hears of
 rendering jobs' previews (``common.previews``), for the feeds that take them: a preview is
 best effort, dropped rather than queued for a feed that cannot keep up.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -71,9 +72,15 @@ FeedQueue = asyncio.Queue[LiveEvent | Revoked | PreviewFrame | None]
 
 
 class EventFanout:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    """``on_revoked``: called with a tenant's name when its key is revoked (on any replica),
+    before its feeds end: the process's remembered keys (``TenantStore.forget``)."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, on_revoked: Callable[[str], None] | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        self._on_revoked = on_revoked
         self._feeds: dict[str, set[FeedQueue]] = defaultdict(set)
         # Which tenant opened each feed, for revocations (rare: a scan of all feeds is fine).
         self._tenants: dict[FeedQueue, str] = {}
@@ -128,6 +135,8 @@ class EventFanout:
                     del self._feeds[job_id]
 
     def _revoke(self, tenant: str) -> None:
+        if self._on_revoked is not None:
+            self._on_revoked(tenant)
         closed = 0
         for queue, owner in self._tenants.items():
             if owner == tenant:

@@ -25,7 +25,7 @@ from common.logging import get_logger
 from common.previews import PreviewStore
 from common.queue_position import QueuePosition
 from common.redis_errors import REDIS_TRANSIENT
-from common.schemas import JobStatus
+from common.schemas import JobRecord, JobStatus
 from gateway.errors import ApiError
 from gateway.fanout import (
     RESYNC,
@@ -117,13 +117,15 @@ async def job_feed(
     resync_s: float,
     queue: QueueProbe | None = None,
     previews: PreviewStore | None = None,
+    record: JobRecord | None = None,
 ) -> AsyncIterator[bytes]:
     """``tenant``: whose key opened the feed; the feed ends if that key is revoked. ``queue``:
     the job's place while it waits, for ``event: queue`` frames; ``previews``: where the job's
-    latest preview is, for ``event: preview`` frames."""
+    latest preview is, for ``event: preview`` frames; ``record``: the job as the caller just
+    read it, for the first frame of a feed that does not resume (else it is read here)."""
     try:
         async for frame in _frames(
-            job_id, last_event_id, jobs, fanout, tenant, ping_s, resync_s, queue, previews
+            job_id, last_event_id, jobs, fanout, tenant, ping_s, resync_s, queue, previews, record
         ):
             yield frame
     except REDIS_TRANSIENT as exc:
@@ -141,14 +143,17 @@ async def _frames(
     resync_s: float,
     queue: QueueProbe | None,
     previews: PreviewStore | None,
+    record: JobRecord | None,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     status: JobStatus | None = None  # as far as this feed has told it
-    # Subscribe before reading Redis so nothing published in between is missed.
+    # Subscribe before reading the log so nothing published in between is missed. A record
+    # read before subscribing is as good: the catch-up below reads the log after it.
     with fanout.subscribe(job_id, tenant, previews=previews is not None) as live:
         last_seq = 0 if last_event_id is None else last_event_id
         if last_event_id is None:
-            record = await jobs.get(job_id)
+            if record is None:
+                record = await jobs.get(job_id)
             if record is None:
                 return
             snapshot = record.snapshot()

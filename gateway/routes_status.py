@@ -137,6 +137,7 @@ async def _feed(request: Request, param: str) -> Response:
         resync_s=svc.settings.sse_resync_s,
         queue=functools.partial(_queue_position, svc, record),
         previews=svc.previews,
+        record=record,
     )
     return svc.feeds.stream(events)
 

@@ -14,6 +14,7 @@ from common.tenants import (
     KEY_PREFIX,
     LOCAL_TENANT,
     NO_LIMITS,
+    VERIFY_CACHE_S,
     CreateKeyRequest,
     KeyLimits,
     NameTaken,
@@ -79,6 +80,31 @@ async def test_revoked_key_no_longer_verifies_and_its_name_can_be_reused(
     again = await store.create(CreateKeyRequest(name="carol"))
     assert await store.verify(again.key) == Tenant(name="carol")
     assert await store.verify(carol.key) is None
+
+
+async def test_a_key_revoked_by_another_process_stops_verifying_within_the_bound(
+    store: TenantStore, redis: Redis
+) -> None:
+    """A process remembers a verified key for VERIFY_CACHE_S at most: a revocation made by
+    another process (a CLI, another replica) that never reaches it still holds by then."""
+    frank = await store.create(CreateKeyRequest(name="frank"))
+    assert await store.verify(frank.key) == Tenant(name="frank")
+    elsewhere = TenantStore(redis, KEYS)
+    assert await elsewhere.revoke("frank")
+
+    async def refused() -> bool:
+        return await store.verify(frank.key) is None
+
+    await async_wait_for(refused, timeout_s=VERIFY_CACHE_S + 1, what="the revocation to hold")
+
+
+async def test_a_forgotten_key_is_looked_up_again_at_once(store: TenantStore, redis: Redis) -> None:
+    """What the revocations channel brings (``forget``) holds on the next request."""
+    gina = await store.create(CreateKeyRequest(name="gina"))
+    assert await store.verify(gina.key) == Tenant(name="gina")
+    assert await TenantStore(redis, KEYS).revoke("gina")
+    store.forget("gina")
+    assert await store.verify(gina.key) is None
 
 
 async def test_a_name_has_one_key_and_local_is_reserved(store: TenantStore) -> None:
