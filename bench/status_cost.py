@@ -99,10 +99,12 @@ async def finished_jobs(base_url: str, headers: dict[str, str], count: int) -> l
     async with http_client(base_url, headers) as client:
 
         async def one(i: int) -> str:
-            answer = await client.post("/api/sd/t2i", json={**body(i), "cache": False})
-            session: str = answer.raise_for_status().json()["session_id"]
+            async with client.post("/api/sd/t2i", json={**body(i), "cache": False}) as answer:
+                answer.raise_for_status()
+                session: str = (await answer.json())["session_id"]
             while True:
-                state = (await client.get(f"/api/{session}/status")).json()
+                async with client.get(f"/api/{session}/status") as read:
+                    state = await read.json()
                 if state["status"] == "completed":
                     return session
                 if state["status"] in ("failed", "canceled"):
