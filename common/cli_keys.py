@@ -84,7 +84,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the largest job, in megapixel-steps (or 'none')",
     )
     actions.add_parser("list", help="names, admin, limits, created, last used (never the key)")
-    revoke = actions.add_parser("revoke", help="revoke a key: requests with it get 401 at once")
+    revoke = actions.add_parser(
+        "revoke", help="revoke a key: requests with it get 401 (on every gateway within 1 s)"
+    )
     revoke.add_argument("name")
     secret = actions.add_parser(
         "webhook-secret",
