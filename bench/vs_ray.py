@@ -338,11 +338,7 @@ def darkroom(root: Path, models: Path, torch_threads: int) -> Iterator[System]:
         asyncio.run(_first_job(system, darkroom_sse))
         yield system
     finally:
-        up.terminate()
-        try:
-            up.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        _stop(up)
         log.close()
 
 
@@ -375,14 +371,19 @@ def ray_serve(root: Path, models: Path, torch_threads: int) -> Iterator[System]:
         asyncio.run(_first_job(system, ray_post))
         yield system
     finally:
-        app.terminate()
-        try:
-            app.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            app.kill()
+        _stop(app)
         log.close()
         # Ray leaves its session files behind; its processes go with the driver.
         subprocess.run(["pkill", "-f", "ray::"], check=False)
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within a minute."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 async def _first_job(system: System, make: Callable[[aiohttp.ClientSession], Job]) -> None:
@@ -405,23 +406,21 @@ async def measure_load(
         job = make(client)
         sampled: dict[str, Any] = {}
 
-        async def sample_at_edges() -> None:
-            await asyncio.sleep(warmup_s)
-            sampled["cpu"] = cpu_seconds(system.pid)
-            sampled["own"] = own_cpu_s()
+        async def sample(suffix: str) -> None:
+            sampled["cpu" + suffix] = cpu_seconds(system.pid)
+            sampled["own" + suffix] = own_cpu_s()
             if system.redis_url:
-                sampled["commands"] = await redis_commands(system.redis_url)
+                sampled["commands" + suffix] = await redis_commands(system.redis_url)
             if system.worker_metrics:
-                sampled["worker"] = await asyncio.to_thread(worker_metrics, system.worker_metrics)
-            await asyncio.sleep(measure_s)
-            sampled["cpu_end"] = cpu_seconds(system.pid)
-            sampled["own_end"] = own_cpu_s()
-            if system.redis_url:
-                sampled["commands_end"] = await redis_commands(system.redis_url)
-            if system.worker_metrics:
-                sampled["worker_end"] = await asyncio.to_thread(
+                sampled["worker" + suffix] = await asyncio.to_thread(
                     worker_metrics, system.worker_metrics
                 )
+
+        async def sample_at_edges() -> None:
+            await asyncio.sleep(warmup_s)
+            await sample("")
+            await asyncio.sleep(measure_s)
+            await sample("_end")
 
         sampling = asyncio.create_task(sample_at_edges())
         window = await closed_loop(job, clients, warmup_s, measure_s)
