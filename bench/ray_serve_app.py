@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     ray.init(
+        # Ray's own processes talk over loopback too, not the machine's address.
+        _node_ip_address="127.0.0.1",
         include_dashboard=False,
         object_store_memory=256 * 1024 * 1024,
         log_to_driver=False,

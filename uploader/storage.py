@@ -221,14 +221,14 @@ def _write_files(files: list[tuple[str, bytes]]) -> list[OSError | None]:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    # Only the one writer thread of this process writes, so its pid makes the temp name unique;
-    # a stale one (a crashed process with the same pid) is simply truncated.
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.tmp"
+    # Unique per write: another uploader (in another container, perhaps with the same pid) may
+    # be storing the same key after taking the job over.
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.urandom(6).hex()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
             # Whatever the umask: outputs are meant to be served, possibly by another user.
