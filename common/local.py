@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import Field
 
 from common.catalog import Catalog, demo_catalog, write_catalog
+from common.cpus import available_cpus, format_cpu_list, pin_process, placement
 from common.logging import get_logger
 from common.redis_server import RedisServer
 from common.settings import KeySettings
@@ -47,9 +48,10 @@ class LocalSettings(KeySettings):
 
 def default_torch_threads() -> int:
     """The worker's torch threads when it shares the machine with every other service: half the
-    cores. Its operator threads wait for each other spinning, so a core taken by the gateway,
-    Redis or the uploader in the middle of an operator stalls the whole render."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    cores it may use, which ``up`` gives the render to itself (common/cpus.py). Its operator
+    threads wait for each other spinning, so a core taken by the gateway, Redis or the uploader
+    in the middle of an operator stalls the whole render."""
+    return max(1, len(available_cpus()) // 2)
 
 
 def consumer_probe_ports(first: str | None) -> dict[str, dict[str, str]]:
@@ -131,6 +133,9 @@ def up(settings: LocalSettings) -> int:
     env["DARKROOM_AUTH"] = settings.auth
     env.pop("DARKROOM_STATE_DIR", None)
     env.setdefault("DARKROOM_TORCH_THREADS", str(default_torch_threads()))
+    cores = placement(int(env["DARKROOM_TORCH_THREADS"]), env.get("DARKROOM_RENDER_CPUS"))
+    if cores is not None:
+        env["DARKROOM_RENDER_CPUS"] = format_cpu_list(cores.render)
     if settings.auth == "off" and settings.host == "127.0.0.1":
         # One user on one machine: webhooks may go to a receiver on this machine too.
         env.setdefault("DARKROOM_WEBHOOK_ALLOW_NETS", "127.0.0.0/8,::1/128")
@@ -146,6 +151,12 @@ def up(settings: LocalSettings) -> int:
         )
         for name in SERVICES
     }
+    if cores is not None:
+        # The worker's render thread moves itself onto its own cores; all else shares the rest.
+        for pid in [child.pid for child in children.values()] + (
+            [redis_server.process.pid] if redis_server and redis_server.process else []
+        ):
+            pin_process(pid, cores.services)
     log.info(
         "darkroom.up",
         url=f"http://localhost:{settings.port}",
@@ -155,6 +166,8 @@ def up(settings: LocalSettings) -> int:
         webhook_secret=secret_from,
         webhook_allow_nets=env.get("DARKROOM_WEBHOOK_ALLOW_NETS", ""),
         probe_ports={name: int(port["DARKROOM_HEALTH_PORT"]) for name, port in probe_ports.items()},
+        render_cpus=format_cpu_list(cores.render) if cores else None,
+        service_cpus=format_cpu_list(cores.services) if cores else None,
         message=f"listening on {settings.host}:{settings.port} with auth {settings.auth}"
         + (
             " (this machine only; no API keys needed)"

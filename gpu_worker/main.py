@@ -8,6 +8,7 @@ import sys
 import torch
 
 from common.catalog import Catalog
+from common.cpus import format_cpu_list
 from common.health import health_server
 from common.jobs import JobStore
 from common.keys import Keys
@@ -27,9 +28,14 @@ EXIT_STALLED = 1
 
 async def run(settings: WorkerSettings) -> None:
     stop = stop_event_on_signals()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    log.info("worker.torch", threads=torch.get_num_threads())
+    threads = settings.torch_threads or len(settings.render_cpus)
+    if threads:
+        torch.set_num_threads(threads)
+    log.info(
+        "worker.torch",
+        threads=torch.get_num_threads(),
+        render_cpus=format_cpu_list(settings.render_cpus) or None,
+    )
     budget_mb = settings.model_memory_budget_mb
     registry = ModelRegistry(
         Catalog.load(settings.models_file),
@@ -61,6 +67,7 @@ async def run(settings: WorkerSettings) -> None:
         preload=settings.preload,
         hang_at_step=settings.test_hang_at_step,
         step_delay_s=settings.test_step_delay_s,
+        render_cpus=settings.render_cpus,
     )
     try:
         async with (

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from common.addresses import is_loopback
+from common.cpus import can_pin, format_cpu_list, machine_cpus, parse_cpu_list
 from common.settings import ConsumerSettings, seed_alias
 
 # Where the kubelet mounts a pod's ServiceAccount token and the cluster's CA.
@@ -25,8 +26,12 @@ class WorkerSettings(ConsumerSettings):
     preload: bool = True
     # Resident weights past this are unloaded least-recently-used first; unset: no limit.
     model_memory_budget_mb: int | None = Field(default=None, ge=1)
-    # CPU threads for torch; unset leaves torch's default.
+    # CPU threads for torch; unset leaves torch's default (one per render CPU when those are set).
     torch_threads: int | None = Field(default=None, ge=1)
+    # Cores the render thread, and the operator threads torch starts from it, have to themselves,
+    # as Linux writes them (`0-3,6`); empty: the kernel places them. `darkroom up` sets it when
+    # the machine has cores to split between the render and the other services (common/cpus.py).
+    render_cpus: Annotated[frozenset[int], NoDecode] = Field(default_factory=frozenset)
     # Test aid, never for production: the render thread blocks for good after this denoising
     # step, as in a CUDA call that never returns (tests/e2e/test_worker_failures.py).
     test_hang_at_step: int | None = Field(default=None, ge=1)
@@ -60,6 +65,24 @@ class WorkerSettings(ConsumerSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("render_cpus", mode="before")
+    @classmethod
+    def _cpu_list(cls, value: object) -> object:
+        return parse_cpu_list(value) if isinstance(value, str) else value
+
+    @field_validator("render_cpus")
+    @classmethod
+    def _available(cls, value: frozenset[int]) -> frozenset[int]:
+        if value and not can_pin():
+            raise ValueError("pinning the render to CPUs needs Linux (sched_setaffinity)")
+        # The machine's, not this process's: `darkroom up` starts the worker on the other cores.
+        if missing := value - machine_cpus():
+            raise ValueError(
+                f"CPUs {format_cpu_list(missing)} are not on this machine "
+                f"(it has {format_cpu_list(machine_cpus())})"
+            )
         return value
 
     @field_validator("kubernetes_api_url")

@@ -40,6 +40,7 @@ from redis.asyncio import Redis
 
 from common.consumer import Delivery, Forward, StreamConsumer, StreamPolicy, sleep_unless
 from common.cost import job_cost
+from common.cpus import pin_this_thread
 from common.health import redis_writable
 from common.jobs import DEADLINE_EXCEEDED, JobChange, JobStore
 from common.keys import WORKERS_GROUP, Keys
@@ -129,6 +130,7 @@ class Worker:
         preload: bool = True,
         hang_at_step: int | None = None,
         step_delay_s: float | None = None,
+        render_cpus: frozenset[int] = frozenset(),
     ) -> None:
         self._redis = redis
         self._blobs = blobs
@@ -176,6 +178,7 @@ class Worker:
         self._rendering: dict[str, Job] = {}  # by msg_id
         self._finishing: asyncio.Task[None] | None = None
         self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        self._render_cpus = render_cpus
         # Previews are mapped and JPEG-encoded here, never on the render thread.
         self._preview_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews")
         self._clock = StepClock()
@@ -221,6 +224,9 @@ class Worker:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self._render_cpus:
+            # Before any model: torch's operator threads, started from it, inherit the cores.
+            await self._on_render_thread(pin_this_thread, self._render_cpus)
         if self._preload:
             await self._on_render_thread(self._registry.load_all)
         self.models_ready = True

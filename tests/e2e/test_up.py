@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import redis
 
+from common.cpus import available_cpus, can_pin, format_cpu_list
 from common.redis_server import free_port
 from tests.support.client import png_size, wait_terminal
 from tests.support.receiver import Receiver
@@ -98,7 +100,25 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         assert 'darkroom_batch_size_count{model="sd"} 1.0' in worker_metrics
         # The worker shares the machine with every other service: half the cores at most.
         torch_line = next(line for line in log.read_text().splitlines() if "worker.torch" in line)
-        assert f'"threads": {max(1, (os.cpu_count() or 1) // 2)}' in torch_line, torch_line
+        threads = max(1, len(available_cpus()) // 2)
+        assert f'"threads": {threads}' in torch_line, torch_line
+        if can_pin() and len(available_cpus()) > threads:
+            # The render has cores of its own; Redis and every other service share the rest.
+            render = set(sorted(available_cpus())[:threads])
+            services = available_cpus() - render
+            assert f'"render_cpus": "{format_cpu_list(frozenset(render))}"' in torch_line
+            children = psutil.Process(process.pid).children()
+            assert {" ".join(child.cmdline()).split()[-1] for child in children} >= {
+                "gateway",
+                "worker",
+                "uploader",
+                "notifier",
+            }
+            for child in children:
+                assert os.sched_getaffinity(child.pid) == services, child.cmdline()
+            worker = next(child for child in children if child.cmdline()[-1] == "worker")
+            pinned = [os.sched_getaffinity(thread.id) for thread in worker.threads()]
+            assert render in pinned, pinned
         keys = subprocess.run(
             [sys.executable, "-m", "common.cli", "keys", "create", "--name", "laptop"],
             cwd=tmp_path,
