@@ -636,6 +636,7 @@ def main() -> None:
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
             "platform": platform.platform(),
             "torch": torch.__version__,
             "ray": _version("ray"),
@@ -651,6 +652,8 @@ def main() -> None:
             "measure_s": args.measure_s,
             "runs": args.runs,
             "torch_threads": args.torch_threads,
+            # Unset: `darkroom up` pins the render to its own cores; empty: no placement.
+            "darkroom_render_cpus": os.environ.get("DARKROOM_RENDER_CPUS"),
         },
         "raw": raw,
         "median": medians(runs, args.clients, raw) if len(args.systems) == 2 else None,
@@ -659,6 +662,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["median"], indent=2))
+
+
+def _cpu_model() -> str | None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return None
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
 
 
 def _version(package: str) -> str:
