@@ -7,17 +7,13 @@ Three stages keep the device busy:
 - render: as soon as the previous call returns, the waiting jobs that are compatible with the
   oldest become one pipeline call, on a dedicated render thread with nothing else on it; their
   "processing" and progress events go out beside it;
-- finish: PNG/MP4 encoding, blob writes, the hand-off to ``rendered`` and the ack, while the next
-  batch renders.
+- finish (``hand_off.HandOff``): PNG/MP4 encoding, blob writes, the hand-off to ``rendered`` and
+  the ack, while the next batch renders.
 
 A watchdog on the loop watches the render thread's steps (``watchdog.StepClock``): a render stuck
 past its route's ``stall_timeout_s`` gives its jobs to another worker, and this worker stops
 reading and reports itself not live until it is restarted. A route whose weights do not load
 fails its jobs at once while the others serve.
-
-Output bytes go to blob keys, and the hand-off and the ack of the job entry happen in one
-transaction, only while the entry is still this worker's: a job is never acked before its output
-is safely handed on, and a worker that lost its claim publishes nothing.
 """
 
 from __future__ import annotations
@@ -30,35 +26,32 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
-import structlog
-from PIL import Image
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from common.consumer import Delivery, Forward, StreamConsumer, StreamPolicy, sleep_unless
+from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
 from common.cost import job_cost
 from common.cpus import pin_this_thread
 from common.health import redis_writable
-from common.jobs import DEADLINE_EXCEEDED, JobChange, JobStore
+from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.logging import get_logger
 from common.previews import PreviewStore
-from common.redis_errors import REDIS_TRANSIENT, describe, retry_transient
-from common.result_cache import entry_digest
+from common.redis_errors import REDIS_TRANSIENT, describe
 from common.scheduler import DEFAULT_AGING_S, Scheduler
-from common.schemas import JobSpec, JobStatus, OutputBlob, RenderedJob, WorkerHeartbeat
+from common.schemas import JobSpec, JobStatus, WorkerHeartbeat
 from common.tenants import PRIORITIES
 from common.usage import UsageStore, render_token
 from gpu_worker.batching import WaitingJobs
-from gpu_worker.encoding import Encoded, decode_image, encode
+from gpu_worker.encoding import decode_image
 from gpu_worker.families import Artifact, PreviewSink, StepCallback, batch_family, family
+from gpu_worker.hand_off import HandOff
+from gpu_worker.job import Job
 from gpu_worker.metering import GpuMeter
 from gpu_worker.metrics import (
     BATCH_SIZE,
-    JOBS,
     PIPELINE_SECONDS,
     QUEUE_WAIT_SECONDS,
     RENDER_STALLS,
@@ -66,8 +59,6 @@ from gpu_worker.metrics import (
 from gpu_worker.previews import JobPreviews
 from gpu_worker.progress import (
     CLAIM_LOST,
-    HANDED_OFF_MESSAGE,
-    RENDER_END_PCT,
     RENDER_STALLED,
     RENDER_TOO_LONG,
     SHUTTING_DOWN,
@@ -84,31 +75,10 @@ log = get_logger(__name__)
 # Failures a retry cannot fix: bad input that slipped through, weights that do not load.
 PERMANENT_ERRORS = (ValueError, TypeError, OSError)
 HEARTBEAT_INTERVAL_S = 5.0
-# A hand-off Redis refuses (OOM, READONLY, gone) is tried again for this long, the rendered bytes
-# kept in hand; then the entry is released to the group, so the batch after it is never held up.
-HAND_OFF_RETRY_S = 30.0
 # Fields that may differ between jobs rendered in one pipeline call.
 PER_JOB_PARAMS = {"prompt", "negative_prompt", "seed"}
 
 T = TypeVar("T")
-
-
-@dataclass
-class Job:
-    """A delivery read, parsed and with its input decoded: ready to render."""
-
-    delivery: Delivery
-    spec: JobSpec
-    image: Image.Image | None = None
-    reporter: ProgressReporter | None = None
-    started_at: float = 0.0
-    # The latest render's share of its pipeline call's time, and its name for the charge.
-    gpu_s: float = 0.0
-    render: str = ""
-
-    @property
-    def log(self) -> contextlib.AbstractContextManager[object]:
-        return structlog.contextvars.bound_contextvars(job_id=self.spec.job_id)
 
 
 class Worker:
@@ -136,9 +106,7 @@ class Worker:
         self._blobs = blobs
         self._keys = keys
         self._jobs = jobs
-        self._usage = usage
         self._registry = registry
-        self._blob_ttl_s = blob_ttl_s
         self._drain_grace_s = drain_grace_s
         self._preload = preload
         self._hang_at_step = hang_at_step
@@ -167,6 +135,14 @@ class Worker:
             on_dead=self._on_dead,
             on_claim_lost=self._claim_lost,
             before_read=self._refill,
+        )
+        self._hand_off = HandOff(
+            jobs=jobs,
+            usage=usage,
+            consumer=self.consumer,
+            keys=keys,
+            registry=registry,
+            blob_ttl_s=blob_ttl_s,
         )
         # Jobs read and ready, waiting for the render stage: at most the largest batch.
         self._waiting: WaitingJobs[Job] = WaitingJobs(
@@ -337,7 +313,7 @@ class Worker:
         for job in jobs:
             if job.reporter is not None:
                 job.reporter.stop(RENDER_STALLED)  # should the call ever return: no output
-            await self._release(job, count_attempt=True)
+            await self._hand_off.release(job, count_attempt=True)
             with contextlib.suppress(*REDIS_TRANSIENT):
                 await self._jobs.emit(
                     job.spec.job_id,
@@ -348,7 +324,7 @@ class Worker:
     async def _release_waiting(self) -> None:
         while (batch := await self._waiting.next_batch()) is not None:
             for job in batch:
-                await self._release(job)
+                await self._hand_off.release(job)
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -386,7 +362,7 @@ class Worker:
                 return None
             unavailable = self._registry.unavailable(spec.model)
             if unavailable is not None:  # its weights did not load here: say so at once
-                await self._fail(job, str(unavailable))
+                await self._hand_off.fail(job, str(unavailable))
                 return None
             if spec.input_blob is not None:
                 data: bytes | None = await self._blobs.get(  # type: ignore[assignment]  # redis-py's union return
@@ -397,7 +373,7 @@ class Worker:
                         raise ValueError("the input image expired before the job started")
                     job.image = await asyncio.to_thread(decode_image, data)
                 except PERMANENT_ERRORS as exc:
-                    await self._fail(job, f"Invalid input image: {exc}")
+                    await self._hand_off.fail(job, f"Invalid input image: {exc}")
                     return None
         self._in_hand[(delivery.stream, delivery.msg_id)] = (
             delivery,
@@ -421,14 +397,14 @@ class Worker:
             # Read but not started: another worker takes them at once.
             if stop.is_set() or self.stalled is not None:
                 for job in batch + await self._waiting.take_all():
-                    await self._release(job)
+                    await self._hand_off.release(job)
                 continue
             try:
                 await self._render(batch)
             except REDIS_TRANSIENT as exc:  # the stage goes on; the batch goes back to the group
                 log.warning("batch.not_finished", error=describe(exc))
                 for job in batch:
-                    await self._release(job)
+                    await self._hand_off.release(job)
             except Exception:  # a bug: each entry is delivered again after its idle time, and
                 # counted, so a job that keeps failing ends in the dead stream, not in a loop
                 log.exception("batch.not_finished")
@@ -471,7 +447,7 @@ class Worker:
             await progress.close()
             _metered(jobs, meter)
             for job in jobs:
-                await self._interrupted(job, _stop_reason(job) or exc.reason)
+                await self._hand_off.interrupted(job, job.stop_reason or exc.reason)
             return
         except Exception as exc:  # an inference error must not kill the worker
             await progress.close()
@@ -485,7 +461,7 @@ class Worker:
             await self._finishing
         rendered = list(zip(jobs, outputs, strict=True))
         self._finishing = asyncio.create_task(
-            self._finish(progress, rendered), name="worker-finish"
+            self._hand_off.finish(progress, rendered), name="worker-finish"
         )
 
     async def _start(self, job: Job) -> bool:
@@ -496,7 +472,7 @@ class Worker:
                 log.warning("job.claim_lost", stage="queued")
                 return False
             if job.spec.deadline_at is not None and time.time() > job.spec.deadline_at:
-                await self._fail(job, DEADLINE_EXCEEDED)
+                await self._hand_off.fail(job, DEADLINE_EXCEEDED)
                 return False
             log.info("job.started", task=job.spec.task.value)
             if job.started_at == 0.0 and not job.delivery.reclaimed:  # its first start only
@@ -526,7 +502,7 @@ class Worker:
             try:
                 on_step(done, total)
             finally:  # after on_step: a job it stopped (its deadline passed) pays no further
-                meter.step([_stop_reason(job) is None for job in jobs])
+                meter.step([job.stop_reason is None for job in jobs])
             if done == self._hang_at_step:  # test aid: a CUDA call that never returns
                 threading.Event().wait()
             if self._step_delay_s is not None:  # test aid: a render long enough to watch
@@ -569,248 +545,12 @@ class Worker:
         (job,) = jobs
         with job.log:
             if isinstance(exc, RouteUnavailable):  # recorded by the registry, logged there
-                await self._fail(job, str(exc))
+                await self._hand_off.fail(job, str(exc))
             elif isinstance(exc, PERMANENT_ERRORS):  # retrying cannot help: fail now
                 log.error("job.render_failed", retry=False, exc_info=exc)
-                await self._fail(job, f"Model inference error: {exc}")
+                await self._hand_off.fail(job, f"Model inference error: {exc}")
             else:
-                await self._retry_later(job, exc)
-
-    # -- finish ---------------------------------------------------------------------------
-
-    async def _finish(
-        self, progress: BatchProgress, rendered: list[tuple[Job, list[Artifact]]]
-    ) -> None:
-        """Off the render thread, while the next batch renders: the last progress events, then
-        encode, hand off and ack, the jobs of a batch together (one round trip for all). Never
-        raises: a job it cannot finish goes back to the group, and the next batch's finish does
-        not inherit the failure."""
-        try:
-            await progress.close()
-        except Exception:  # progress is best effort; the outputs are what matter
-            log.exception("batch.progress_failed")
-        done = [(job, artifacts) for job, artifacts in rendered if _stop_reason(job) is None]
-        await asyncio.gather(
-            self._finish_rendered(done),
-            *(
-                self._guarded(job, functools.partial(self._interrupted, job, reason))
-                for job, _ in rendered
-                if (reason := _stop_reason(job)) is not None  # canceled, or out of time
-            ),
-        )
-
-    async def _guarded(self, job: Job, step: Callable[[], Awaitable[None]]) -> None:
-        """A job's end that must not raise: what fails goes back to the group."""
-        with job.log:
-            try:
-                await step()
-            except Exception as exc:
-                await self._not_finished(job, exc)
-
-    async def _not_finished(self, job: Job, exc: Exception) -> None:
-        if isinstance(exc, REDIS_TRANSIENT):  # for another worker, or this one, once Redis is back
-            log.warning("job.not_finished", error=describe(exc))
-            await self._release(job)
-        else:  # a bug: delivered again after its idle time, and counted
-            log.error("job.not_finished", exc_info=exc)
-            self.consumer.leave_pending(job.delivery)
-
-    async def _finish_rendered(self, rendered: list[tuple[Job, list[Artifact]]]) -> None:
-        if not rendered:
-            return
-        encoded = await asyncio.gather(
-            *(asyncio.to_thread(_encode_all, artifacts) for _, artifacts in rendered)
-        )
-        ready: list[tuple[Job, list[Encoded]]] = []
-        for (job, _), outputs in zip(rendered, encoded, strict=True):
-            if isinstance(outputs, Exception):
-                await self._guarded(job, functools.partial(self._encode_failed, job, outputs))
-            else:
-                ready.append((job, outputs))
-        if not ready:
-            return
-        try:
-            handed_off = await retry_transient(
-                lambda: self._hand_off(ready),
-                for_s=HAND_OFF_RETRY_S,
-                still_wanted=lambda: any(self.consumer.holds(job.delivery) for job, _ in ready),
-                event="job.hand_off_retry",
-            )
-        except Exception as exc:
-            for job, _ in ready:
-                with job.log:
-                    await self._not_finished(job, exc)
-            return
-        finished: list[JobChange] = []
-        for (job, outputs), ok in zip(ready, handed_off, strict=True):
-            with job.log:
-                if not ok:
-                    log.warning("job.claim_lost", stage="hand_off")
-                    continue
-                JOBS.labels(job.spec.model, "rendered").inc()
-                log.info(
-                    "job.rendered",
-                    duration_ms=round((time.perf_counter() - job.started_at) * 1000),
-                    outputs=len(outputs),
-                    batch=len(rendered),
-                )
-            finished.append(
-                JobChange(
-                    job.spec.job_id,
-                    # "processing" again: the render's first event is best effort
-                    status=JobStatus.PROCESSING,
-                    progress=RENDER_END_PCT,
-                    message=HANDED_OFF_MESSAGE,
-                )
-            )
-        try:
-            await self._jobs.emit_all(finished)
-        except REDIS_TRANSIENT as exc:  # handed off already: the uploader completes the jobs
-            log.warning("batch.handed_off_event_failed", error=describe(exc))
-        except Exception:  # a bug, but the next batch's finish must not inherit it
-            log.exception("batch.handed_off_event_failed")
-
-    async def _encode_failed(self, job: Job, exc: Exception) -> None:
-        log.error("job.encode_failed", exc_info=exc)
-        await self._fail(job, f"Could not encode the output: {exc}")
-
-    async def _hand_off(self, ready: list[tuple[Job, list[Encoded]]]) -> list[bool]:
-        """Atomically for each job and only if it is still this worker's: the output bytes to
-        blobs, the ``rendered`` entry and the ack; the batch in one round trip. A worker that
-        lost its claim writes nothing. The renders' GPU time is charged first (once, however
-        often this is retried), so it is on the record before the job can complete."""
-        held = [self.consumer.holds(job.delivery) for job, _ in ready]
-        mine = [item for item, holds in zip(ready, held, strict=True) if holds]
-        if not mine:
-            return held
-        await self._usage.charge_gpu_all(
-            [(job.spec.job_id, job.gpu_s, job.render) for job, _ in mine]
-        )
-        forwarded = iter(
-            await self.consumer.forward_all(
-                [self._rendered(job, outputs) for job, outputs in mine],
-                blob_ttl_s=self._blob_ttl_s,
-            )
-        )
-        return [holds and next(forwarded) for holds in held]
-
-    def _rendered(self, job: Job, outputs: list[Encoded]) -> Forward:
-        """The job's ``rendered`` entry and its output blobs."""
-        spec = job.spec
-        blobs = [
-            OutputBlob(
-                key=self._keys.blob(spec.job_id, f"output:{i}"),
-                content_type=output.content_type,
-                extension=output.extension,
-            )
-            for i, output in enumerate(outputs)
-        ]
-        # The result is cached under the request joined with how this worker rendered it.
-        fingerprint = self._registry.fingerprints.get(spec.model)
-        rendered = RenderedJob(
-            job_id=spec.job_id,
-            created_at=spec.created_at,
-            outputs=blobs,
-            input_blob=spec.input_blob,
-            cache_digest=(
-                entry_digest(spec.cache_request, fingerprint)
-                if spec.cache_request and fingerprint
-                else None
-            ),
-        )
-        return Forward(
-            job.delivery,
-            self._keys.rendered,
-            "rendered",
-            rendered.model_dump_json(),
-            blobs={blob.key: output.data for blob, output in zip(blobs, outputs, strict=True)},
-        )
-
-    # -- endings other than success -------------------------------------------------------
-
-    async def _interrupted(self, job: Job, reason: str) -> None:
-        with job.log:
-            if reason == CLAIM_LOST:
-                log.warning("job.claim_lost", stage="render")
-            elif reason == RENDER_STALLED:  # the watchdog gave it to another worker already
-                log.warning("job.render_returned_after_stall")
-            elif reason == DEADLINE_EXCEEDED:
-                await self._charge_stopped(job)
-                await self._fail(job, DEADLINE_EXCEEDED)
-            elif reason == SHUTTING_DOWN:
-                await self._release(job)
-            elif reason == RENDER_TOO_LONG:
-                await self._too_long(job)
-            else:
-                log.info("job.canceled")
-                JOBS.labels(job.spec.model, "canceled").inc()
-                await self._charge_stopped(job)
-                await self.consumer.ack(job.delivery)
-
-    async def _too_long(self, job: Job) -> None:
-        """Past its route's ``max_render_s``: this attempt failed, like a stall. Another
-        worker tries while attempts remain; the last one fails the job."""
-        limit_s = self._registry.routes[job.spec.model].max_render_s
-        error = f"The render ran past the route's limit of {limit_s:g} s"
-        delivery = job.delivery
-        max_deliveries = self.consumer.policy(delivery.stream).max_deliveries
-        log.warning("job.render_too_long", limit_s=limit_s, attempt=delivery.attempt)
-        if delivery.attempt >= max_deliveries:
-            await self._charge_stopped(job)
-            await self._fail(job, f"{error} ({delivery.attempt} attempts)")
-            return
-        await self._release(job, count_attempt=True)
-        with contextlib.suppress(*REDIS_TRANSIENT):
-            await self._jobs.emit(
-                job.spec.job_id,
-                message=f"{error}; another worker takes the job over",
-                fields={"last_error": error},
-            )
-
-    async def _charge_stopped(self, job: Job) -> None:
-        """A render its job's end stopped (canceled, out of time) is paid for the steps it
-        rendered; the job has usually ended already, so the time goes to its usage directly.
-        Best effort: the job's end must not wait on it."""
-        try:
-            await self._usage.charge_gpu(job.spec.job_id, job.gpu_s, job.render)
-        except REDIS_TRANSIENT as exc:
-            log.warning("usage.charge_failed", gpu_s=round(job.gpu_s, 3), error=describe(exc))
-
-    async def _fail(self, job: Job, error: str) -> None:
-        await self._jobs.emit(
-            job.spec.job_id, status=JobStatus.FAILED, message="Generation failed", error=error
-        )
-        log.info("job.failed", error=error)
-        JOBS.labels(job.spec.model, "failed").inc()
-        await self.consumer.ack(job.delivery)
-
-    async def _retry_later(self, job: Job, exc: Exception) -> None:
-        """Leave the entry pending: after the stream's claim idle time a worker (perhaps this
-        one) takes it again, until its deliveries run out and it goes to the dead stream."""
-        delivery = job.delivery
-        policy = self.consumer.policy(delivery.stream)
-        log.error(
-            "job.render_failed", retry=True, max_deliveries=policy.max_deliveries, exc_info=exc
-        )
-        if delivery.attempt >= policy.max_deliveries:
-            await self._fail(job, f"Model inference error after {delivery.attempt} attempts: {exc}")
-            return
-        self.consumer.leave_pending(delivery)
-        await self._jobs.emit(
-            job.spec.job_id,
-            message=f"Render failed (attempt {delivery.attempt} of {policy.max_deliveries}); "
-            f"retrying in {policy.claim_idle_ms // 1000}s",
-            fields={"last_error": str(exc)},
-        )
-
-    async def _release(self, job: Job, *, count_attempt: bool = False) -> None:
-        """Give a job this worker will not finish back to the group, for another worker now."""
-        with job.log:
-            try:
-                await self.consumer.release(job.delivery, count_attempt=count_attempt)
-                log.info("job.released", attempt_counted=count_attempt)
-            except REDIS_TRANSIENT:
-                self.consumer.leave_pending(job.delivery)  # taken over after the idle time
+                await self._hand_off.retry_later(job, exc)
 
     async def _claim_lost(self, delivery: Delivery) -> None:
         """Another worker took the entry over (this one stalled): stop rendering it."""
@@ -855,15 +595,3 @@ def _metered(jobs: list[Job], meter: GpuMeter) -> None:
     """Note each job's share of the pipeline call, under a new name for its charge."""
     for job, gpu_s in zip(jobs, meter.seconds, strict=True):
         job.gpu_s, job.render = gpu_s, render_token()
-
-
-def _encode_all(artifacts: list[Artifact]) -> list[Encoded] | Exception:
-    """On a thread: a job's outputs encoded, or why they could not be."""
-    try:
-        return [encode(artifact) for artifact in artifacts]
-    except Exception as exc:
-        return exc
-
-
-def _stop_reason(job: Job) -> str | None:
-    return job.reporter.stop_reason if job.reporter is not None else None
