@@ -1,6 +1,7 @@
 """Darkroom against Ray Serve on the same box, the same checkpoint and the same closed-loop client.
 
-- raw: the pipeline alone in this process, batch 1 and batch 8 (no PNG): the limit;
+- raw: the pipeline alone in this process, batch 1 and batch 8 (no PNG), at the start of every
+  run: the limit (the median over the runs);
 - Darkroom: ``darkroom up`` as its users run it (embedded Redis with AOF, notifier, scheduler,
   auth with an API key, local storage), every job submitted on ``POST /api/sd/t2i`` with
   ``cache: false`` and followed over its SSE feed to ``completed``; once more at 16 clients
@@ -549,11 +550,25 @@ def raw_limits(models: Path, calls: int, torch_threads: int) -> dict[str, Any]:
     return out
 
 
+def median_raw(raws: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each batch size's figures, the median over the runs."""
+    return {
+        batch: {key: statistics.median(raw[batch][key] for raw in raws) for key in raws[0][batch]}
+        for batch in raws[0]
+    }
+
+
 def one_run(index: int, models: Path, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     order = [name for name in ("darkroom", "ray") if name in args.systems]
     if index % 2:
         order.reverse()
-    run: dict[str, Any] = {"order": order}
+    # The limit is measured in every run too, alone on the machine just before the systems:
+    # the box drifts by several per cent over a quarter of an hour.
+    run: dict[str, Any] = {
+        "order": order,
+        "raw": raw_limits(models, args.raw_calls, args.torch_threads),
+    }
+    print(f"run {index + 1}: raw {json.dumps(run['raw'])}", flush=True)
     for name in order:
         print(f"run {index + 1}: {name}", flush=True)
         if name == "darkroom":
@@ -626,12 +641,11 @@ def main() -> None:
 
     models = models_cache(args.models.resolve())
     load_at_start = os.getloadavg()
-    raw = raw_limits(models, args.raw_calls, args.torch_threads)
-    print(f"raw: {json.dumps(raw)}", flush=True)
     runs = []
     with tempfile.TemporaryDirectory(prefix="vs-ray-") as tmp:
         for index in range(args.runs):
             runs.append(one_run(index, models, args, Path(tmp)))
+    raw = median_raw([run["raw"] for run in runs])
     result = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
