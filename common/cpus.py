@@ -100,7 +100,7 @@ def placement(render_threads: int, render_cpus: str | None = None) -> Placement 
     if not can_pin():
         return None
     if render_cpus is None:
-        if len(cpus) <= render_threads:
+        if not 0 < render_threads < len(cpus):
             return None
         render = frozenset(sorted(cpus)[:render_threads])
     else:

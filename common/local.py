@@ -133,7 +133,10 @@ def up(settings: LocalSettings) -> int:
     env["DARKROOM_AUTH"] = settings.auth
     env.pop("DARKROOM_STATE_DIR", None)
     env.setdefault("DARKROOM_TORCH_THREADS", str(default_torch_threads()))
-    cores = placement(int(env["DARKROOM_TORCH_THREADS"]), env.get("DARKROOM_RENDER_CPUS"))
+    try:
+        cores = placement(int(env["DARKROOM_TORCH_THREADS"]), env.get("DARKROOM_RENDER_CPUS"))
+    except ValueError:  # malformed: left for the worker's settings to refuse, by name
+        cores = None
     if cores is not None:
         env["DARKROOM_RENDER_CPUS"] = format_cpu_list(cores.render)
     if settings.auth == "off" and settings.host == "127.0.0.1":
