@@ -1,25 +1,39 @@
 """Production policy over a built overlay: what a first rollout on a managed cluster needs.
 
-Imported by deploy/check_manifests.py, which runs ``check_policy`` on every build and
-``self_test`` on the gpu builds: each policy must catch the breakage it is there for, so the
-self-test breaks the build in one place at a time (a save line in redis.conf, an old driver, no
-storage class…) and expects the policy's complaint.
+Imported by deploy/check_manifests.py, which runs ``check_policy`` on every build and the
+self-test (deploy/policy_self_test.py) on the gpu builds. Reading the overlay is
+deploy/manifests.py's.
 """
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 import re
 import shlex
 import tomllib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-Doc = dict[str, Any]
+from manifests import (
+    GPU_MEMORY_LABEL,
+    SERVICE_ACCOUNT_DIR,
+    Build,
+    Doc,
+    all_containers,
+    cpu_millis,
+    gpu_memory_range,
+    k8s_bytes,
+    kube_api_mounted,
+    policies_for,
+    redis_bytes,
+    role,
+    rule_allows_port,
+    selects,
+    template_labels,
+    token_mounted,
+    where,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 # driver's major version.
 MIN_DRIVER_BY_CUDA = {12: 525, 13: 580}
 DRIVER_LABEL = "nvidia.com/cuda.driver-version.major"
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GPU_RESOURCE = "nvidia.com/gpu"
 # maxmemory at most this share of Redis's memory limit: the rest is for the AOF rewrite child's
 # copy-on-write pages, allocator fragmentation and client buffers.
@@ -52,122 +65,11 @@ WEBHOOK_EXCEPT = {
     "0.0.0.0/0": PRIVATE_V4 | {"100.64.0.0/10", "127.0.0.0/8"},
     "::/0": PRIVATE_V6 | {"::1/128"},
 }
-POD_KINDS = {"Deployment", "StatefulSet", "Job"}
 # Workers reach the API server (their pods' deletion cost) and nothing else outside the
 # cluster: an ipBlock no wider than this, on the API server's ports only.
 KUBE_API_PORTS = {443, 6443}
 MAX_KUBE_API_PREFIX = {4: 16, 6: 48}
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 FALSE_WORDS = {"false", "0", "no", "off"}
-
-K8S_UNITS = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-}
-REDIS_UNITS = {"kb": 2**10, "mb": 2**20, "gb": 2**30, "k": 10**3, "m": 10**6, "g": 10**9}
-
-
-@dataclass
-class Build:
-    """One rendered overlay, indexed the ways the policies read it."""
-
-    docs: list[Doc]
-    release: bool = False
-    config_maps: dict[str, Doc] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.config_maps = {d["metadata"]["name"]: d for d in self.of("ConfigMap")}
-
-    def of(self, *kinds: str) -> list[Doc]:
-        return [d for d in self.docs if d["kind"] in kinds]
-
-    def named(self, kind: str, name: str) -> Doc | None:
-        return next((d for d in self.of(kind) if d["metadata"]["name"] == name), None)
-
-    def pods(self) -> Iterator[tuple[Doc, Doc]]:
-        """(workload, pod spec) for every Deployment, StatefulSet and Job."""
-        for doc in self.of(*POD_KINDS):
-            yield doc, doc["spec"]["template"]["spec"]
-
-    def env(self, container: Doc) -> dict[str, str | None]:
-        env: dict[str, str | None] = {}
-        for source in container.get("envFrom", []):
-            ref = source.get("configMapRef")
-            if ref is not None:
-                env.update(self.config_maps[ref["name"]].get("data", {}))
-        for var in container.get("env", []):
-            env[var["name"]] = var.get("value") if "valueFrom" not in var else None
-        return env
-
-
-def where(doc: Doc) -> str:
-    return f"{doc['kind']}/{doc['metadata']['name']}"
-
-
-def all_containers(pod: Doc) -> list[Doc]:
-    return [*pod.get("initContainers", []), *pod["containers"]]
-
-
-def role(container: Doc) -> str:
-    return str((container.get("args") or [""])[0])
-
-
-def template_labels(doc: Doc) -> dict[str, str]:
-    return dict(doc["spec"]["template"]["metadata"].get("labels", {}))
-
-
-def k8s_bytes(quantity: str | int) -> float:
-    text = str(quantity)
-    for suffix, factor in K8S_UNITS.items():
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
-
-
-def cpu_millis(quantity: str | int) -> float:
-    text = str(quantity)
-    return float(text[:-1]) if text.endswith("m") else float(text) * 1000
-
-
-def redis_bytes(text: str) -> float:
-    lowered = text.lower()
-    for suffix in sorted(REDIS_UNITS, key=len, reverse=True):
-        if lowered.endswith(suffix):
-            return float(lowered[: -len(suffix)]) * REDIS_UNITS[suffix]
-    return float(lowered)
-
-
-def selects(selector: Doc, labels: dict[str, str]) -> bool:
-    """A Kubernetes label selector (matchLabels and matchExpressions) against labels."""
-    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for expression in selector.get("matchExpressions", []):
-        key, operator = expression["key"], expression["operator"]
-        values = expression.get("values", [])
-        matched = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[operator]
-        if not matched:
-            return False
-    return True
-
-
-def policies_for(build: Build, labels: dict[str, str], policy_type: str) -> list[Doc]:
-    return [
-        p
-        for p in build.of("NetworkPolicy")
-        if policy_type in p["spec"].get("policyTypes", [])
-        and selects(p["spec"]["podSelector"], labels)
-    ]
 
 
 class Policy:
@@ -712,51 +614,6 @@ def kube_api_rule(rule: Doc) -> bool:
     return True
 
 
-def kube_api_mounted(pod: Doc, container: Doc) -> bool:
-    """A projected ServiceAccount token and the cluster CA, mounted where the worker reads them."""
-    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
-    volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    sources = (
-        volumes.get(mounts.get(SERVICE_ACCOUNT_DIR, ""), {}).get("projected", {}).get("sources", [])
-    )
-    token = any(s.get("serviceAccountToken", {}).get("path") == "token" for s in sources)
-    ca = any(
-        s.get("configMap", {}).get("name") == "kube-root-ca.crt"
-        and {"key": "ca.crt", "path": "ca.crt"} in s["configMap"].get("items", [])
-        for s in sources
-    )
-    return token and ca
-
-
-def rule_allows_port(rule: Doc, port: int) -> bool:
-    ports = rule.get("ports")
-    return not ports or any(p.get("port") == port for p in ports)
-
-
-def gpu_memory_range(expressions: list[Doc]) -> tuple[float, float]:
-    low, high = 0.0, float("inf")
-    for expression in expressions:
-        if expression["key"] == GPU_MEMORY_LABEL:
-            value = float(expression["values"][0])
-            if expression["operator"] == "Gt":
-                low = max(low, value)
-            elif expression["operator"] == "Lt":
-                high = min(high, value)
-    return low, high
-
-
-def token_mounted(pod: Doc, env: dict[str, str | None]) -> bool:
-    """HF_TOKEN_PATH names a file of a required Secret volume that holds HF_TOKEN."""
-    path = Path(env.get("HF_TOKEN_PATH") or "/nonexistent/HF_TOKEN")
-    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0].get("volumeMounts", [])}
-    volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    secret = volumes.get(mounts.get(str(path.parent), ""), {}).get("secret")
-    if secret is None or secret.get("optional"):
-        return False
-    items = secret.get("items")
-    return items is None or {"key": "HF_TOKEN", "path": path.name} in items
-
-
 def lockfile_cuda_major() -> int | None:
     """The CUDA major version uv.lock's torch is built for (None: a CPU-only torch)."""
     lock = tomllib.loads((REPO / "uv.lock").read_text())
@@ -793,211 +650,3 @@ def check_policy(docs: list[Doc], release: bool = False) -> list[str]:
     ):
         check()
     return list(dict.fromkeys(policy.problems))  # once each, though several pools share a cause
-
-
-# The self-test: each breakage, and a word the policy's complaint must contain. ---------------
-
-Mutation = Callable[[list[Doc]], None]
-
-
-def _find(docs: list[Doc], kind: str, name: str) -> Doc:
-    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
-
-
-def _pod(docs: list[Doc], kind: str, name: str) -> Doc:
-    pod: Doc = _find(docs, kind, name)["spec"]["template"]["spec"]
-    return pod
-
-
-def _container(docs: list[Doc], kind: str, name: str) -> Doc:
-    container: Doc = _pod(docs, kind, name)["containers"][0]
-    return container
-
-
-def _redis_conf(docs: list[Doc]) -> Doc:
-    return next(d for d in docs if d["kind"] == "ConfigMap" and "redis.conf" in d.get("data", {}))
-
-
-def _env(container: Doc, name: str, value: str) -> None:
-    container["env"] = [v for v in container.get("env", []) if v["name"] != name]
-    container["env"].append({"name": name, "value": value})
-
-
-def _config(docs: list[Doc], key: str, value: str | None) -> None:
-    config = next(d for d in docs if d["kind"] == "ConfigMap" and "DARKROOM_STORAGE" in d["data"])
-    if value is None:
-        config["data"].pop(key, None)
-    else:
-        config["data"][key] = value
-
-
-def _driver_terms(docs: list[Doc]) -> list[Doc]:
-    affinity = _pod(docs, "Deployment", "gpu-worker")["affinity"]["nodeAffinity"]
-    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    expressions: list[Doc] = terms[0]["matchExpressions"]
-    return expressions
-
-
-def _set_driver(docs: list[Doc], value: str) -> None:
-    for expression in _driver_terms(docs):
-        if expression["key"] == DRIVER_LABEL:
-            expression["values"] = [value]
-
-
-def _drop_upper_bound(docs: list[Doc]) -> None:
-    expressions = _driver_terms(docs)
-    expressions[:] = [e for e in expressions if e["operator"] != "Lt"]
-
-
-def _edit_catalog(docs: list[Doc], old: str, new: str) -> None:
-    data = next(c for c in docs if c["kind"] == "ConfigMap" and "models.toml" in c.get("data", {}))
-    data["data"]["models.toml"] = data["data"]["models.toml"].replace(old, new)
-
-
-MUTATIONS: dict[str, tuple[Mutation, str]] = {
-    "an RDB save line": (
-        lambda d: _redis_conf(d)["data"].update(
-            {"redis.conf": _redis_conf(d)["data"]["redis.conf"] + "save 900 1\n"}
-        ),
-        'save ""',
-    ),
-    "maxmemory near the limit": (
-        lambda d: _env(_container(d, "StatefulSet", "redis"), "REDIS_MAXMEMORY", "3gb"),
-        "of the memory limit",
-    ),
-    "Burstable Redis": (
-        lambda d: _container(d, "StatefulSet", "redis")["resources"]["requests"].update(
-            {"memory": "1Gi"}
-        ),
-        "Guaranteed",
-    ),
-    "an input cap past maxmemory": (
-        lambda d: _config(d, "DARKROOM_MAX_WAITING_INPUT_BYTES", str(4 * 2**30)),
-        "DARKROOM_MAX_WAITING_INPUT_BYTES",
-    ),
-    "no storage class": (
-        lambda d: _find(d, "PersistentVolumeClaim", "hf-cache")["spec"].pop("storageClassName"),
-        "storageClassName",
-    ),
-    "a driver too old for uv.lock's CUDA": (lambda d: _set_driver(d, "534"), DRIVER_LABEL),
-    "overlapping GPU pools": (_drop_upper_bound, "overlap"),
-    "the default eviction policy": (
-        lambda d: _find(d, "PodDisruptionBudget", "gateway")["spec"].pop(
-            "unhealthyPodEvictionPolicy"
-        ),
-        "AlwaysAllow",
-    ),
-    "the default ServiceAccount": (
-        lambda d: _pod(d, "Deployment", "uploader").pop("serviceAccountName"),
-        "ServiceAccount",
-    ),
-    "no scrape rule": (
-        lambda d: d.remove(_find(d, "NetworkPolicy", "darkroom-allow-metrics")),
-        "/metrics",
-    ),
-    "the gateway's metrics port closed to monitoring": (
-        lambda d: _find(d, "NetworkPolicy", "darkroom-allow-metrics")["spec"]["podSelector"][
-            "matchExpressions"
-        ][0]["values"].remove("api"),
-        "/metrics on 8081",
-    ),
-    "imagePullPolicy Always": (
-        lambda d: _container(d, "Deployment", "gpu-worker").update({"imagePullPolicy": "Always"}),
-        "IfNotPresent",
-    ),
-    "workers on the hub": (
-        lambda d: _env(_container(d, "Deployment", "gpu-worker"), "HF_HUB_OFFLINE", "0"),
-        "HF_HUB_OFFLINE",
-    ),
-    "an optional hub token": (
-        lambda d: next(
-            v for v in _pod(d, "Job", "model-prefetch")["volumes"] if v["name"] == "credentials"
-        )["secret"].update({"optional": True}),
-        "gated",
-    ),
-    "egress to private ranges": (
-        lambda d: next(
-            r
-            for r in _find(d, "NetworkPolicy", "uploader")["spec"]["egress"]
-            if r.get("to") and "ipBlock" in r["to"][0]
-        )["to"][0]["ipBlock"].pop("except"),
-        "must except",
-    ),
-    "webhooks to the CGNAT range": (
-        lambda d: next(
-            r
-            for r in _find(d, "NetworkPolicy", "notifier")["spec"]["egress"]
-            if r.get("to") and "ipBlock" in r["to"][0]
-        )["to"][0]["ipBlock"]["except"].remove("100.64.0.0/10"),
-        "lets webhooks reach",
-    ),
-    "unsigned result URLs": (lambda d: _config(d, "DARKROOM_S3_PRESIGN", "false"), "unsigned"),
-    "the generic bucket": (lambda d: _config(d, "S3_BUCKET_NAME", None), "S3_BUCKET_NAME"),
-    "one job per worker for a batching route": (
-        lambda d: _find(d, "ScaledObject", "gpu-worker")["spec"]["advanced"][
-            "scalingModifiers"
-        ].update({"formula": "sd + sdxl / 4 + flux + ltx"}),
-        "max_batch",
-    ),
-    "workers' API server rule open to the internet": (
-        lambda d: _find(d, "NetworkPolicy", "worker-kube-api")["spec"]["egress"][0]["to"][0][
-            "ipBlock"
-        ].update({"cidr": "0.0.0.0/0"}),
-        "out of the cluster",
-    ),
-    "no way to the API server": (
-        lambda d: d.remove(_find(d, "NetworkPolicy", "worker-kube-api")),
-        "reach the API server",
-    ),
-    "a worker that does not know its pod": (
-        lambda d: _container(d, "Deployment", "gpu-worker")["env"].remove(
-            next(
-                v
-                for v in _container(d, "Deployment", "gpu-worker")["env"]
-                if v["name"] == "POD_NAME"
-            )
-        ),
-        "POD_NAME",
-    ),
-    "no token for the API server": (
-        lambda d: _container(d, "Deployment", "gpu-worker")["volumeMounts"].remove(
-            next(
-                m
-                for m in _container(d, "Deployment", "gpu-worker")["volumeMounts"]
-                if m["mountPath"] == SERVICE_ACCOUNT_DIR
-            )
-        ),
-        "projected ServiceAccount token",
-    ),
-    "no RoleBinding": (
-        lambda d: d.remove(_find(d, "RoleBinding", "gpu-worker")),
-        "lets it patch pods",
-    ),
-    "a Role past patching pods": (
-        lambda d: _find(d, "Role", "gpu-worker")["rules"][0].update({"verbs": ["*"]}),
-        "more than patch",
-    ),
-    "a render limit past the drain grace": (
-        lambda d: _edit_catalog(d, "[routes.ltx]\n", "[routes.ltx]\nmax_render_s = 3600\n"),
-        "max_render_s",
-    ),
-    "a small gateway /tmp": (
-        lambda d: next(
-            v for v in _pod(d, "Deployment", "gateway")["volumes"] if v["name"] == "tmp"
-        )["emptyDir"].update({"sizeLimit": "256Mi"}),
-        "uploads in progress",
-    ),
-}
-
-
-def self_test(docs: list[Doc], run: Callable[[list[Doc]], list[str]]) -> list[str]:
-    """Break the build one way at a time; ``run`` (every check of check_manifests) must notice."""
-    baseline = set(run(docs))
-    failures = []
-    for name, (mutate, word) in MUTATIONS.items():
-        broken = copy.deepcopy(docs)
-        mutate(broken)
-        new = [p for p in run(broken) if p not in baseline]
-        if not any(word in problem for problem in new):
-            failures.append(f"self-test: {name} went unnoticed (expected {word!r} in {new})")
-    return failures
