@@ -8,7 +8,6 @@ import io
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 import torch
@@ -21,13 +20,14 @@ from common.jobs import JobStore
 from common.keys import WORKERS_GROUP, Keys
 from common.redis_server import RedisServer
 from common.scheduler import Scheduler
-from common.schemas import JobSpec, JobStatus, RenderedJob, RenderParams, Task
+from common.schemas import JobStatus, RenderedJob
 from common.usage import UsageStore, render_token
 from gpu_worker.families import Artifact
 from gpu_worker.hand_off import HandOff
 from gpu_worker.job import Job
 from gpu_worker.progress import HANDED_OFF_MESSAGE, RENDER_END_PCT, BatchProgress
 from gpu_worker.registry import ModelRegistry
+from tests.support.jobs import submit_job
 
 ROUTE = "sd"
 
@@ -70,21 +70,7 @@ class Rig:
 
     async def read_job(self) -> Job:
         """Submit a job and read it as the worker's intake does: held by this consumer."""
-        spec = JobSpec(
-            job_id=str(uuid.uuid4()),
-            model=ROUTE,
-            task=Task.T2I,
-            params=RenderParams(
-                prompt="a red fox",
-                seed=1,
-                width=64,
-                height=64,
-                num_inference_steps=4,
-                guidance_scale=7.5,
-            ),
-            created_at=datetime.now(UTC),
-        )
-        await self.jobs.submit(spec, message="Queued")
+        spec = await submit_job(self.jobs, self.keys)
         await Scheduler(self.redis, self.keys).refill([ROUTE], 1, now=time.time())
         await asyncio.wait_for(self.consumer.run(self._stop), timeout=30)
         (delivery,) = self._read
