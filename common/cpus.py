@@ -96,16 +96,17 @@ def placement(render_threads: int, render_cpus: str | None = None) -> Placement 
     """Where ``darkroom up`` puts things: the render on ``render_cpus`` when given (empty: no
     placement), else on the first ``render_threads`` available cores; the services on the rest.
     None when there is nothing to split (one core, or the render wants them all)."""
-    cpus = available_cpus()
     if not can_pin():
         return None
+    cpus = available_cpus()
     if render_cpus is None:
         if not 0 < render_threads < len(cpus):
             return None
         render = frozenset(sorted(cpus)[:render_threads])
     else:
-        render = parse_cpu_list(render_cpus) & cpus
+        # As given, never trimmed: CPUs this process may not use are the worker's to refuse.
+        render = parse_cpu_list(render_cpus)
     services = cpus - render
-    if not render or not services:
+    if not render or not services or not render <= cpus:
         return None
     return Placement(render=render, services=services)

@@ -54,6 +54,8 @@ def test_the_render_gets_the_first_cores_and_the_services_the_rest() -> None:
 def test_no_split_when_there_is_nothing_to_split() -> None:
     assert placement(len(available_cpus())) is None  # the render wants every core
     assert placement(0) is None and placement(-1) is None  # the worker refuses these itself
+    beyond = str(max(machine_cpus()) + 1)
+    assert placement(1, f"0,{beyond}") is None  # not trimmed: the worker refuses it, by name
     assert placement(1, "") is None  # turned off
     assert placement(1, format_cpu_list(available_cpus())) is None  # nothing left for services
 
