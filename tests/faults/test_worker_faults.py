@@ -82,7 +82,9 @@ def test_killed_workers_jobs_are_taken_over_and_complete_once(stack: Stack, ledg
             assert victim is not None
             stack.stop(victim, signal.SIGKILL)
             ledger.fault("worker SIGKILL mid-render")
-            stack.start(victim)  # back to two workers
+            # Back to two workers, but not waited for: on a slow machine the takeover's render
+            # may be over before a restarted worker is ready.
+            stack.start(victim, wait=False)
         status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=180)
     ledger.outcome([status["status"]], [len(results(stack, job_id))])
     assert status["status"] == "completed", status
@@ -115,7 +117,9 @@ def test_sigterm_past_the_drain_grace_gives_the_job_to_another_worker(
     without spending one of its attempts, and another worker renders it."""
     for service in [s for s in stack.processes if s.startswith("worker")]:
         stack.stop(service)
-    stack.start("worker:c", env={"DARKROOM_DRAIN_GRACE_S": "1"})
+    # Its render lasts a minute at least (a test aid), however fast the machine: still going
+    # when worker:a is ready, however slow the machine.
+    stack.start("worker:c", env={"DARKROOM_DRAIN_GRACE_S": "1", "DARKROOM_TEST_STEP_DELAY_S": "1"})
     r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         job_id = client.post("/api/sd/t2i", json=LONG).raise_for_status().json()["session_id"]
@@ -161,7 +165,7 @@ def test_a_job_that_kills_every_worker_goes_to_the_dead_stream(
             assert victim is not None
             stack.stop(victim, signal.SIGKILL)
             ledger.fault("worker SIGKILL by a poison job")
-            stack.start(victim)
+            stack.start(victim, wait=False)
         status = wait_terminal(client, f"/api/{job_id}/status", timeout_s=120)
         assert status["status"] == "failed"
         assert "Gave up after 3 attempts" in status["error"]

@@ -31,8 +31,10 @@ from tests.support.waiting import wait_for
 
 SCHEDULE_S = "0,0.5,0.5,1,2,4,8,16"
 LOCAL_SECRET = new_webhook_secret()
-# Long enough on two CPU cores for progress events (at most one per 2 s) to come.
-LONG = {"prompt": "a long render", "width": 64, "height": 64, "num_inference_steps": 150}
+# The worker waits this long after each step (a test aid), so LONG renders for at least 4 s
+# however fast the machine: long enough for a progress event (at most one per 2 s) to come.
+STEP_DELAY_S = 0.05
+LONG = {"prompt": "a long render", "width": 64, "height": 64, "num_inference_steps": 80}
 SMALL = {"prompt": "a small one", "width": 64, "height": 64, "num_inference_steps": 2}
 TENANT = "hooks-tenant"
 
@@ -64,7 +66,9 @@ def stack(
         tmp_path_factory,
         extra,
     )
-    stack.start("worker", env={"DARKROOM_ROUTES": "sd"})
+    stack.start(
+        "worker", env={"DARKROOM_ROUTES": "sd", "DARKROOM_TEST_STEP_DELAY_S": str(STEP_DELAY_S)}
+    )
     yield stack
     stack.stop_all()
 
