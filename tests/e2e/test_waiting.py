@@ -22,8 +22,9 @@ from tests.support.stack import Stack
 
 T2I = {"prompt": "nobody renders this", "width": 64, "height": 64, "num_inference_steps": 2}
 INPUT_BYTES = 1024 * 1024
-# Records and event logs of finished jobs stay for TASK_TTL; a few hundred KB for 50 jobs.
-MEMORY_SLACK_BYTES = 400 * 1024
+# Records and event logs of finished jobs stay for TASK_TTL: a few hundred KB for 50 jobs, more
+# on some machines (allocator, client buffers). Below one input: not even one may stay behind.
+MEMORY_SLACK_BYTES = INPUT_BYTES * 3 // 4
 
 
 @pytest.fixture(scope="module")
