@@ -1,12 +1,15 @@
-"""Which cores the render has to itself, and which the other services share.
+"""Which cores the worker has to itself, and which the other services share.
 
 When the pipeline runs on the CPU, every core the gateway, Redis or the uploader takes from it in
 the middle of an operator stalls the render, and a render thread the kernel moves from core to core
-starts cold each time. So the worker's render thread (and the operator threads torch starts from
-it) can be pinned to cores of its own (``DARKROOM_RENDER_CPUS``), and ``darkroom up`` pins every
-other service to the remaining cores. The same placement ``taskset``/``numactl`` or torch's
-``run_cpu`` launcher would give a CPU inference process, done by Darkroom itself so that
-``darkroom up`` needs nothing else. Linux only (``sched_setaffinity``); elsewhere nothing is pinned.
+starts cold each time. The worker's event loop belongs with its render too: the render needs the
+GIL between operators, and a loop thread preempted on a busy shared core while it holds the GIL
+(a Redis write that wakes Redis, say) stalls the render until it runs again. So the whole worker
+(its render thread, the operator threads torch starts from it, and the loop that feeds it) can be
+pinned to cores of its own (``DARKROOM_RENDER_CPUS``), and ``darkroom up`` pins every other
+service to the remaining cores. The same placement ``taskset``/``numactl`` or torch's ``run_cpu``
+launcher would give a CPU inference process, done by Darkroom itself so that ``darkroom up`` needs
+nothing else. Linux only (``sched_setaffinity``); elsewhere nothing is pinned.
 """
 
 from __future__ import annotations
@@ -64,19 +67,9 @@ def machine_cpus() -> frozenset[int]:
     return frozenset(range(os.cpu_count() or 1))
 
 
-def pin_this_thread(cpus: frozenset[int]) -> None:
-    """Pin the calling thread; threads it starts later inherit the set."""
-    try:
-        os.sched_setaffinity(0, cpus)
-    except OSError as error:
-        raise ValueError(
-            f"cannot run on CPUs {format_cpu_list(cpus)}: {error.strerror} "
-            "(outside the CPUs this container may use?)"
-        ) from error
-
-
 def pin_process(pid: int, cpus: frozenset[int]) -> None:
-    """Pin every thread a process has now; the threads it starts later inherit the set."""
+    """Pin every thread a process has now; the threads it starts later inherit the set. A set
+    the process may not use (outside its container's CPUs) is refused by name."""
     tasks = Path(f"/proc/{pid}/task")
     tids = [int(tid.name) for tid in tasks.iterdir()] if tasks.is_dir() else [pid]
     for tid in tids:
@@ -84,6 +77,11 @@ def pin_process(pid: int, cpus: frozenset[int]) -> None:
             os.sched_setaffinity(tid, cpus)
         except ProcessLookupError:  # a thread that ended meanwhile
             continue
+        except OSError as error:
+            raise ValueError(
+                f"cannot run on CPUs {format_cpu_list(cpus)}: {error.strerror} "
+                "(outside the CPUs this container may use?)"
+            ) from error
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class Placement:
 
 
 def placement(render_threads: int, render_cpus: str | None = None) -> Placement | None:
-    """Where ``darkroom up`` puts things: the render on ``render_cpus`` when given (empty: no
+    """Where ``darkroom up`` puts things: the worker on ``render_cpus`` when given (empty: no
     placement), else on the first ``render_threads`` available cores; the services on the rest.
     None when there is nothing to split (one core, or the render wants them all)."""
     if not can_pin():

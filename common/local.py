@@ -155,11 +155,11 @@ def up(settings: LocalSettings) -> int:
         for name in SERVICES
     }
     if cores is not None:
-        # The worker's render thread moves itself onto its own cores; all else shares the rest.
-        for pid in [child.pid for child in children.values()] + (
-            [redis_server.process.pid] if redis_server and redis_server.process else []
-        ):
-            pin_process(pid, cores.services)
+        # The worker on its own cores (it pins itself there too); all else shares the rest.
+        for name, child in children.items():
+            pin_process(child.pid, cores.render if name == "worker" else cores.services)
+        if redis_server is not None and redis_server.process is not None:
+            pin_process(redis_server.process.pid, cores.services)
     log.info(
         "darkroom.up",
         url=f"http://localhost:{settings.port}",

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from common.catalog import Catalog
-from common.cpus import format_cpu_list
+from common.cpus import format_cpu_list, pin_process
 from common.health import health_server
 from common.jobs import JobStore
 from common.keys import Keys
@@ -28,6 +28,13 @@ EXIT_STALLED = 1
 
 async def run(settings: WorkerSettings) -> None:
     stop = stop_event_on_signals()
+    if settings.render_cpus:
+        # The whole process, before any model: the render thread, the operator threads torch
+        # starts from it and the loop that feeds it all inherit the cores (common/cpus.py).
+        try:
+            pin_process(os.getpid(), settings.render_cpus)
+        except ValueError as exc:
+            sys.exit(f"darkroom: invalid settings: DARKROOM_RENDER_CPUS: {exc}")
     threads = settings.torch_threads or len(settings.render_cpus)
     if threads:
         torch.set_num_threads(threads)
@@ -67,7 +74,6 @@ async def run(settings: WorkerSettings) -> None:
         preload=settings.preload,
         hang_at_step=settings.test_hang_at_step,
         step_delay_s=settings.test_step_delay_s,
-        render_cpus=settings.render_cpus,
     )
     try:
         async with (

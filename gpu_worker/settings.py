@@ -28,9 +28,10 @@ class WorkerSettings(ConsumerSettings):
     model_memory_budget_mb: int | None = Field(default=None, ge=1)
     # CPU threads for torch; unset leaves torch's default (one per render CPU when those are set).
     torch_threads: int | None = Field(default=None, ge=1)
-    # Cores the render thread, and the operator threads torch starts from it, have to themselves,
-    # as Linux writes them (`0-3,6`); empty: the kernel places them. `darkroom up` sets it when
-    # the machine has cores to split between the render and the other services (common/cpus.py).
+    # Cores the worker has to itself (its render thread, the operator threads torch starts from
+    # it, and the loop that feeds it), as Linux writes them (`0-3,6`); empty: the kernel places
+    # them. `darkroom up` sets it when the machine has cores to split between the worker and the
+    # other services (common/cpus.py).
     render_cpus: Annotated[frozenset[int], NoDecode] = Field(default_factory=frozenset)
     # Test aid, never for production: the render thread blocks for good after this denoising
     # step, as in a CUDA call that never returns (tests/e2e/test_worker_failures.py).
@@ -76,8 +77,9 @@ class WorkerSettings(ConsumerSettings):
     @classmethod
     def _available(cls, value: frozenset[int]) -> frozenset[int]:
         if value and not can_pin():
-            raise ValueError("pinning the render to CPUs needs Linux (sched_setaffinity)")
-        # The machine's, not this process's: `darkroom up` starts the worker on the other cores.
+            raise ValueError("pinning the worker to CPUs needs Linux (sched_setaffinity)")
+        # The machine's, not this process's: it may have started on other cores. One it may not
+        # use is refused when the worker pins itself (gpu_worker/main.py).
         if missing := value - machine_cpus():
             raise ValueError(
                 f"CPUs {format_cpu_list(missing)} are not on this machine "

@@ -33,7 +33,6 @@ from redis.asyncio import Redis
 
 from common.consumer import Delivery, StreamConsumer, StreamPolicy, sleep_unless
 from common.cost import job_cost
-from common.cpus import pin_this_thread
 from common.health import redis_writable
 from common.jobs import DEADLINE_EXCEEDED, JobStore
 from common.keys import WORKERS_GROUP, Keys
@@ -100,7 +99,6 @@ class Worker:
         preload: bool = True,
         hang_at_step: int | None = None,
         step_delay_s: float | None = None,
-        render_cpus: frozenset[int] = frozenset(),
     ) -> None:
         self._redis = redis
         self._blobs = blobs
@@ -154,7 +152,6 @@ class Worker:
         self._rendering: dict[str, Job] = {}  # by msg_id
         self._finishing: asyncio.Task[None] | None = None
         self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
-        self._render_cpus = render_cpus
         # Previews are mapped and JPEG-encoded here, never on the render thread.
         self._preview_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews")
         self._clock = StepClock()
@@ -200,9 +197,6 @@ class Worker:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self._render_cpus:
-            # Before any model: torch's operator threads, started from it, inherit the cores.
-            await self._on_render_thread(pin_this_thread, self._render_cpus)
         if self._preload:
             await self._on_render_thread(self._registry.load_all)
         self.models_ready = True

@@ -103,7 +103,7 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         threads = max(1, len(available_cpus()) // 2)
         assert f'"threads": {threads}' in torch_line, torch_line
         if can_pin() and len(available_cpus()) > threads:
-            # The render has cores of its own; Redis and every other service share the rest.
+            # The worker has cores of its own; Redis and every other service share the rest.
             render = set(sorted(available_cpus())[:threads])
             services = available_cpus() - render
             assert f'"render_cpus": "{format_cpu_list(frozenset(render))}"' in torch_line
@@ -115,10 +115,10 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
                 "notifier",
             }
             for child in children:
-                assert os.sched_getaffinity(child.pid) == services, child.cmdline()
-            worker = next(child for child in children if child.cmdline()[-1] == "worker")
-            pinned = [os.sched_getaffinity(thread.id) for thread in worker.threads()]
-            assert render in pinned, pinned
+                # Every thread: the worker's render and the loop that feeds it alike.
+                pinned = [os.sched_getaffinity(thread.id) for thread in child.threads()]
+                expected = render if child.cmdline()[-1] == "worker" else services
+                assert pinned == [expected] * len(pinned), (child.cmdline(), pinned)
         keys = subprocess.run(
             [sys.executable, "-m", "common.cli", "keys", "create", "--name", "laptop"],
             cwd=tmp_path,
