@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import secrets
 import time
 from dataclasses import replace
 
@@ -59,6 +58,7 @@ from gateway.openai_schemas import (
 from gateway.openapi import operation
 from gateway.quotas import RATE_HEADERS_DOCS
 from gateway.result_bytes import ResultReader
+from gateway.route_params import resolve_seed, route_angles
 from gateway.services import Services, services
 from gateway.submit import CANCEL_AFTER_HEADER, Admission, admission
 
@@ -141,16 +141,8 @@ def _size(route: ModelRoute, size: str | None) -> tuple[int, int] | None:
 
 
 def _seeds(seed: int | None, n: int) -> list[int]:
-    first = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+    first = resolve_seed(seed)
     return [(first + i) % (MAX_SEED + 1) for i in range(n)]
-
-
-def _angles(route: ModelRoute, angles: list[str] | None) -> list[str] | None:
-    if not route.default_angles:
-        if angles is not None:
-            raise field_error("angles", f"model {route.name!r} renders a single view", 400)
-        return None
-    return angles or route.default_angles
 
 
 def _no_stream(stream: bool | None) -> None:
@@ -181,7 +173,7 @@ async def generations(request: Request) -> Response:
     route = _route(svc, body.model, Task.T2I)
     defaults = route.defaults
     width, height = _size(route, body.size) or (defaults.width, defaults.height)
-    angles = _angles(route, body.angles)
+    angles = route_angles(route, body.angles, 400)
     items = [
         (
             RenderParams(
@@ -248,7 +240,7 @@ async def edits(request: Request) -> Response:
                 ),
                 num_inference_steps=steps,
                 seed=seed,
-                angles=_angles(route, form.angles),
+                angles=route_angles(route, form.angles, 400),
                 webhook=form.webhook,
                 webhook_events_filter=form.webhook_events_filter,
                 priority=form.priority,

@@ -4,7 +4,6 @@ result cache instead: the same job, handed straight to the uploader."""
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,7 +28,6 @@ from common.jobs import (
 from common.keys import Keys
 from common.logging import get_logger
 from common.schemas import (
-    MAX_SEED,
     ErrorField,
     ErrorResponse,
     GenerateRequest,
@@ -61,6 +59,7 @@ from gateway.job_tokens import HEADER as JOB_TOKEN_HEADER
 from gateway.job_tokens import JobTokens
 from gateway.quotas import RATE_HEADERS_DOCS, admit_rate, check_cost
 from gateway.result_cache import CacheHit, CacheLookup
+from gateway.route_params import check_route_limits, resolve_seed, route_angles, video_params
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -234,8 +233,8 @@ class Submitter:
             height=request.height,
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
-            seed=_resolve_seed(request.seed),
-            angles=_angles(route, request.angles),
+            seed=resolve_seed(request.seed),
+            angles=route_angles(route, request.angles),
         )
         return route, params
 
@@ -263,9 +262,9 @@ class Submitter:
             height=size[1],
             num_inference_steps=form.num_inference_steps,
             guidance_scale=form.guidance_scale,
-            seed=_resolve_seed(form.seed),
+            seed=resolve_seed(form.seed),
             strength=form.strength,
-            angles=_angles(route, form.angles),
+            angles=route_angles(route, form.angles),
         )
         return await self._enqueue(route, Task.I2I, params, form, admission, image)
 
@@ -273,7 +272,7 @@ class Submitter:
         self, model: str, request: TextToVideoRequest, *, admission: Admission
     ) -> Submitted:
         route = self.route(model, Task.T2V)
-        params = _video_params(route, request, request.width, request.height)
+        params = video_params(route, request, request.width, request.height)
         return await self._enqueue(route, Task.T2V, params, request, admission)
 
     async def image_to_video(
@@ -286,7 +285,7 @@ class Submitter:
         admission: Admission,
     ) -> Submitted:
         route = self.route(model, Task.I2V)
-        params = _video_params(route, form, *size)
+        params = video_params(route, form, *size)
         return await self._enqueue(route, Task.I2V, params, form, admission, image)
 
     async def generate(self, request: GenerateRequest, *, admission: Admission) -> Submitted:
@@ -310,7 +309,7 @@ class Submitter:
             height=request.height,
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
-            seed=_resolve_seed(None if request.seed == -1 else request.seed),
+            seed=resolve_seed(None if request.seed == -1 else request.seed),
         )
         return route, params
 
@@ -327,7 +326,7 @@ class Submitter:
         """What ``_enqueue`` checks before writing (the route's limits, the key's ``max_cost``
         and ``max_priority``, the webhook's address), for a caller that writes jobs itself
         (``gateway.batch_submit``); the job's webhook when it asked for one."""
-        _check_limits(route, params)
+        check_route_limits(route, params)
         check_cost(admission.limits, task, params)
         check_priority(admission.limits, request.priority or default_priority)
         return self._webhook(request)
@@ -530,73 +529,3 @@ def check_priority(limits: KeyLimits, priority: Priority) -> None:
         "lower; nothing was queued.",
         [ErrorField(field="priority", message=f"at most {limits.max_priority!r} for this key")],
     )
-
-
-def _resolve_seed(seed: int | None) -> int:
-    # Chosen here, not on the worker, so the record shows it at once and a retry renders the same.
-    return secrets.randbelow(MAX_SEED + 1) if seed is None else seed
-
-
-def _angles(route: ModelRoute, angles: list[str] | None) -> list[str] | None:
-    if not route.default_angles:
-        if angles is not None:
-            raise field_error("angles", f"model {route.name!r} renders a single view")
-        return None
-    return angles or route.default_angles
-
-
-def _video_params(
-    route: ModelRoute,
-    request: TextToVideoRequest | ImageToVideoForm,
-    width: int | None,
-    height: int | None,
-) -> RenderParams:
-    defaults = route.defaults
-    return RenderParams(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        width=width or defaults.width,
-        height=height or defaults.height,
-        num_inference_steps=request.num_inference_steps or defaults.num_inference_steps,
-        guidance_scale=(
-            defaults.guidance_scale if request.guidance_scale is None else request.guidance_scale
-        ),
-        seed=_resolve_seed(request.seed),
-        num_frames=request.num_frames or defaults.num_frames,
-        fps=request.fps or defaults.fps,
-    )
-
-
-def _check_limits(route: ModelRoute, params: RenderParams) -> None:
-    for name, value, limit in (
-        ("width", params.width, route.max_width),
-        ("height", params.height, route.max_height),
-    ):
-        if value > limit:
-            raise field_error(name, f"{value} is larger than model {route.name!r} allows ({limit})")
-        if value % route.size_multiple:
-            raise field_error(name, f"{value} is not a multiple of {route.size_multiple}")
-    if params.num_inference_steps < route.min_steps:
-        raise field_error(
-            "num_inference_steps",
-            f"model {route.name!r} needs at least {route.min_steps} steps",
-        )
-    if params.num_inference_steps > route.max_steps:
-        raise field_error(
-            "num_inference_steps",
-            f"{params.num_inference_steps} is more than "
-            f"model {route.name!r} allows ({route.max_steps})",
-        )
-    if params.num_frames is not None:
-        if params.num_frames > route.max_frames:
-            raise field_error(
-                "num_frames",
-                f"{params.num_frames} is more than model {route.name!r} allows "
-                f"({route.max_frames})",
-            )
-        if (params.num_frames - 1) % route.frame_multiple:
-            raise field_error(
-                "num_frames",
-                f"{params.num_frames} frames: model {route.name!r} renders "
-                f"k × {route.frame_multiple} + 1 frames (e.g. {route.frame_multiple + 1})",
-            )
