@@ -47,6 +47,9 @@ CHEAPEST = {
     "num_inference_steps": 1,
     "guidance_scale": 0.0,
 }
+# The fault test's jobs: long enough that the run outlasts its faults (at one step, the 90 jobs
+# left after the first 10 end within a quarter second on two cores).
+SLOWER = CHEAPEST | {"num_inference_steps": 60}
 ONE_WORKER_JOBS = 50
 THREE_WORKER_JOBS = 150
 FAULT_JOBS = 100
@@ -190,7 +193,7 @@ def test_a_stopped_and_a_killed_worker_lose_nothing(
     stack.start(*(w for w in WORKERS if w not in stack.processes))
     tally = Tally.begin(stack, r)
 
-    job_ids = submit_jobs(client, SUBMIT_PATH, CHEAPEST, FAULT_JOBS, api_keys=api_keys)
+    job_ids = submit_jobs(client, SUBMIT_PATH, SLOWER, FAULT_JOBS, api_keys=api_keys)
     wait_for(
         lambda: count_completed(r, keys, job_ids) >= FAULT_JOBS // 10,
         timeout_s=PHASE_TIMEOUT_S,
