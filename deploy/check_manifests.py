@@ -2,7 +2,7 @@
 
 Run by deploy/check as ``python deploy/check_manifests.py [--release] CRD_DIR BUILT.yaml...``
 inside the project's environment, so the settings classes, the catalogue model and the Redis names
-are the code's own. Besides these checks it runs the production policy (deploy/check_policy.py)
+are the code's own. Besides these checks it runs the production policy (deploy/policy/)
 and, on builds with the model-prefetch Job (gpu), the policy's self-test
 (deploy/policy_self_test.py). It also writes each object of a CRD kind (KEDA, Prometheus Operator,
 Gateway API) to CRD_DIR as JSON, for the schema checks that follow. ``--release``: images must be
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from check_policy import check_policy
+from policy import check_policy
 from policy_self_test import self_test
 
 # The CLI imports every service's settings class before building one; so do we, so that

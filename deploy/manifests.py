@@ -1,8 +1,7 @@
 """Reading a built overlay: its objects by kind and name, its pods, their containers' environment,
 Kubernetes and Redis quantities, label selectors, and the NetworkPolicies and mounts of a pod.
 
-Shared by the production policy (deploy/check_policy.py) and its self-test
-(deploy/policy_self_test.py).
+Shared by the production policy (deploy/policy/) and its self-test (deploy/policy_self_test.py).
 """
 
 from __future__ import annotations

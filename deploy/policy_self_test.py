@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from check_policy import DRIVER_LABEL
 from manifests import SERVICE_ACCOUNT_DIR, Doc
+from policy import DRIVER_LABEL
 
 # The self-test: each breakage, and a word the policy's complaint must contain. ---------------
 
