@@ -19,7 +19,9 @@ One call per model, each under 10 minutes on an H100 (weights kept with ``--work
     uv run python -m bench.gpu --model sdxl
     uv run python -m bench.gpu --model flux
 
-Merges its figures into bench/results/gpu.json, keyed by model, and prints them as a table.
+Merges its figures into bench/results/gpu.json, keyed by model, after each stage (a run cut
+short keeps its raw figures), and prints them as a table; ``--no-served`` stops after the raw
+loop. bench/gpu_window.sh runs these calls in order on a GPU machine without network.
 ``--device cpu --tiny`` runs the same code on tiny shapes, as a smoke test of this script; it
 writes bench/results/gpu_cpu_smoke.json instead (not GPU figures).
 """
@@ -34,7 +36,9 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -598,7 +602,11 @@ def log(message: str, began: float) -> None:
     print(f"[{time.perf_counter() - began:7.1f}s] {message}", flush=True)
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace, workdir: Path, record: Callable[[dict[str, Any]], object]
+) -> dict[str, Any]:
+    """The model's figures; ``record`` gets them as they stand after each stage, so a run cut
+    short still leaves what it measured."""
     began = time.perf_counter()
     device = torch.device(args.device)
     model = MODELS[args.model]
@@ -620,6 +628,27 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     params = denoiser_params(pipe)
     log(f"built a {params / 1e9:.3g}B-parameter denoiser: {timings}", began)
 
+    def figures(raw: dict[str, Any], served_figures: dict[str, Any] | str) -> dict[str, Any]:
+        return {
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(device),
+            "settings": {
+                "tiny": args.tiny,
+                "dtype": dtype,
+                "width": route.defaults.width,
+                "height": route.defaults.height,
+                "num_inference_steps": route.defaults.num_inference_steps,
+                "guidance_scale": route.defaults.guidance_scale,
+                "denoiser_params": params,
+                "gpu": gpu.model_dump(),
+            },
+            "timings_s": timings,
+            "raw": raw,
+            "served": served_figures,
+            "goals": GOALS,
+            "elapsed_s": round(time.perf_counter() - began, 1),
+        }
+
     served_figures: dict[str, Any] | str
     if model.family in MODULES:
         del pipe
@@ -636,6 +665,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         del registry
         free(device)
         log(f"raw loop: {raw['at_max_batch']['jobs_per_s']} jobs/s", began)
+        if not args.served:
+            return figures(raw, "not run (--no-served)")
+        record(figures(raw, "not measured yet: the run ended during the served stage"))
         served_figures = served(workdir, models_file, route, device, served_jobs, concurrency)
         served_figures["served_over_raw"] = round(
             served_figures["jobs_per_s"] / raw["at_max_batch"]["jobs_per_s"], 4
@@ -659,25 +691,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         log(f"raw loop: {raw['at_max_batch']['jobs_per_s']} jobs/s", began)
         served_figures = f"not available: no {model.family} family in gpu_worker/families"
 
-    return {
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(device),
-        "settings": {
-            "tiny": args.tiny,
-            "dtype": dtype,
-            "width": route.defaults.width,
-            "height": route.defaults.height,
-            "num_inference_steps": route.defaults.num_inference_steps,
-            "guidance_scale": route.defaults.guidance_scale,
-            "denoiser_params": params,
-            "gpu": gpu.model_dump(),
-        },
-        "timings_s": timings,
-        "raw": raw,
-        "served": served_figures,
-        "goals": GOALS,
-        "elapsed_s": round(time.perf_counter() - began, 1),
-    }
+    return figures(raw, served_figures)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -722,26 +736,37 @@ def main() -> None:
     parser.add_argument("--attention-backend")
     parser.add_argument("--workdir", type=Path, help="keep the weights here (reused if present)")
     parser.add_argument("--out", type=Path, help="results file (merged, keyed by model)")
+    parser.add_argument(
+        "--no-served", dest="served", action="store_false", help="the raw loop alone"
+    )
     args = parser.parse_args()
 
+    # A time limit's SIGTERM unwinds like Ctrl+C: the stack's processes (sessions of their own)
+    # are stopped on the way out, not left holding the GPU.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     smoke = args.tiny or args.device == "cpu"
     out = args.out or RESULTS_DIR / ("gpu_cpu_smoke.json" if smoke else "gpu.json")
+
+    def record(figures: dict[str, Any]) -> dict[str, Any]:
+        results = json.loads(out.read_text()) if out.exists() else {}
+        if smoke:
+            results["_note"] = "CPU smoke run of bench/gpu.py on tiny shapes: not GPU figures"
+        results[args.model] = figures
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        return results
+
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        figures = run(args, args.workdir)
+        figures = run(args, args.workdir, record)
     else:
         workdir = Path(tempfile.mkdtemp(prefix="darkroom-gpu-bench-"))
         try:
-            figures = run(args, workdir)
+            figures = run(args, workdir, record)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    results = json.loads(out.read_text()) if out.exists() else {}
-    if smoke:
-        results["_note"] = "CPU smoke run of bench/gpu.py on tiny shapes: not GPU figures"
-    results[args.model] = figures
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    results = record(figures)
     print(json.dumps({args.model: figures}, indent=2, ensure_ascii=False))
     print(table({k: v for k, v in results.items() if not k.startswith("_")}))
     print(f"wrote {out}")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from PIL import Image
 
 from gpu_worker.families import Artifact
-from gpu_worker.video import encode_mp4
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,9 @@ class Encoded:
 
 def encode(artifact: Artifact) -> Encoded:
     if artifact.frames:
+        # PyAV (FFmpeg) loads with the first video: a worker of image routes runs without it.
+        from gpu_worker.video import encode_mp4
+
         return Encoded(encode_mp4(artifact.frames, artifact.fps), "video/mp4", "mp4")
     if artifact.image is None:
         raise ValueError("an artifact needs an image or frames")

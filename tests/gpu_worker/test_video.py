@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -14,6 +16,7 @@ from PIL import Image
 from gpu_worker.encoding import encode
 from gpu_worker.families import Artifact
 from gpu_worker.video import encode_mp4
+from tests.support.stack import REPO_ROOT
 
 
 def clip(width: int, height: int, count: int) -> list[Image.Image]:
@@ -95,3 +98,26 @@ def test_encode_turns_a_video_artifact_into_mp4_and_a_still_into_png() -> None:
     assert len(decoded.frames) == 9 and decoded.rate == 12
     still = encode(Artifact(image=Image.new("RGB", (8, 8))))
     assert (still.content_type, still.extension) == ("image/png", "png")
+
+
+def test_a_worker_of_image_routes_runs_without_pyav() -> None:
+    """PyAV (FFmpeg) loads with the first video, so an install without it serves images."""
+    script = """
+import sys
+sys.modules["av"] = None  # import av now fails, as where PyAV is not installed
+from PIL import Image
+import gpu_worker.main
+from gpu_worker.encoding import encode
+from gpu_worker.families import Artifact
+encoded = encode(Artifact(image=Image.new("RGB", (8, 8))))
+assert encoded.content_type == "image/png", encoded.content_type
+try:
+    encode(Artifact(frames=[Image.new("RGB", (8, 8))], fps=8))
+except ImportError:
+    print("video needs PyAV")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "video needs PyAV"

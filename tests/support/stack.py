@@ -142,7 +142,11 @@ def stack_env(
             "DARKROOM_BLOCK_MS": "200",
             "DARKROOM_SSE_RESYNC_S": "1",
             "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(REPO_ROOT),
+            # The checkout first; then whatever the caller's path held (packages installed
+            # beside the interpreter's own, as on a machine without network).
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
         }
     )
     env.update(extra or {})
