@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -47,10 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-import diffusers
 import httpx
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -73,6 +69,7 @@ from transformers import (
 )
 
 import tests.support.stack as stack_support
+from bench.device import free, machine, sync
 from common.catalog import (
     DEFAULT_STYLES,
     Catalog,
@@ -381,17 +378,6 @@ def build_and_save(
 # -- raw loop -----------------------------------------------------------------------------------
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def spec(route: ModelRoute, i: int) -> JobSpec:
     d = route.defaults
     params = RenderParams(
@@ -576,26 +562,6 @@ def served(
 
 
 # -- main ---------------------------------------------------------------------------------------
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "device": device.type,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info |= {
-            "gpu": torch.cuda.get_device_name(device),
-            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
-        }
-    return info
 
 
 def log(message: str, began: float) -> None:

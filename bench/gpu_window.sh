@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# One GPU window: the GPU benchmark (bench/gpu.py) in slices, in priority order, on a machine
-# with Python, torch and CUDA but no network. Every figure lands in OUT as soon as it is
-# measured (gpu.json, merged per model and stage), so a window cut short still returns what
-# finished; window.log holds the whole output.
+# One GPU window: the GPU benchmarks (bench/gpu.py, bench/gpu_families.py) in slices, in
+# priority order, on a machine with Python, torch and CUDA but no network. Every figure lands in
+# OUT as soon as it is measured (gpu.json, merged per model and stage; gpu_families.json), so a
+# window cut short still returns what finished; window.log holds the whole output.
 #
 #   bench/gpu_window.sh OUT [SLICE]
 #     SLICE 1 (the default): sd15 raw and served, then sdxl raw
 #     SLICE 2: sdxl raw and served, then flux raw and served
+#     SLICE 3: every family's production path (bench/gpu_families.py: dtypes, compile, video)
 #   DRY_RUN=1 bench/gpu_window.sh OUT [SLICE]   the same on the CPU at tiny shapes: a test of
 #                                               this script, not figures
 #
 # What the machine lacks comes as wheels in wheelhouse/ (bench/wheelhouse.py builds it from the
-# machine's pip list); they are installed into a private folder put first on PYTHONPATH, the
+# machine's pip list; slice 3 needs its --for families set, which has PyAV); they are installed into a private folder put first on PYTHONPATH, the
 # machine's torch and CUDA used as they are. PYTHON picks the interpreter (python3).
 set -uo pipefail
 
@@ -42,23 +43,28 @@ fi
   "| diffusers", diffusers.__version__, "| transformers", transformers.__version__)' \
   || { say "the benchmark's imports fail"; exit 1; }
 
-flags=()
+gpu_flags=() families_flags=()
 if [[ -n ${DRY_RUN:-} ]]; then
-  flags=(--device cpu --tiny)
+  gpu_flags=(--device cpu --tiny) families_flags=(--device cpu --quick --renders 1)
 fi
 weights=${TMPDIR:-/tmp}/darkroom-gpu-weights
 
-# bench MODEL LIMIT_S [ARGS...]: one model under a time limit; what it measured stays in gpu.json.
+# step NAME LIMIT_S COMMAND...: one step under a time limit; what it measured stays in OUT.
+step() {
+  local name=$1 limit_s=$2
+  shift 2
+  say "$name (at most ${limit_s} s)"
+  timeout --signal=TERM --kill-after=20 "$limit_s" "$@"
+  say "$name: exit $?"
+}
+
+# bench MODEL LIMIT_S [ARGS...]: bench/gpu.py for one model, its figures merged into gpu.json.
 bench() {
   local model=$1 limit_s=$2
   shift 2
-  say "$model ${*:-raw and served} (at most ${limit_s} s)"
-  timeout --signal=TERM --kill-after=20 "$limit_s" "$python" -m bench.gpu --model "$model" \
-    --out "$out/gpu.json" --workdir "$weights/$model" "${flags[@]}" "$@"
-  local rc=$?
-  say "$model: exit $rc"
+  step "$model ${*:-raw and served}" "$limit_s" "$python" -m bench.gpu --model "$model" \
+    --out "$out/gpu.json" --workdir "$weights/$model" "${gpu_flags[@]}" "$@"
   rm -rf "${weights:?}/$model"  # the disk holds one full-size checkpoint at a time
-  return 0
 }
 
 case $slice in
@@ -69,6 +75,10 @@ case $slice in
   2)
     bench sdxl 240
     bench flux 320
+    ;;
+  3)
+    step "every family's production path" 540 "$python" -m bench.gpu_families \
+      --out "$out/gpu_families.json" "${families_flags[@]}"
     ;;
   *)
     say "no slice $slice"

