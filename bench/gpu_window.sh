@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# One GPU window: the GPU benchmarks (bench/gpu.py, bench/gpu_families.py) in slices, in
+# One GPU window: the GPU benchmarks (bench/gpu.py, gpu_families.py, previews.py) in slices, in
 # priority order, on a machine with Python, torch and CUDA but no network. Every figure lands in
-# OUT as soon as it is measured (gpu.json, merged per model and stage; gpu_families.json), so a
-# window cut short still returns what finished; window.log holds the whole output.
+# OUT as soon as it is measured (gpu.json, merged per model and stage; gpu_families.json;
+# previews.json), so a window cut short still returns what finished; window.log holds the whole
+# output.
 #
 #   bench/gpu_window.sh OUT [SLICE]
 #     SLICE 1 (the default): sd15 raw and served, then sdxl raw
 #     SLICE 2: sdxl raw and served, then flux raw and served
-#     SLICE 3: every family's production path (bench/gpu_families.py: dtypes, compile, video)
+#     SLICE 3: every family's production path (bench/gpu_families.py: dtypes, compile, video),
+#              then what live previews cost per step at 1024² (bench/previews.py)
 #   DRY_RUN=1 bench/gpu_window.sh OUT [SLICE]   the same on the CPU at tiny shapes: a test of
 #                                               this script, not figures
 #
@@ -43,9 +45,10 @@ fi
   "| diffusers", diffusers.__version__, "| transformers", transformers.__version__)' \
   || { say "the benchmark's imports fail"; exit 1; }
 
-gpu_flags=() families_flags=()
+gpu_flags=() families_flags=() previews_flags=(--device cuda --side 1024 --runs 3)
 if [[ -n ${DRY_RUN:-} ]]; then
   gpu_flags=(--device cpu --tiny) families_flags=(--device cpu --quick --renders 1)
+  previews_flags=(--device cpu --side 64 --runs 1)
 fi
 weights=${TMPDIR:-/tmp}/darkroom-gpu-weights
 
@@ -77,8 +80,10 @@ case $slice in
     bench flux 320
     ;;
   3)
-    step "every family's production path" 540 "$python" -m bench.gpu_families \
+    step "every family's production path" 400 "$python" -m bench.gpu_families \
       --out "$out/gpu_families.json" "${families_flags[@]}"
+    step "live previews at 1024²" 140 "$python" -m bench.previews --routes sd,sdxl,flux \
+      --out "$out/previews.json" "${previews_flags[@]}"
     ;;
   *)
     say "no slice $slice"

@@ -10,10 +10,12 @@ hits each alike:
   ``PreviewStore.publish`` into a real redis-server);
 - ``every_step``: the same with no interval, one preview per step: the worst case.
 
-The figure is each mode's median render time (to the last preview published) and its overhead
-against ``off``.
+The figure is each mode's median render time (to the last preview published), its overhead
+against ``off``, and that overhead per preview published. ``--side`` renders images at that
+size instead (video: the same width, two thirds as high), as at 1024² on a GPU, where a preview's
+cost is mostly the copy of the latents to the host that the step waits for.
 
-    uv run python -m bench.previews [--runs 7] [--device cpu] [--families stable-diffusion,...]
+    uv run python -m bench.previews [--runs 7] [--device cpu] [--routes sd,...] [--side 1024]
 
 Prints the figures and writes bench/results/previews.json.
 """
@@ -58,8 +60,11 @@ JOBS: dict[str, tuple[Task, dict[str, Any]]] = {
 }
 
 
-def spec(route: str) -> JobSpec:
+def spec(route: str, side: int | None = None) -> JobSpec:
     task, params = JOBS[route]
+    if side is not None:
+        height = side if task is Task.T2I else side * 2 // 3 // 32 * 32
+        params = params | {"width": side, "height": height}
     return JobSpec(
         job_id=f"bench-{route}",
         model=route,
@@ -101,7 +106,9 @@ async def one_render(
     return time.perf_counter() - began, 0 if previews is None else previews.published
 
 
-async def main(runs: int, device: torch.device, routes: list[str]) -> dict[str, Any]:
+async def main(
+    runs: int, device: torch.device, routes: list[str], side: int | None = None
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = make_all(Path(tmp) / "models")
@@ -119,7 +126,7 @@ async def main(runs: int, device: torch.device, routes: list[str]) -> dict[str, 
                 pipelines: Pipelines = family(entry.family).load(entry, dtype, device)
                 for pipe in pipelines.values():
                     pipe.set_progress_bar_config(disable=True)
-                job = spec(route)
+                job = spec(route, side)
                 await one_render(  # warm-up
                     pipelines, entry.family, job, 0.0, store, render_thread, preview_thread
                 )
@@ -151,6 +158,14 @@ async def main(runs: int, device: torch.device, routes: list[str]) -> dict[str, 
                                 100 * (statistics.median(times[mode]) - off) / off, 2
                             ),
                             "previews_median": statistics.median(counts[mode]),
+                            "per_preview_ms": round(
+                                1000
+                                * (statistics.median(times[mode]) - off)
+                                / statistics.median(counts[mode]),
+                                2,
+                            )
+                            if statistics.median(counts[mode])
+                            else None,
                         }
                         for mode in MODES
                     },
@@ -171,10 +186,11 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--routes", default=",".join(JOBS))
+    parser.add_argument("--side", type=int, help="render images at this size (e.g. 1024)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device(args.device)
-    figures = asyncio.run(main(args.runs, device, args.routes.split(",")))
+    figures = asyncio.run(main(args.runs, device, args.routes.split(","), args.side))
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {

