@@ -68,6 +68,9 @@ LONG = {"prompt": "soak, long", "width": 512, "height": 512, "num_inference_step
 SUBMIT_RETRY_S = 120.0
 # Redis's promise with ``appendfsync everysec``: a crash loses at most the last second of writes.
 CRASH_LOSS_S = 1.0
+# A response already on its way when a crash or failover struck: written just before it, its
+# acknowledgement read just after.
+IN_FLIGHT_S = 0.5
 # The share of jobs that ask for a webhook (their terminal event: the default filter).
 WEBHOOK_SHARE = 0.5
 # Jobs come from this many tenants (API keys), in every priority class.
@@ -284,10 +287,11 @@ class Soak:
         try:
             new.replicaof("127.0.0.1", self.redis.port)
             _wait_linked(new)
-            self.crashed_at.append(time.monotonic())
             new.replicaof("NO", "ONE")
             old.replicaof("127.0.0.1", standby.port)
-            # What the old primary took until now is gone with it.
+            # What the old primary took until now and the standby had not is gone with it: the
+            # replication lag, and every write since the standby's promotion just above.
+            self.crashed_at.append(time.monotonic())
             self.crashed_at_wall.append(time.time())
             _wait_linked(old)
             time.sleep(self.rng.uniform(1.0, 4.0))
@@ -367,12 +371,12 @@ class Soak:
     def _taken_back(self, delivered_at: float) -> bool:
         """A Redis crash or failover soon after a terminal event was delivered may take the event
         back with the job's end: the job ends again, and its event may then carry a new id."""
-        return any(0 <= crashed - delivered_at <= CRASH_LOSS_S for crashed in self.crashed_at_wall)
+        return _near_fault(delivered_at, self.crashed_at_wall)
 
     def _new(self, job_id: str) -> bool:
-        """Acknowledged within ``CRASH_LOSS_S`` before a crash: the AOF may not hold it yet."""
-        acked = self.acked_at[job_id]
-        return any(0 <= crashed - acked <= CRASH_LOSS_S for crashed in self.crashed_at)
+        """Acknowledged within ``CRASH_LOSS_S`` before a crash or failover (or in flight as it
+        struck): the AOF, or the standby, may not hold it."""
+        return _near_fault(self.acked_at[job_id], self.crashed_at)
 
     def _stored(self) -> Counter[str]:
         found: Counter[str] = Counter()
@@ -390,6 +394,11 @@ def _wait_linked(replica: redis.Redis, timeout_s: float = 30) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the replica did not sync")
         time.sleep(0.05)
+
+
+def _near_fault(at: float, faults: list[float]) -> bool:
+    """``at`` is within ``CRASH_LOSS_S`` before one of ``faults``, or ``IN_FLIGHT_S`` after."""
+    return any(-IN_FLIGHT_S <= fault - at <= CRASH_LOSS_S for fault in faults)
 
 
 def soak(root: Path, models_file: Path, s3: S3Server, *, duration_s: float, seed: int) -> Ledger:
