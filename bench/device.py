@@ -23,6 +23,13 @@ def free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def peak_gib(device: torch.device) -> float | None:
+    """The most memory the device has held since the last reset of its peak (None: a CPU)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": device.type,

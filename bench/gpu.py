@@ -69,7 +69,7 @@ from transformers import (
 )
 
 import tests.support.stack as stack_support
-from bench.device import free, machine, sync
+from bench.device import free, machine, peak_gib, sync
 from common.catalog import (
     DEFAULT_STYLES,
     Catalog,
@@ -433,7 +433,7 @@ def raw_loop(
         )
     figures["at_max_batch"] = figures[f"batch_{size}"]
     if device.type == "cuda":
-        figures["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        figures["peak_memory_gib"] = peak_gib(device)
     return figures
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.device import free, machine, sync
+from bench.device import free, machine, peak_gib, sync
 from common.catalog import DEFAULT_STYLES, Catalog, ModelRoute, demo_catalog, production_catalog
 from common.schemas import ImageToImageForm, JobSpec, RenderParams, Task
 from gpu_worker.encoding import encode
@@ -116,12 +116,6 @@ def timed_job(
         "encode_s": round(time.perf_counter() - rendered, 4),
         "outputs": [f"{e.content_type} {len(e.data)} B" for e in encoded],
     }
-
-
-def peak_gib(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
 
 
 def smoke_route(
