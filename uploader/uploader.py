@@ -210,8 +210,7 @@ class Uploader:
         output_bytes = 0
         for key, blob, data in zip(keys, rendered.outputs, blobs, strict=True):
             if data is None:
-                error = "The rendered output expired before it was stored."
-                await self._fail(rendered, delivery, error, stored=keys[: len(urls)])
+                await self._output_missing(rendered, delivery, stored=keys[: len(urls)])
                 return
             try:
                 url = await self._put(key, data, blob.content_type)
@@ -327,6 +326,20 @@ class Uploader:
         log.error("job.failed", error=error)
         await self._discard(rendered.job_id, stored)
         await self._finish(rendered, delivery)
+
+    async def _output_missing(
+        self, rendered: RenderedJob, delivery: Delivery, *, stored: list[str]
+    ) -> None:
+        """A blob is gone. While the entry is still this member's, the bytes outlived their TTL:
+        the job fails. If the entry went with them, a Redis crash or failover took the hand-off
+        back after this member read it: the job's own entry is pending again and its render is
+        redone, so this delivery is dropped and the job left as it is."""
+        if await self.consumer.keep_claim(delivery):
+            error = "The rendered output expired before it was stored."
+            await self._fail(rendered, delivery, error, stored=stored)
+            return
+        log.warning("upload.hand_off_taken_back", msg_id=delivery.msg_id)
+        self.consumer.leave_pending(delivery)
 
     async def _discard(self, job_id: str, keys: list[str]) -> None:
         """Remove the objects of a job that ended without them; best effort. Never those of a

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -42,11 +43,20 @@ class Rig:
 
     async def hand_off(self, cache_digest: str | None = None) -> RenderedJob:
         """A job rendered and handed to the uploader: record "processing", bytes in a blob."""
+        spec = await self.rendering()
+        return await self.hand_off_of(spec, cache_digest)
+
+    async def rendering(self) -> JobSpec:
+        """A job a worker is rendering: its record says "processing"."""
         spec = JobSpec(
             job_id=str(uuid.uuid4()), model="sd", task=Task.T2I, params=PARAMS, created_at=utcnow()
         )
         await self.jobs.submit(spec, message="Queued")
         await self.jobs.emit(spec.job_id, status=JobStatus.PROCESSING, message="uploading")
+        return spec
+
+    async def hand_off_of(self, spec: JobSpec, cache_digest: str | None = None) -> RenderedJob:
+        """The job's bytes in a blob and its ``rendered`` entry, as the worker's hand-off."""
         blob = OutputBlob(
             key=self.keys.blob(spec.job_id, "output:0"), content_type="image/png", extension="png"
         )
@@ -323,3 +333,65 @@ async def test_a_hit_canceled_before_the_uploader_deletes_nothing(rig: Rig) -> N
 
     assert await rig.status(spec.job_id) == JobStatus.CANCELED
     assert rig.stored(rendered.job_id) == [key]  # the earlier job's object stays
+
+
+async def test_an_output_that_expired_fails_the_job(rig: Rig) -> None:
+    rendered = await rig.hand_off()
+    await rig.blobs.delete(rendered.outputs[0].key)  # its TTL ran out before the upload
+    async with rig.uploader():
+        await rig.wait_until_settled()
+
+    record = await rig.jobs.get(rendered.job_id)
+    assert record is not None and record.status == JobStatus.FAILED
+    assert record.error == "The rendered output expired before it was stored."
+
+
+@pytest.fixture
+async def failover_rig(tmp_path: Path, s3_server: S3Server) -> AsyncIterator[tuple[Rig, Redis]]:
+    """A rig on a Redis of its own, and a standby beside it (for a failover)."""
+    primary, standby = RedisServer(tmp_path / "primary"), RedisServer(tmp_path / "standby")
+    primary.start()
+    standby.start()
+    redis = Redis.from_url(primary.url, decode_responses=True)
+    blobs = Redis.from_url(primary.url)
+    other = Redis.from_url(standby.url, decode_responses=True)
+    yield Rig(redis, blobs, s3_server), other
+    for client in (redis, blobs, other):
+        await client.aclose()
+    primary.stop(kill=True)
+    standby.stop(kill=True)
+
+
+async def linked(replica: Redis) -> bool:
+    return (await replica.info("replication")).get("master_link_status") == "up"
+
+
+async def test_a_hand_off_a_failover_took_back_leaves_the_job_to_render_again(
+    failover_rig: tuple[Rig, Redis], proxy: SlowS3Proxy
+) -> None:
+    """The standby has the job's record but not its hand-off; it takes over while the upload
+    runs, then the old primary leads again with the standby's data. The blob is gone with the
+    entry: the render is redone (the job's own entry is pending again), so the job must not fail
+    for an output that "expired"."""
+    rig, standby = failover_rig
+    primary_port = rig.redis.connection_pool.connection_kwargs["port"]
+    standby_port = standby.connection_pool.connection_kwargs["port"]
+    spec = await rig.rendering()
+    await standby.replicaof("127.0.0.1", primary_port)
+    await async_wait_for(lambda: linked(standby), timeout_s=30, what="the standby to sync")
+    await standby.replicaof("NO", "ONE")  # from here on it misses what the primary takes
+
+    rendered = await rig.hand_off_of(spec)
+    put = proxy.stall(spec.job_id)
+    async with rig.uploader(endpoint_url=proxy.endpoint_url):
+        await asyncio.to_thread(put.wait_held, 30)  # read, and uploading
+        await rig.redis.replicaof("127.0.0.1", standby_port)  # the failover
+        await async_wait_for(lambda: linked(rig.redis), timeout_s=30, what="the failover")
+        put.release()  # the upload's last step now meets READONLY, and retries
+        await asyncio.sleep(0.5)
+        await rig.redis.replicaof("NO", "ONE")  # the old primary leads again, without the hand-off
+        assert not await rig.blobs.exists(rendered.outputs[0].key)
+        assert await rig.waiting() == 0
+        # Leaving the block stops the uploader, which waits for the upload in flight to end.
+
+    assert await rig.status(spec.job_id) == JobStatus.PROCESSING
